@@ -1,0 +1,1 @@
+"""Everything around the network: I/O, datasets, masks, transforms, losses, metrics."""

@@ -1,0 +1,21 @@
+"""MVSS-Net models: the public face of the package."""
+
+from models.backbone import BACKBONES, build_resnet
+from models.classifier import MVSSNetCls, get_mvss_cls, manipulation_score
+from models.mvssnet import MVSSNet, get_mvss
+from models.weights import LoadReport, WeightsError, load_weights, read_state_dict, unwrap_model
+
+__all__ = [
+    "BACKBONES",
+    "LoadReport",
+    "MVSSNet",
+    "MVSSNetCls",
+    "WeightsError",
+    "build_resnet",
+    "get_mvss",
+    "get_mvss_cls",
+    "load_weights",
+    "manipulation_score",
+    "read_state_dict",
+    "unwrap_model",
+]

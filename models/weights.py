@@ -1,0 +1,185 @@
+"""Loading weights safely: official checkpoints, our checkpoints, ImageNet backbones.
+
+Nothing here unpickles arbitrary objects: ``.pth``/``.pt`` go through
+``torch.load(weights_only=True)``, ``.safetensors`` through safetensors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Prefixes added by wrappers: DataParallel/DDP (module.), torch.compile (_orig_mod.).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+_MAX_NAMES = 10
+
+
+class WeightsError(RuntimeError):
+    """A weight file that cannot be read or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What a (non-strict) load left out."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self) -> str:
+        parts = []
+        for label, names in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("mis-shaped", self.mismatched),
+        ):
+            if names:
+                shown = ", ".join(names[:_MAX_NAMES])
+                more = f" … (+{len(names) - _MAX_NAMES} more)" if len(names) > _MAX_NAMES else ""
+                parts.append(f"{len(names)} {label} keys: {shown}{more}")
+        return "; ".join(parts) or "all keys match"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file and return a flat, unwrapped ``name → tensor`` dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weight file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            raw: object = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises several error types
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+    else:
+        if path.stat().st_size == 0:
+            raise WeightsError(f"{path}: empty file, not a weight file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise WeightsError(
+                f"{path}: not a weight file that can be loaded safely "
+                f"(weights_only=True refused or failed: {first_line})"
+            ) from exc
+    return _unwrap(raw, path)
+
+
+def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    state = raw
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
+        if not isinstance(state, Mapping):
+            break
+        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            break
+        nested = next((k for k in _NESTED_KEYS if isinstance(state.get(k), Mapping)), None)
+        if nested is None:
+            break
+        state = state[nested]
+    if not isinstance(state, Mapping) or not state:
+        raise WeightsError(f"{path}: no state dict found (got {type(raw).__name__})")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != len(state):
+        bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:_MAX_NAMES]
+        raise WeightsError(f"{path}: entries that are not tensors: {', '.join(map(str, bad))}")
+    return {_strip_prefixes(k): v for k, v in tensors.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def compare_state_dicts(
+    model_state: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor]
+) -> LoadReport:
+    """Which keys are missing, unexpected or of another shape."""
+    return LoadReport(
+        missing=[k for k in model_state if k not in loaded],
+        unexpected=[k for k in loaded if k not in model_state],
+        mismatched=[
+            f"{k} (file {tuple(loaded[k].shape)}, model {tuple(v.shape)})"
+            for k, v in model_state.items()
+            if k in loaded and loaded[k].shape != v.shape
+        ],
+    )
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load weights from ``path`` into ``model`` (unwrapped of DDP/compile wrappers).
+
+    Accepts a bare state dict (the official format), our checkpoints, dicts wrapping the
+    weights under ``state_dict``/``model``, and ``module.``-prefixed keys. With
+    ``strict=True`` any missing, unexpected or mis-shaped key raises :class:`WeightsError`
+    naming them; otherwise the matching keys are loaded and the report is returned.
+    """
+    target = unwrap_model(model)
+    loaded = read_state_dict(path)
+    report = compare_state_dicts(target.state_dict(), loaded)
+    if strict and not report.ok:
+        raise WeightsError(f"{path}: weights do not fit the model: {report.describe()}")
+    bad_shape = {m.split(" ", 1)[0] for m in report.mismatched}
+    usable = {k: v for k, v in loaded.items() if k not in bad_shape and k not in report.unexpected}
+    target.load_state_dict(usable, strict=False)
+    if not report.ok:
+        warnings.warn(f"{path}: partial load: {report.describe()}", stacklevel=2)
+    return report
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP/DataParallel or torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+_RANDOM_INIT_WARNING = (
+    "MVSS-Net backbones are randomly initialised (no pretrained_base given): "
+    "training from scratch needs far more data and time; pass a local torchvision-format "
+    "ImageNet ResNet state dict for useful accuracy."
+)
+
+
+def init_backbones_from_imagenet(net: nn.Module, path: str | Path | None) -> None:
+    """Initialise the RGB and noise ResNets from a local torchvision-format state dict."""
+    if path is None:
+        warnings.warn(_RANDOM_INIT_WARNING, stacklevel=3)
+        return
+    state = read_state_dict(path)
+    backbones = [net.model]
+    if getattr(net, "noise_extractor", None) is not None:
+        backbones.append(net.noise_extractor.model)
+    for backbone in backbones:
+        own = backbone.state_dict()
+        report = compare_state_dicts(own, state)
+        if report.missing or report.mismatched:
+            # conv1 may differ (e.g. n_input ≠ 3); anything else means a wrong file.
+            serious = [k for k in report.missing if not k.startswith("conv1.")]
+            if serious or any(not m.startswith("conv1.") for m in report.mismatched):
+                raise WeightsError(f"{path}: not weights for this backbone: {report.describe()}")
+        usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+        backbone.load_state_dict(usable, strict=False)

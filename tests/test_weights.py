@@ -1,0 +1,167 @@
+"""load_weights: every supported format, prefixes, and refusal of unsafe files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models import WeightsError, get_mvss_cls, load_weights, read_state_dict
+from tests.conftest import build
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(1)
+    return build(backbone="resnet18", nclass=1)
+
+
+def _assert_same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda s: s,
+        lambda s: {"state_dict": s},
+        lambda s: {"model": s, "epoch": 3, "config": {"lr": 1e-4}},
+        lambda s: {f"module.{k}": v for k, v in s.items()},
+        lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}},
+    ],
+    ids=["bare", "state_dict", "model+meta", "module-prefix", "nested-prefix"],
+)
+def test_round_trip_pth(tmp_path, source, wrap):
+    path = tmp_path / "w.pth"
+    torch.save(wrap(source.state_dict()), path)
+    target = build(backbone="resnet18")
+    report = load_weights(target, path)
+    assert report.ok
+    _assert_same(source, target)
+
+
+def test_round_trip_safetensors(tmp_path, source):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    target = build(backbone="resnet18")
+    load_weights(target, path)
+    _assert_same(source, target)
+
+
+def test_into_ddp_like_wrapper(tmp_path, source):
+    path = tmp_path / "w.pt"
+    torch.save(source.state_dict(), path)
+    wrapper = torch.nn.Module()
+    wrapper.module = build(backbone="resnet18")
+    inner = torch.nn.DataParallel(wrapper.module)
+    load_weights(inner, path)
+    _assert_same(source, inner.module)
+
+
+def test_mismatch_names_keys(tmp_path, source):
+    state = dict(source.state_dict())
+    state.pop("head.out.1.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["head.out.1.weight"] = torch.zeros(3, 256, 1, 1)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as err:
+        load_weights(build(backbone="resnet18"), path)
+    msg = str(err.value)
+    assert "head.out.1.bias" in msg and "extra.weight" in msg and "head.out.1.weight" in msg
+    assert "bad.pth" in msg
+
+
+def test_non_strict_loads_the_rest(tmp_path, source):
+    state = dict(source.state_dict())
+    state.pop("head.out.1.bias")
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    target = build(backbone="resnet18")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = load_weights(target, path, strict=False)
+    assert report.missing == ["head.out.1.bias"]
+    assert torch.equal(target.head.out[1].weight, source.head.out[1].weight)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_PICKLE",))
+
+
+def test_refuses_malicious_pickle_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"model.conv1.weight": _Exploit()}, fh)
+    with pytest.raises(WeightsError, match=r"evil\.pth"):
+        read_state_dict(path)
+    assert not (tmp_path / "PWNED_BY_PICKLE").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\x80\x04K\x05."])
+def test_refuses_non_weight_files(tmp_path, content):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=r"junk\.pth"):
+        read_state_dict(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="no such weight file"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+def test_classifier_takes_localisation_weights_strict(tmp_path, source):
+    path = tmp_path / "w.pth"
+    torch.save(source.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls_net = get_mvss_cls(backbone="resnet18").eval()
+    load_weights(cls_net, path, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        _edge, seg, score = cls_net(x)
+        _ref_edge, ref_seg = source.eval()(x)
+    torch.testing.assert_close(seg, ref_seg)
+    torch.testing.assert_close(score, torch.sigmoid(ref_seg).amax(dim=(1, 2, 3)))
+    assert score.shape == (2,)
+
+
+def test_classifier_linear_head():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_mvss_cls(backbone="resnet18", head="linear", num_image_classes=3).eval()
+    with torch.inference_mode():
+        _, _, logits = net(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 3)
+    with pytest.raises(ValueError, match="max"):
+        get_mvss_cls(backbone="resnet18", head="mlp")
+
+
+def test_pretrained_base_from_local_file(tmp_path):
+    from models import build_resnet
+
+    torch.manual_seed(3)
+    imagenet = build_resnet("resnet18")
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(imagenet.state_dict(), path)
+    net = build(backbone="resnet18", pretrained_base=str(path))
+    assert torch.equal(net.model.layer3[0].conv1.weight, imagenet.layer3[0].conv1.weight)
+    assert torch.equal(net.noise_extractor.model.conv1.weight, imagenet.conv1.weight)
+    with pytest.raises(WeightsError):
+        build(backbone="resnet50", pretrained_base=str(path))
+
+
+def test_random_init_warns():
+    from models import get_mvss
+
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        get_mvss(backbone="resnet18")
