@@ -1,0 +1,121 @@
+"""Decoding images and masks safely: the one place where bad files are judged.
+
+Every failure raises :class:`BadInputError` naming the file and the reason, so batch
+jobs can record it and go on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Above this many pixels an image is refused rather than risking memory exhaustion.
+MAX_PIXELS = int(os.environ.get("MVSS_MAX_PIXELS", 200_000_000))
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+_JPEG_EOI = b"\xff\xd9"
+_PNG_IEND = b"IEND"
+
+
+class BadInputError(ValueError):
+    """An input file that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(path, "file not found")
+    if not path.is_file():
+        raise BadInputError(path, "not a regular file")
+    data = path.read_bytes()
+    if not data:
+        raise BadInputError(path, "empty file (0 bytes)")
+    return data
+
+
+def _check_complete(path: str | Path, data: bytes) -> None:
+    """Refuse truncated JPEG/PNG files, which OpenCV would decode half grey."""
+    if data[:3] == b"\xff\xd8\xff" and _JPEG_EOI not in data[-64:].rstrip(b"\x00"):
+        raise BadInputError(path, "truncated JPEG (no end-of-image marker)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and _PNG_IEND not in data[-16:]:
+        raise BadInputError(path, "truncated PNG (no IEND chunk)")
+
+
+def _decode(path: str | Path, data: bytes, flags: int) -> np.ndarray:
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        image = cv2.imdecode(buffer, flags)
+    except cv2.error as exc:
+        raise BadInputError(path, f"cannot decode ({str(exc).strip()[:120]})") from exc
+    if image is None or image.size == 0:
+        raise BadInputError(path, "not a readable image (unknown format or corrupt data)")
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+        raise BadInputError(
+            path, f"image too large ({image.shape[1]}×{image.shape[0]} > {MAX_PIXELS} pixels)"
+        )
+    return image
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale 16-bit or float images to 8-bit; leave 8-bit alone."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        peak = 1.0 if float(np.nanmax(image)) <= 1.0 else 255.0
+        return np.clip(np.nan_to_num(image) * (255.0 / peak), 0, 255).astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image as uint8 H×W×3 in **BGR** order (the release's convention).
+
+    Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit, and EXIF
+    orientation is honoured (OpenCV's IMREAD_COLOR does all of this).
+    """
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    image = _decode(path, data, cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(to_uint8(image))
+
+
+def read_mask_raw(path: str | Path) -> np.ndarray:
+    """Decode a mask keeping its channels (colour masks carry classes): uint8, H×W or
+    H×W×3 (BGR). Alpha is dropped; 16-bit is scaled to 8-bit."""
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    mask = _decode(path, data, cv2.IMREAD_UNCHANGED)
+    mask = to_uint8(mask)
+    if mask.ndim == 3:
+        if mask.shape[2] == 4:
+            mask = mask[:, :, :3]
+        elif mask.shape[2] == 1:
+            mask = mask[:, :, 0]
+        if (
+            mask.ndim == 3
+            and np.array_equal(mask[:, :, 0], mask[:, :, 1])
+            and np.array_equal(mask[:, :, 1], mask[:, :, 2])
+        ):
+            mask = mask[:, :, 0]  # grey stored as RGB
+    return np.ascontiguousarray(mask)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a PNG atomically (temp file + rename), creating folders as needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(encoded.tobytes())
+    os.replace(tmp, path)

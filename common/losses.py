@@ -1,0 +1,110 @@
+"""MVSS-Net's multi-view multi-scale supervision, and the three-class variant.
+
+Losses are computed in fp32 even under autocast (the inputs are cast first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_DICE_EPS = 1e-6
+
+
+def dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 − 2ΣGS / (ΣG² + ΣS²)`` over the whole tensor (the paper's Dice)."""
+    prob = prob.float()
+    target = target.float()
+    inter = (prob * target).sum()
+    denom = (prob * prob).sum() + (target * target).sum()
+    return 1.0 - 2.0 * inter / (denom + _DICE_EPS)
+
+
+def image_logit(seg_logits: torch.Tensor) -> torch.Tensor:
+    """Image-level logit: global max of the seg logits (sigmoid is monotone, so this is
+    the logit of the max of the sigmoid map; BCE-with-logits applies the one sigmoid)."""
+    return seg_logits.float().flatten(1).amax(dim=1)
+
+
+@dataclass
+class MVSSLoss:
+    """``α·L_seg + β·L_clf + (1 − α − β)·L_edge`` (α = 0.16, β = 0.04).
+
+    Pixel (seg) and edge Dice use only the manipulated samples of the batch; authentic
+    images contribute only the image-level BCE. Returns a dict with ``loss`` and its parts.
+    """
+
+    alpha: float = 0.16
+    beta: float = 0.04
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.alpha <= 1 and 0 <= self.beta <= 1 and self.alpha + self.beta <= 1):
+            raise ValueError(f"need 0 ≤ α, β and α + β ≤ 1; got α={self.alpha}, β={self.beta}")
+
+    def __call__(
+        self,
+        edge_logits: torch.Tensor,
+        seg_logits: torch.Tensor,
+        mask: torch.Tensor,
+        edge: torch.Tensor,
+        label: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        label = label.float().to(seg_logits.device)
+        manipulated = label > 0
+        zero = seg_logits.new_zeros((), dtype=torch.float32)
+        if manipulated.any():
+            seg_loss = dice_loss(torch.sigmoid(seg_logits[manipulated].float()), mask[manipulated])
+            edge_loss = dice_loss(
+                torch.sigmoid(edge_logits[manipulated].float()), edge[manipulated]
+            )
+        else:
+            seg_loss = edge_loss = zero
+        clf_loss = F.binary_cross_entropy_with_logits(image_logit(seg_logits), label)
+        gamma = 1.0 - self.alpha - self.beta
+        total = self.alpha * seg_loss + self.beta * clf_loss + gamma * edge_loss
+        return {"loss": total, "seg": seg_loss, "clf": clf_loss, "edge": edge_loss}
+
+
+def multiclass_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over classes of the Dice loss between softmax maps and one-hot targets."""
+    prob = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target.long(), prob.shape[1]).permute(0, 3, 1, 2).float()
+    losses = [dice_loss(prob[:, c], onehot[:, c]) for c in range(prob.shape[1])]
+    return torch.stack(losses).mean()
+
+
+@dataclass
+class ThreeClassLoss:
+    """The seed's loss: ``seg_weight × multi-class Dice + edge_weight × edge Dice``
+    (0.2 / 0.8), plus ``ce_weight ×`` cross-entropy when > 0. ``target`` holds
+    {0 pristine, 1 tampered, 2 desensitised}; the edge target is that of classes 1 ∪ 2."""
+
+    seg_weight: float = 0.2
+    edge_weight: float = 0.8
+    ce_weight: float = 0.0
+
+    def __call__(
+        self,
+        edge_logits: torch.Tensor,
+        seg_logits: torch.Tensor,
+        target: torch.Tensor,
+        edge: torch.Tensor,
+        label: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        seg_loss = multiclass_dice_loss(seg_logits, target)
+        manipulated = label.to(seg_logits.device) > 0
+        if manipulated.any():
+            edge_loss = dice_loss(
+                torch.sigmoid(edge_logits[manipulated].float()), edge[manipulated]
+            )
+        else:
+            edge_loss = seg_logits.new_zeros((), dtype=torch.float32)
+        total = self.seg_weight * seg_loss + self.edge_weight * edge_loss
+        parts = {"seg": seg_loss, "edge": edge_loss}
+        if self.ce_weight > 0:
+            ce = F.cross_entropy(seg_logits.float(), target.long())
+            total = total + self.ce_weight * ce
+            parts["ce"] = ce
+        return {"loss": total, **parts}

@@ -1,0 +1,223 @@
+"""Every metric against scikit-learn or a plain per-image reference written here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    f1_score,
+    jaccard_score,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from common.metrics import (
+    ClassificationEvaluator,
+    LocalizationEvaluator,
+    ThreeClassEvaluator,
+    best_f1_from_histograms,
+)
+
+
+def reference_pixel_f1(probs, masks, labels, empty=1.0):
+    """The release's evaluation, one image at a time."""
+    scores = []
+    for p, m, lab in zip(probs, masks, labels, strict=True):
+        if lab == 0:
+            continue
+        pred, gt = p > 0.5, m > 0
+        tp = np.sum(pred & gt)
+        fp = np.sum(pred & ~gt)
+        fn = np.sum(~pred & gt)
+        den = 2 * tp + fp + fn
+        scores.append(empty if den == 0 else 2 * tp / den)
+    return float(np.mean(scores))
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    n, h, w = 12, 16, 20
+    masks = (rng.random((n, h, w)) < 0.3).astype(np.uint8)
+    labels = np.array([1] * 8 + [0] * 4)
+    masks[8:] = 0
+    masks[3] = 0  # tampered image whose mask is empty: no pixel AUC
+    probs = np.clip(masks * 0.4 + rng.random((n, h, w)) * 0.6, 0, 1).astype(np.float32)
+    probs[5] = 0.0  # all-zero prediction
+    return probs, masks, labels
+
+
+def test_pixel_metrics_match_references(batch):
+    probs, masks, labels = batch
+    ev = LocalizationEvaluator()
+    ev.update(probs[:5], masks[:5], labels[:5])
+    ev.update(probs[5:], masks[5:], labels[5:])
+    r = ev.compute()
+    assert r["pixel_f1"] == pytest.approx(reference_pixel_f1(probs, masks, labels))
+    t = labels > 0
+    flat_p, flat_g = (probs[t] > 0.5).ravel(), masks[t].ravel()
+    assert r["pixel_f1_micro"] == pytest.approx(f1_score(flat_g, flat_p))
+    assert r["pixel_iou_micro"] == pytest.approx(jaccard_score(flat_g, flat_p))
+    assert r["pixel_precision_micro"] == pytest.approx(precision_score(flat_g, flat_p))
+    assert r["pixel_recall_micro"] == pytest.approx(recall_score(flat_g, flat_p))
+    per_image_iou = [
+        jaccard_score(m.ravel(), (p > 0.5).ravel(), zero_division=1.0)
+        for p, m in zip(probs[t], masks[t], strict=True)
+    ]
+    assert r["pixel_iou"] == pytest.approx(np.mean(per_image_iou))
+    aucs = [
+        roc_auc_score(m.ravel(), p.ravel())
+        for p, m in zip(probs[t], masks[t], strict=True)
+        if 0 < m.sum() < m.size
+    ]
+    assert r["num_pixel_auc_images"] == 7  # the empty mask is excluded, not scored 0
+    assert r["pixel_auc"] == pytest.approx(np.mean(aucs), abs=2e-3)
+    assert r["pixel_auc_micro"] == pytest.approx(
+        roc_auc_score(masks[t].ravel(), probs[t].ravel()), abs=2e-3
+    )
+
+
+def test_binned_auc_is_exact_on_8bit_maps(batch):
+    probs, masks, labels = batch
+    q = np.floor(probs * 255) / 255  # maps read back from the release's PNGs
+    ev = LocalizationEvaluator()
+    ev.update(q, masks, labels)
+    t = labels > 0
+    assert ev.compute()["pixel_auc_micro"] == pytest.approx(
+        roc_auc_score(masks[t].ravel(), q[t].ravel()), abs=1e-12
+    )
+
+
+def test_image_metrics_match_sklearn(batch):
+    probs, masks, labels = batch
+    ev = LocalizationEvaluator()
+    ev.update(probs, masks, labels)
+    r = ev.compute()
+    scores = probs.reshape(len(probs), -1).max(1)
+    pred = scores > 0.5
+    sens = recall_score(labels, pred)
+    spec = recall_score(1 - labels, ~pred)
+    assert r["image_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert r["image_sensitivity"] == pytest.approx(sens)
+    assert r["image_specificity"] == pytest.approx(spec)
+    assert r["image_f1"] == pytest.approx(2 * sens * spec / (sens + spec))
+    assert r["image_f1_precision_recall"] == pytest.approx(f1_score(labels, pred))
+    assert r["com_f1"] == pytest.approx(
+        2 * r["pixel_f1"] * r["image_f1"] / (r["pixel_f1"] + r["image_f1"])
+    )
+    assert r["num_images"] == 12
+
+
+def test_empty_rule_release_vs_seed():
+    probs = np.zeros((1, 4, 4), np.float32)
+    masks = np.zeros((1, 4, 4), np.uint8)
+    for rule, expected in (("release", 1.0), ("seed", 0.0)):
+        ev = LocalizationEvaluator(empty_f1=rule)
+        ev.update(probs, masks, [1])
+        assert ev.compute()["pixel_f1"] == expected
+
+
+def test_all_ones_map_and_single_class_gives_none_not_zero():
+    masks = np.zeros((3, 4, 4), np.uint8)
+    masks[:, :2] = 1
+    ev = LocalizationEvaluator()
+    ev.update(np.ones((3, 4, 4), np.float32), masks, [1, 1, 1])
+    r = ev.compute()
+    assert r["pixel_f1"] == pytest.approx(2 * 8 / (2 * 8 + 8))
+    assert r["image_auc"] is None and r["image_specificity"] is None
+    assert r["image_f1"] is None and r["com_f1"] is None
+    assert any("image_auc" in n for n in r["notes"])
+
+
+def test_nan_scores_rejected():
+    ev = LocalizationEvaluator()
+    probs = np.full((1, 4, 4), np.nan, np.float32)
+    with pytest.raises(ValueError, match="NaN"):
+        ev.update(probs, None, [1])
+    cls = ClassificationEvaluator()
+    with pytest.raises(ValueError, match="NaN"):
+        cls.update([0.2, float("nan")], [0, 1])
+
+
+def test_oracle_f1_at_least_fixed_threshold(batch):
+    probs, masks, labels = batch
+    ev = LocalizationEvaluator()
+    ev.update(probs, masks, labels)
+    r = ev.compute()
+    assert r["pixel_f1_best_threshold"] >= r["pixel_f1"] - 1e-9
+    # brute force on one image: best F1 over the bin thresholds
+    p, m = probs[0].ravel(), masks[0].ravel() > 0
+    best = max(f1_score(m, p >= k / 1000, zero_division=1.0) for k in range(1001))
+    pos = np.bincount(np.minimum((p[m] * 1000).astype(int), 999), minlength=1000)
+    neg = np.bincount(np.minimum((p[~m] * 1000).astype(int), 999), minlength=1000)
+    import torch
+
+    got = best_f1_from_histograms(torch.tensor(pos), torch.tensor(neg), 1.0).item()
+    assert got == pytest.approx(best, abs=1e-9)
+
+
+def test_merge_equals_single_pass(batch):
+    probs, masks, labels = batch
+    one = LocalizationEvaluator()
+    one.update(probs, masks, labels)
+    a, b = LocalizationEvaluator(), LocalizationEvaluator()
+    a.update(probs[:7], masks[:7], labels[:7])
+    b.update(probs[7:], masks[7:], labels[7:])
+    a.merge(b)
+    ra, ro = a.compute(), one.compute()
+    for key in ("pixel_f1", "pixel_auc", "pixel_auc_micro", "image_auc", "com_f1"):
+        assert ra[key] == pytest.approx(ro[key])
+
+
+def test_three_class_against_sklearn():
+    rng = np.random.default_rng(1)
+    n, h, w = 5, 12, 12
+    target = rng.integers(0, 3, (n, h, w))
+    logits = rng.normal(size=(n, 3, h, w)) + 2.0 * np.eye(3)[target].transpose(0, 3, 1, 2)
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    target[4] = 0  # an image with only pristine pixels
+    ev = ThreeClassEvaluator()
+    ev.update(probs[:2], target[:2])
+    ev.update(probs[2:], target[2:])
+    r = ev.compute()
+    pred = probs.argmax(1)
+    t, p = target.ravel(), pred.ravel()
+    for c, name in ((1, "tampered"), (2, "desensitised")):
+        assert r[f"f1_{name}_micro"] == pytest.approx(f1_score(t == c, p == c))
+        assert r[f"iou_{name}"] == pytest.approx(jaccard_score(t == c, p == c))
+        assert r[f"mcc_{name}"] == pytest.approx(matthews_corrcoef(t == c, p == c))
+        assert r[f"auc_{name}"] == pytest.approx(
+            roc_auc_score(t == c, probs[:, c].ravel()), abs=2e-3
+        )
+        fp = np.sum((p == c) & (t != c))
+        tn = np.sum((p != c) & (t != c))
+        assert r[f"fpr_{name}"] == pytest.approx(fp / (fp + tn))
+        per_image = [
+            f1_score((target[i] == c).ravel(), (pred[i] == c).ravel(), zero_division=1.0)
+            for i in range(n)
+        ]
+        assert r[f"f1_{name}"] == pytest.approx(np.mean(per_image))
+    assert r["miou"] == pytest.approx(jaccard_score(t, p, average="macro"))
+    assert r["pixel_accuracy"] == pytest.approx(np.mean(t == p))
+    assert r["mean_pixel_accuracy"] == pytest.approx(recall_score(t, p, average="macro"))
+
+
+def test_classification_metrics():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 50)
+    scores = np.clip(labels * 0.3 + rng.random(50) * 0.7, 0, 1)
+    ev = ClassificationEvaluator()
+    ev.update(scores[:20], labels[:20])
+    ev.update(scores[20:], labels[20:])
+    r = ev.compute()
+    pred = scores > 0.5
+    assert r["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert r["f1"] == pytest.approx(f1_score(labels, pred))
+    assert r["mcc"] == pytest.approx(matthews_corrcoef(labels, pred))
+    assert r["accuracy"] == pytest.approx(np.mean(pred == labels))
+    assert np.sum(r["confusion_matrix"]) == 50
+    single = ClassificationEvaluator()
+    single.update([0.9, 0.8], [1, 1])
+    assert single.compute()["auc"] is None

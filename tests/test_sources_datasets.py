@@ -1,0 +1,141 @@
+"""Sources (list, folder pair, JSON, images) and the dataset's samples."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from common.datasets import ForgeryDataset, MaskOptions, collate_samples
+from common.sources import load_source, read_list_file, scan_folder_pair
+from common.transforms import AugmentConfig, build_eval_transform, build_train_transform
+
+
+def _img(path, h=40, w=48, value=None):
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    img = (
+        rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        if value is None
+        else np.full((h, w, 3), value, np.uint8)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def _mask(path, h=40, w=48):
+    m = np.zeros((h, w), np.uint8)
+    m[10:30, 12:36] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), m)
+    return path
+
+
+def test_list_file_rows_and_problems(tmp_path):
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    _mask(tmp_path / "a_gt.png")
+    lst = tmp_path / "list.txt"
+    lst.write_text(
+        "# comment\n"
+        "a.png a_gt.png 2\n"
+        "b.png None 0\n"
+        "c.png\n"
+        "a.png a_gt.png\n"
+        "a.png a_gt.png x\n"
+        "b.png None 1\n"
+    )
+    records, problems = read_list_file(lst)
+    assert [r.label for r in records] == [2, 0, -1]
+    assert records[0].image == str(tmp_path / "a.png")
+    assert records[1].mask is None
+    assert [p.where for p in problems] == [f"{lst}:5", f"{lst}:6", f"{lst}:7"]
+
+
+def test_folder_pair_by_stem_not_order(tmp_path):
+    for name in ("zeta", "alpha", "mid"):
+        _img(tmp_path / "images" / f"{name}.jpg")
+    _mask(tmp_path / "masks" / "zeta_gt.png")
+    _mask(tmp_path / "masks" / "alpha.png")
+    _mask(tmp_path / "masks" / "orphan_mask.png")
+    records, problems = scan_folder_pair(tmp_path)
+    by_image = {r.image.split("/")[-1]: r for r in records}
+    assert by_image["zeta.jpg"].mask.endswith("zeta_gt.png")
+    assert by_image["alpha.jpg"].mask.endswith("alpha.png")
+    assert by_image["mid.jpg"].mask is None and by_image["mid.jpg"].label == 0
+    assert any("orphan_mask.png" in p.where and "no matching image" in p.reason for p in problems)
+
+
+def test_folder_pair_ambiguous_masks(tmp_path):
+    _img(tmp_path / "images" / "x.png")
+    _mask(tmp_path / "masks" / "x_gt.png")
+    _mask(tmp_path / "masks" / "x_mask.png")
+    records, problems = scan_folder_pair(tmp_path)
+    assert records == []
+    assert "ambiguous" in problems[0].reason
+
+
+def test_json_list(tmp_path):
+    _img(tmp_path / "a.png")
+    _mask(tmp_path / "m.png")
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps([["a.png", "m.png"], ["a.png", "Negative"], ["bad"]]))
+    records, problems = load_source(path)
+    assert [r.label for r in records] == [1, 0] and len(problems) == 1
+
+
+def test_glob_and_folder_of_images(tmp_path):
+    _img(tmp_path / "imgs" / "1.png")
+    _img(tmp_path / "imgs" / "2.jpg")
+    assert len(load_source(str(tmp_path / "imgs"))[0]) == 2
+    assert len(load_source(str(tmp_path / "imgs" / "*.png"))[0]) == 1
+
+
+def test_dataset_sample_and_bad_file_skipped(tmp_path):
+    _img(tmp_path / "a.png")
+    _mask(tmp_path / "a_gt.png")
+    _img(tmp_path / "b.png", value=128)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    lst = tmp_path / "list.txt"
+    lst.write_text("a.png a_gt.png 1\nbroken.jpg a_gt.png 1\nb.png None 0\n")
+    records, _ = read_list_file(lst)
+    ds = ForgeryDataset(records, build_eval_transform(64))
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (1, 64, 64) and set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    assert item["edge"].shape == (1, 16, 16) and item["edge"].sum() > 0
+    assert item["label"].item() == 1 and item["size"].tolist() == [40, 48]
+    assert "error" in ds[1] and ds[1]["path"].endswith("broken.jpg")
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_samples)))
+    assert batch["count"] == 2 and batch["image"].shape == (2, 3, 64, 64)
+    assert len(batch["skipped"]) == 1 and "broken.jpg" in batch["skipped"][0][0]
+    assert batch["mask"][1].sum() == 0  # authentic
+
+
+def test_normalisation_bgr_constants(tmp_path):
+    _img(tmp_path / "w.png", value=255)
+    records, _ = load_source(str(tmp_path / "w.png"))
+    x = ForgeryDataset(records)[0]["image"]
+    expected = [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
+    assert x[:, 0, 0].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_three_class_dataset_and_augmentations(tmp_path):
+    _img(tmp_path / "a.png", 64, 64)
+    m = np.zeros((64, 64), np.uint8)
+    m[:20, :20] = 1
+    m[40:, 40:] = 2
+    cv2.imwrite(str(tmp_path / "m.png"), m)
+    (tmp_path / "l.txt").write_text("a.png m.png 1\n")
+    records, _ = read_list_file(tmp_path / "l.txt")
+    cfg = AugmentConfig(size=32, hflip=1.0, jpeg_p=1.0, blur_p=1.0, noise_p=1.0)
+    ds = ForgeryDataset(records, build_train_transform(cfg), MaskOptions(nclass=3))
+    item = ds[0]
+    assert item["mask"].dtype == torch.long and set(item["mask"].unique().tolist()) == {0, 1, 2}
+    assert item["mask"][0, -1] == 1  # flipped horizontally: class 1 now top right
+    assert item["edge"].shape == (1, 8, 8)
