@@ -1,6 +1,67 @@
-"""infer_mvss_cls: not implemented yet (tracked by its own issue)."""
+"""Image-level manipulation classification to CSV, with metrics when labels are known.
 
+Large images are cut into crops (--crop 512, --crop-stride 512); an image is manipulated
+when any crop's score exceeds --th. --crop none scores the whole image (resized with
+--resize). Writes per_image.csv and summary.json (AUC, accuracy, precision, recall, F1,
+MCC, FPR, confusion matrix). Exit code 3 when some images failed.
+"""
+
+from __future__ import annotations
+
+import argparse
 import sys
+from pathlib import Path
+
+from common.classify import run_classification
+from common.cli import (
+    add_io_args,
+    add_model_args,
+    add_run_args,
+    load_model,
+    parse_resize,
+    run_options,
+)
+from common.evaluation import output_dir
+from common.sources import load_source
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_io_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
+    parser.add_argument(
+        "--crop",
+        type=parse_resize,
+        default=512,
+        help="crop size, or 'none' for the whole image (default 512)",
+    )
+    parser.add_argument("--crop-stride", dest="crop_stride", type=int, default=512)
+    parser.add_argument("--th", type=float, default=0.5, help="image threshold (score > th)")
+    parser.add_argument(
+        "--head",
+        choices=("max", "linear"),
+        default=None,
+        help="image head (default: from the checkpoint, else max)",
+    )
+    args = parser.parse_args(argv)
+    if not args.test_file or not args.model_path:
+        parser.error("--test_file and --model_path are required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
+    records, problems = load_source(source)
+    opts = run_options(args)
+    model = load_model(args, opts.device, classifier=True, head=args.head)
+    out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
+    print(f"{len(records)} images from {source}; writing to {out}")
+    return run_classification(
+        model, records, problems, out, opts, args.crop, args.crop_stride, args.resize, args.th
+    )
+
 
 if __name__ == "__main__":
-    sys.exit("infer_mvss_cls.py: not implemented yet")
+    sys.exit(main())

@@ -3,7 +3,14 @@
 from models.backbone import BACKBONES, build_resnet
 from models.classifier import MVSSNetCls, get_mvss_cls, manipulation_score
 from models.mvssnet import MVSSNet, get_mvss
-from models.weights import LoadReport, WeightsError, load_weights, read_state_dict, unwrap_model
+from models.weights import (
+    LoadReport,
+    WeightsError,
+    load_weights,
+    read_checkpoint_config,
+    read_state_dict,
+    unwrap_model,
+)
 
 __all__ = [
     "BACKBONES",
@@ -16,6 +23,7 @@ __all__ = [
     "get_mvss_cls",
     "load_weights",
     "manipulation_score",
+    "read_checkpoint_config",
     "read_state_dict",
     "unwrap_model",
 ]

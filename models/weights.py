@@ -183,3 +183,18 @@ def init_backbones_from_imagenet(net: nn.Module, path: str | Path | None) -> Non
                 raise WeightsError(f"{path}: not weights for this backbone: {report.describe()}")
         usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
         backbone.load_state_dict(usable, strict=False)
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    """The plain-data ``config`` stored in our checkpoints ({} for official files)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        return {}
+    config = raw.get("config") if isinstance(raw, Mapping) else None
+    return dict(config) if isinstance(config, Mapping) else {}

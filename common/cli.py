@@ -1,0 +1,182 @@
+"""Command-line pieces shared by the scripts (option names follow the release's, with
+dashed spellings as equals)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.datasets import MaskOptions
+from common.inference import RunOptions
+from common.masks import DEFAULT_EDGE_THICKNESS, DEFAULT_MASK_THRESHOLD, MASK_SIZE_POLICIES
+from common.runtime import AMP_MODES, resolve_device
+from models import BACKBONES, get_mvss, get_mvss_cls, load_weights, read_checkpoint_config
+
+log = logging.getLogger("mvss")
+
+
+def parse_resize(text: str) -> int | None:
+    """``512`` → 512; ``none`` → None (full resolution, tiled)."""
+    if text.lower() in ("none", "full", "0"):
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--resize takes an integer or 'none', got {text!r}"
+        ) from exc
+    if value < 64:
+        raise argparse.ArgumentTypeError(f"size must be at least 64 (or 'none'), got {value}")
+    return value
+
+
+def add_io_args(parser: argparse.ArgumentParser, default_resize: str = "512") -> None:
+    g = parser.add_argument_group("inputs and outputs")
+    g.add_argument(
+        "--test_file",
+        "--test-file",
+        dest="test_file",
+        nargs="+",
+        help="list file (image mask label), JSON list, folder (images/ + masks/ or plain), "
+        "image paths or globs",
+    )
+    g.add_argument(
+        "--save_dir",
+        "--save-dir",
+        dest="save_dir",
+        default="outputs",
+        help="output root (default: outputs)",
+    )
+    g.add_argument(
+        "--resize",
+        type=parse_resize,
+        default=parse_resize(default_resize),
+        help=f"network input size, or 'none': full resolution in tiles (default {default_resize})",
+    )
+    g.add_argument(
+        "--skip-existing",
+        "--skip_existing",
+        dest="skip_existing",
+        action="store_true",
+        help="reuse maps already in the output folder (resume an interrupted run)",
+    )
+    g.add_argument(
+        "--mask-threshold",
+        "--mask_threshold",
+        dest="mask_threshold",
+        type=int,
+        default=DEFAULT_MASK_THRESHOLD,
+        help="binary masks: pixel > this is tampered (default 127; 0 = the release)",
+    )
+    g.add_argument(
+        "--mask-size-policy",
+        dest="mask_size_policy",
+        choices=MASK_SIZE_POLICIES,
+        default="resize",
+        help="a mask whose size differs from its image",
+    )
+    g.add_argument(
+        "--empty-f1",
+        dest="empty_f1",
+        choices=("release", "seed"),
+        default="release",
+        help="F1 of an empty prediction on an empty mask: 1 (release) or 0 (seed)",
+    )
+
+
+def add_model_args(parser: argparse.ArgumentParser, nclass: int = 1) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--model_path",
+        "--model-path",
+        dest="model_path",
+        help="checkpoint: official .pt/.pth, ours, or .safetensors",
+    )
+    g.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default=None,
+        help="default: from the checkpoint's config, else resnet50",
+    )
+    g.add_argument("--nclass", type=int, default=nclass, help=argparse.SUPPRESS)
+
+
+def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int = 384) -> None:
+    g = parser.add_argument_group("running")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--amp", choices=AMP_MODES, default="off", help="mixed precision (default off)")
+    g.add_argument(
+        "--channels-last",
+        dest="channels_last",
+        action="store_true",
+        help="channels_last memory format (faster with --amp bf16 on CPU)",
+    )
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4)
+    g.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    g.add_argument(
+        "--tile", type=int, default=tile, help=f"tile size for --resize none (default {tile})"
+    )
+    g.add_argument(
+        "--tile-stride",
+        dest="tile_stride",
+        type=int,
+        default=stride,
+        help=f"tile stride (default {stride})",
+    )
+
+
+def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:
+    return RunOptions(
+        device=resolve_device(args.device),
+        amp=args.amp,
+        channels_last=args.channels_last,
+        tile=args.tile,
+        tile_stride=args.tile_stride,
+        tile_batch=args.batch_size,
+        blend=blend,
+    )
+
+
+def mask_options(args: argparse.Namespace, nclass: int = 1) -> MaskOptions:
+    return MaskOptions(
+        nclass=nclass,
+        threshold=args.mask_threshold,
+        edge_thickness=DEFAULT_EDGE_THICKNESS,
+        size_policy=args.mask_size_policy,
+    )
+
+
+def load_model(
+    args: argparse.Namespace, device: torch.device, classifier: bool = False, **kwargs: object
+) -> nn.Module:
+    """Build the network the checkpoint needs and load it (strict)."""
+    if not args.model_path:
+        raise SystemExit("error: --model_path is required")
+    path = Path(args.model_path)
+    config = read_checkpoint_config(path).get("model", {})
+    backbone = args.backbone or config.get("backbone", "resnet50")
+    nclass = int(config.get("nclass", args.nclass))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random-init warning: weights follow
+        if classifier:
+            head = str(kwargs.get("head") or config.get("head", "max"))
+            n_img = int(kwargs.get("num_image_classes") or config.get("num_image_classes", 2))
+            net: nn.Module = get_mvss_cls(
+                backbone=backbone, nclass=nclass, head=head, num_image_classes=n_img
+            )
+        else:
+            net = get_mvss(backbone=backbone, nclass=nclass)
+    load_weights(net, path, strict=True)
+    net.eval().to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")

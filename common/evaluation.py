@@ -1,0 +1,268 @@
+"""Folder/list inference with metrics: what infer_mvss_calmetrics.py runs.
+
+Outputs keep the release's layout, ``<save_dir>/<list name>/<model name>/pred/<stem>.png``
+(8-bit ``floor(255·p)``), plus ``bin/`` (binary maps), ``overlay/`` (optional),
+``per_image.csv`` (written as it goes) and ``summary.json``. Metrics are computed on the
+8-bit maps as saved, so re-evaluating them with ``--pred-dir`` gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from common.datasets import MaskOptions
+from common.inference import RunOptions, manipulated_map, to_png_levels
+from common.io import BadInputError, read_mask_raw, write_png
+from common.masks import read_mask
+from common.metrics import LocalizationEvaluator
+from common.predictor import iter_predictions
+from common.reports import (
+    EXIT_SOME_FAILED,
+    CsvLog,
+    format_table,
+    overlay,
+    unique_names,
+    write_json,
+)
+from common.sources import Problem, Record
+
+CSV_FIELDS = ("path", "status", "reason", "score", "label", "type", "pixel_f1", "pixel_iou", "pred")
+SUMMARY_KEYS = (
+    "pixel_f1",
+    "pixel_iou",
+    "pixel_f1_best_threshold",
+    "pixel_auc",
+    "pixel_f1_micro",
+    "image_auc",
+    "image_accuracy",
+    "image_sensitivity",
+    "image_specificity",
+    "image_f1",
+    "image_f1_precision_recall",
+    "com_f1",
+    "num_images",
+    "num_failed",
+)
+
+
+@dataclass
+class EvalSettings:
+    threshold: float = 0.5
+    resize: int | None = 512
+    batch_size: int = 4
+    workers: int = 2
+    skip_existing: bool = False
+    save_overlay: bool = False
+    empty_f1: str = "release"
+    masks: MaskOptions = field(default_factory=MaskOptions)
+
+
+def _source_name(test_file: Sequence[str] | str | None) -> str:
+    if not test_file:
+        return "inputs"
+    first = test_file if isinstance(test_file, str) else test_file[0]
+    if isinstance(test_file, list) and len(test_file) > 1:
+        return "inputs"
+    return Path(first.rstrip("/")).stem or "inputs"
+
+
+def output_dir(
+    save_dir: str | Path, test_file: Sequence[str] | str | None, model_name: str
+) -> Path:
+    return Path(save_dir) / _source_name(test_file) / model_name
+
+
+def _label_of(record: Record) -> int:
+    return record.label if record.label < 0 else int(record.label > 0)
+
+
+def _score(
+    evaluator: LocalizationEvaluator, rec: Record, prob: np.ndarray, mask: np.ndarray | None
+) -> dict[str, Any]:
+    label = _label_of(rec)
+    if label > 0 and mask is not None and mask.shape == prob.shape:
+        rows = evaluator.update(prob[None], mask[None], [label])
+    else:  # authentic, unlabelled, or a map whose size differs (the release's rule)
+        rows = evaluator.update(prob[None], None, [label], scores=[float(prob.max())])
+    return rows[0]
+
+
+class BatchRun:
+    """Bookkeeping of a batch job: the per-image CSV, the failures, the summary JSON."""
+
+    def __init__(self, out: Path, fields: Sequence[str], problems: Sequence[Problem]) -> None:
+        self.out = out
+        self.failures: list[dict[str, str]] = []
+        self.csv = CsvLog(out / "per_image.csv", fields)
+        for p in problems:
+            self.fail(p.where, p.reason)
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failures.append({"path": path, "reason": reason})
+        self.csv.write({"path": path, "status": "failed", "reason": reason})
+
+    def finish(self, metrics: dict[str, Any], table_keys: Sequence[str]) -> int:
+        """Write summary.json, print the table; the exit code says whether all went well."""
+        self.csv.close()
+        metrics.update(num_failed=len(self.failures), failures=self.failures)
+        write_json(self.out / "summary.json", metrics)
+        print(format_table(metrics, table_keys))
+        print(f"\nper-image results: {self.csv.path}\nsummary: {self.out / 'summary.json'}")
+        if self.failures:
+            print(f"{len(self.failures)} input(s) failed; see the CSV (status=failed)")
+            return EXIT_SOME_FAILED
+        return 0
+
+
+class _LocalizationRun(BatchRun):
+    def __init__(self, out: Path, settings: EvalSettings, problems: Sequence[Problem]) -> None:
+        super().__init__(out, CSV_FIELDS, problems)
+        self.settings = settings
+        self.evaluator = LocalizationEvaluator(
+            threshold=settings.threshold, empty_f1=settings.empty_f1
+        )
+
+    def record(
+        self, rec: Record, prob: np.ndarray, mask: np.ndarray | None, status: str, pred: str
+    ) -> None:
+        row = _score(self.evaluator, rec, prob, mask)
+        self.csv.write(
+            {
+                "path": rec.image,
+                "status": status,
+                "score": float(prob.max()),
+                "label": _label_of(rec),
+                "type": rec.label,
+                "pred": pred,
+                **row,
+            }
+        )
+
+    def done(self, extra: dict[str, Any]) -> int:
+        metrics = self.evaluator.compute()
+        metrics.update(threshold=self.settings.threshold, **extra)
+        return self.finish(metrics, SUMMARY_KEYS)
+
+
+def _read_saved_map(path: Path) -> np.ndarray:
+    raw = read_mask_raw(path)
+    if raw.ndim == 3:
+        raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
+    return raw.astype(np.float32) / 255.0
+
+
+def run_model_evaluation(
+    model: nn.Module,
+    records: Sequence[Record],
+    problems: Sequence[Problem],
+    out: Path,
+    opts: RunOptions,
+    settings: EvalSettings,
+) -> int:
+    """Predict, write maps as the release does, score, and report. Returns the exit code."""
+    names = unique_names([r.image for r in records])
+    pred_dir, bin_dir, ov_dir = out / "pred", out / "bin", out / "overlay"
+
+    def exists(i: int) -> bool:
+        return settings.skip_existing and (pred_dir / f"{names[i]}.png").is_file()
+
+    run = _LocalizationRun(out, settings, problems)
+    start = time.perf_counter()
+    done = 0
+    progress = tqdm(
+        iter_predictions(
+            model,
+            records,
+            opts,
+            settings.resize,
+            settings.masks,
+            settings.batch_size,
+            settings.workers,
+            keep_image=settings.save_overlay,
+            skip=exists,
+        ),
+        total=len(records),
+        unit="img",
+        desc="inference",
+    )
+    for pred in progress:
+        rec, name = pred.record, names[pred.index]
+        pred_path = pred_dir / f"{name}.png"
+        if pred.error is not None:
+            run.fail(rec.image, pred.error)
+            continue
+        if pred.skipped:
+            try:
+                prob = _read_saved_map(pred_path)
+            except BadInputError as exc:
+                run.fail(
+                    rec.image,
+                    f"existing map unreadable ({exc.reason}); rerun without --skip-existing",
+                )
+                continue
+            run.record(rec, prob, pred.mask, "existing", str(pred_path))
+            continue
+        levels = to_png_levels(manipulated_map(pred.probs))
+        write_png(pred_path, levels)
+        write_png(
+            bin_dir / f"{name}.png",
+            np.where(levels > settings.threshold * 255, 255, 0).astype(np.uint8),
+        )
+        prob = levels.astype(np.float32) / 255.0
+        if settings.save_overlay and pred.image is not None:
+            write_png(ov_dir / f"{name}.png", overlay(pred.image, prob))
+        run.record(rec, prob, pred.mask, "ok", str(pred_path))
+        done += 1
+        progress.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
+    return run.done(
+        {
+            "resize": settings.resize,
+            "images_per_second": done / max(time.perf_counter() - start, 1e-9),
+        }
+    )
+
+
+def _find_map(pred_dir: Path, stem: str) -> Path | None:
+    for ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        candidate = pred_dir / f"{stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_pred_dir_evaluation(
+    records: Sequence[Record],
+    problems: Sequence[Problem],
+    pred_dir: Path,
+    out: Path,
+    settings: EvalSettings,
+) -> int:
+    """Score probability maps already on disk (``<pred_dir>/<image stem>.png``, 8-bit)."""
+    run = _LocalizationRun(out, settings, problems)
+    for rec in tqdm(records, unit="img", desc="evaluating"):
+        path = _find_map(pred_dir, Path(rec.image).stem)
+        if path is None:
+            run.fail(rec.image, f"no map named {Path(rec.image).stem}.png in {pred_dir}")
+            continue
+        try:
+            prob = _read_saved_map(path)
+            mask = None
+            if _label_of(rec) > 0 and rec.mask is not None:
+                mask, _ = read_mask(rec.mask, prob.shape, 1, settings.masks.threshold, "reject")
+        except BadInputError as exc:
+            if "mask is" in exc.reason:  # size differs: image level only (the release's rule)
+                run.record(rec, prob, None, "ok (mask size differs: image level only)", str(path))
+            else:
+                run.fail(exc.path, exc.reason)
+            continue
+        run.record(rec, prob, mask, "ok", str(path))
+    return run.done({"pred_dir": str(pred_dir)})

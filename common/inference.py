@@ -1,0 +1,184 @@
+"""Single-image prediction, resize policy and tiling (the API the scripts use).
+
+``predict`` follows the release's pipeline: resize to 512×512 (bilinear), normalise,
+sigmoid, resize the map back to the original size. ``resize=None`` runs at full
+resolution in overlapping tiles whose probabilities are blended, so memory stays bounded
+for any image size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from common.runtime import autocast, to_memory_format
+from common.transforms import normalize_bgr_batch
+
+MIN_SIDE = 64  # the network needs at least this many pixels per side
+
+
+@dataclass
+class RunOptions:
+    """How the model is run: device, mixed precision, memory format, tiling."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: str = "off"
+    channels_last: bool = False
+    tile: int = 512
+    tile_stride: int = 384
+    tile_batch: int = 4
+    blend: str = "weighted"  # "weighted" (ramped seams) or "average" (the seed's)
+
+
+def seg_logits_of(output: object) -> torch.Tensor:
+    """The seg logits of any of our models' outputs ((edge, seg) or (edge, seg, cls))."""
+    if isinstance(output, tuple | list):
+        return output[1]
+    if isinstance(output, dict):
+        return output["seg"]
+    return output  # type: ignore[return-value]
+
+
+def probabilities(seg_logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for one channel, softmax over classes otherwise (fp32)."""
+    seg_logits = seg_logits.float()
+    if seg_logits.shape[1] == 1:
+        return torch.sigmoid(seg_logits)
+    return torch.softmax(seg_logits, dim=1)
+
+
+@torch.inference_mode()
+def forward_probs(model: nn.Module, images: torch.Tensor, opts: RunOptions) -> torch.Tensor:
+    """uint8 BGR batch (N, H, W, 3) → probabilities (N, C, H, W) float32 on the CPU."""
+    x = normalize_bgr_batch(images.to(opts.device, non_blocking=True))
+    x = to_memory_format(x, opts.channels_last)
+    with autocast(opts.device, opts.amp):
+        logits = seg_logits_of(model(x))
+    return probabilities(logits).cpu()
+
+
+def _ensure_min_side(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    if min(h, w) >= MIN_SIDE:
+        return image
+    scale = MIN_SIDE / min(h, w)
+    size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+def resize_map(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (C, h, w) or (h, w) float map to (H, W) bilinearly (the release's way)."""
+    h, w = size
+    if prob.shape[-2:] == (h, w):
+        return prob
+    if prob.ndim == 2:
+        return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(
+        np.ascontiguousarray(prob.transpose(1, 2, 0)), (w, h), interpolation=cv2.INTER_LINEAR
+    )
+    return resized.reshape(h, w, -1).transpose(2, 0, 1)
+
+
+def resize_input(image: np.ndarray, resize: int | None) -> np.ndarray:
+    """The network input: ``resize``×``resize`` (bilinear) or the image itself."""
+    if resize is None:
+        return _ensure_min_side(image)
+    if resize < MIN_SIDE:
+        raise ValueError(f"resize must be ≥ {MIN_SIDE}, got {resize}")
+    return cv2.resize(image, (resize, resize), interpolation=cv2.INTER_LINEAR)
+
+
+def tile_windows(
+    height: int, width: int, tile: int, stride: int
+) -> list[tuple[int, int, int, int]]:
+    """Windows (y0, x0, y1, x1) of at most ``tile`` covering the image; the last row and
+    column of windows are aligned with the far edges."""
+    if stride <= 0 or stride > tile:
+        raise ValueError(f"tile stride must be in 1..tile ({tile}), got {stride}")
+
+    def starts(size: int) -> list[int]:
+        if size <= tile:
+            return [0]
+        out = list(range(0, size - tile, stride))
+        return [*out, size - tile]
+
+    th, tw = min(tile, height), min(tile, width)
+    return [(y, x, y + th, x + tw) for y in starts(height) for x in starts(width)]
+
+
+def _blend_weights(h: int, w: int, blend: str) -> np.ndarray:
+    if blend == "average":
+        return np.ones((h, w), np.float32)
+
+    def ramp(n: int) -> np.ndarray:
+        r = np.minimum(np.arange(n) + 1, np.arange(n)[::-1] + 1).astype(np.float32)
+        return np.minimum(r / max(1.0, n / 4), 1.0)
+
+    return np.outer(ramp(h), ramp(w))
+
+
+def predict_tiled(model: nn.Module, image: np.ndarray, opts: RunOptions) -> np.ndarray:
+    """Full-resolution probabilities (C, H, W) from overlapping tiles, blended."""
+    original = image.shape[:2]
+    image = _ensure_min_side(image)
+    h, w = image.shape[:2]
+    windows = tile_windows(h, w, opts.tile, opts.tile_stride)
+    acc: np.ndarray | None = None
+    weight_sum = np.zeros((h, w), np.float32)
+    for start in range(0, len(windows), opts.tile_batch):
+        group = windows[start : start + opts.tile_batch]
+        crops = torch.from_numpy(np.stack([image[y0:y1, x0:x1] for y0, x0, y1, x1 in group]))
+        probs = forward_probs(model, crops, opts).numpy()
+        if acc is None:
+            acc = np.zeros((probs.shape[1], h, w), np.float32)
+        for (y0, x0, y1, x1), p in zip(group, probs, strict=True):
+            wts = _blend_weights(y1 - y0, x1 - x0, opts.blend)
+            acc[:, y0:y1, x0:x1] += p * wts
+            weight_sum[y0:y1, x0:x1] += wts
+    assert acc is not None
+    return resize_map(acc / weight_sum, original)
+
+
+def predict_probs(
+    model: nn.Module,
+    image_bgr: np.ndarray,
+    resize: int | None = 512,
+    opts: RunOptions | None = None,
+) -> np.ndarray:
+    """Probabilities (C, H, W) at the original size, by the resize or the tiled policy."""
+    opts = opts or RunOptions(device=next(model.parameters()).device)
+    if resize is None:
+        return predict_tiled(model, image_bgr, opts)
+    net_in = torch.from_numpy(resize_input(image_bgr, resize)).unsqueeze(0)
+    probs = forward_probs(model, net_in, opts)[0].numpy()
+    return resize_map(probs, image_bgr.shape[:2])
+
+
+def manipulated_map(probs: np.ndarray) -> np.ndarray:
+    """(H, W) probability of 'manipulated': the map itself, or 1 − P(pristine)."""
+    return probs[0] if probs.shape[0] == 1 else 1.0 - probs[0]
+
+
+def predict(
+    model: nn.Module,
+    image_bgr: np.ndarray,
+    resize: int | None = 512,
+    opts: RunOptions | None = None,
+) -> tuple[np.ndarray, float]:
+    """``(prob_map float32 H×W in [0, 1] at the original size, image score)``.
+
+    The score is the map's maximum (the release's image-level score). The model should be
+    in eval mode; this function puts it there.
+    """
+    model.eval()
+    prob = manipulated_map(predict_probs(model, image_bgr, resize, opts)).astype(np.float32)
+    return prob, float(prob.max())
+
+
+def to_png_levels(prob: np.ndarray) -> np.ndarray:
+    """8-bit map as the release saves it: ``floor(255·p)``."""
+    return np.floor(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -1,0 +1,143 @@
+"""Batched inference over many images: workers decode and resize while the model runs.
+
+:func:`iter_predictions` yields one :class:`Prediction` per record, in order, with the
+probability maps at the original size (or the error that stopped that image). Scripts
+decide what to write; a bad image never stops the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from common.datasets import MaskOptions
+from common.inference import RunOptions, forward_probs, predict_tiled, resize_input, resize_map
+from common.io import BadInputError, read_image, read_mask_raw
+from common.masks import read_mask
+from common.sources import Record
+
+
+@dataclass
+class Prediction:
+    """One image's result: ``probs`` (C, H, W) at the original size, or ``error``."""
+
+    index: int
+    record: Record
+    probs: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+    skipped: bool = False  # not run: the caller said its output already exists
+
+
+class _InferenceItems(Dataset):
+    """Decodes an image (and its mask) and prepares the network input, in a worker."""
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        resize: int | None,
+        masks: MaskOptions,
+        keep_image: bool,
+        skip: Callable[[int], bool],
+    ) -> None:
+        self.records = records
+        self.resize = resize
+        self.masks = masks
+        self.keep_image = keep_image
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _mask(self, rec: Record, shape: tuple[int, int] | None) -> np.ndarray | None:
+        if rec.label <= 0 or rec.mask is None:
+            return None
+        if shape is None:  # image not decoded: take the mask's own size
+            shape = read_mask_raw(rec.mask).shape[:2]
+        mask, _ = read_mask(
+            rec.mask, shape, self.masks.nclass, self.masks.threshold, self.masks.size_policy
+        )
+        return mask
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        try:
+            if self.skip(index):
+                return {"index": index, "skipped": True, "mask": self._mask(rec, None)}
+            image = read_image(rec.image)
+            item: dict[str, Any] = {
+                "index": index,
+                "size": image.shape[:2],
+                "mask": self._mask(rec, image.shape[:2]),
+                "image": image if (self.keep_image or self.resize is None) else None,
+            }
+            if self.resize is not None:
+                item["input"] = torch.from_numpy(resize_input(image, self.resize))
+            return item
+        except BadInputError as exc:
+            return {"index": index, "error": exc.reason}
+        except (OSError, ValueError, MemoryError) as exc:
+            return {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _passthrough(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+def iter_predictions(
+    model: nn.Module,
+    records: Sequence[Record],
+    opts: RunOptions,
+    resize: int | None = 512,
+    masks: MaskOptions | None = None,
+    batch_size: int = 4,
+    workers: int = 2,
+    keep_image: bool = False,
+    skip: Callable[[int], bool] | None = None,
+) -> Iterator[Prediction]:
+    """Predict every record, yielding results in order. ``resize=None`` → tiled, full
+    resolution. ``skip(index)`` marks images whose outputs already exist (their masks are
+    still read, so metrics stay complete)."""
+    model.eval()
+    items = _InferenceItems(
+        records, resize, masks or MaskOptions(), keep_image, skip or (lambda _: False)
+    )
+    loader = DataLoader(
+        items,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_passthrough,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    for batch in loader:
+        ready = [b for b in batch if "input" in b]
+        probs_by_index: dict[int, np.ndarray] = {}
+        if ready:
+            probs = forward_probs(model, torch.stack([b["input"] for b in ready]), opts).numpy()
+            for b, p in zip(ready, probs, strict=True):
+                probs_by_index[b["index"]] = resize_map(p, tuple(b["size"]))
+        for b in batch:
+            rec = records[b["index"]]
+            if "error" in b:
+                yield Prediction(b["index"], rec, error=b["error"])
+            elif b.get("skipped"):
+                yield Prediction(b["index"], rec, mask=b["mask"], skipped=True)
+            else:
+                probs_i = probs_by_index.get(b["index"])
+                if probs_i is None:  # tiled, full resolution
+                    try:
+                        probs_i = predict_tiled(model, b["image"], opts)
+                    except (RuntimeError, MemoryError) as exc:
+                        yield Prediction(b["index"], rec, error=f"{type(exc).__name__}: {exc}")
+                        continue
+                yield Prediction(
+                    b["index"], rec, probs_i, b["mask"], b["image"] if keep_image else None
+                )

@@ -1,0 +1,44 @@
+"""Devices, mixed precision and memory format: one place for the run-time switches."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+AMP_MODES = ("off", "fp16", "bf16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def amp_dtype(amp: str) -> torch.dtype | None:
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+    return {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, amp: str) -> Iterator[None]:
+    """torch.amp autocast for ``fp16``/``bf16``; a no-op for ``off``. fp16 on CPU is
+    refused (slow and poorly supported there): use bf16."""
+    dtype = amp_dtype(amp)
+    if dtype is None:
+        yield
+        return
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("--amp fp16 is for CUDA; use --amp bf16 on CPU")
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x

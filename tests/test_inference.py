@@ -1,0 +1,260 @@
+"""predict(), tiling, and the three inference scripts end to end on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import infer_3labels_merge_calmetrics
+import infer_mvss_calmetrics
+import infer_mvss_cls
+from common.inference import RunOptions, predict, predict_tiled, tile_windows
+from common.reports import EXIT_SOME_FAILED
+from common.transforms import normalize_bgr
+from tests.helpers import make_tiny_checkpoint, make_tiny_dataset
+
+
+def test_predict_follows_release_pipeline(tiny_model):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)
+    tiny_model.train()
+    prob, score = predict(tiny_model, image, resize=128)
+    assert not tiny_model.training  # always evaluated in eval mode
+    net_in = cv2.resize(image, (128, 128), interpolation=cv2.INTER_LINEAR)
+    with torch.inference_mode():
+        _, seg = tiny_model(normalize_bgr(net_in)[None])
+    ref = cv2.resize(torch.sigmoid(seg)[0, 0].numpy(), (70, 90), interpolation=cv2.INTER_LINEAR)
+    assert prob.shape == (90, 70) and prob.dtype == np.float32
+    np.testing.assert_allclose(prob, ref, atol=1e-6)
+    assert score == pytest.approx(float(prob.max()))
+
+
+def test_tile_windows_cover_the_image():
+    windows = tile_windows(1000, 700, 512, 384)
+    covered = np.zeros((1000, 700), bool)
+    for y0, x0, y1, x1 in windows:
+        assert y1 - y0 == 512 and x1 - x0 == 512
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    assert tile_windows(100, 80, 512, 256) == [(0, 0, 100, 80)]
+
+
+class _PointwiseNet(torch.nn.Module):
+    """A 1×1-conv 'network': tiling must reproduce its full-image output exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+
+    def forward(self, x):
+        return None, self.conv(x)
+
+
+@pytest.mark.parametrize("blend", ["weighted", "average"])
+def test_tiled_equals_full_for_pointwise_model(blend):
+    torch.manual_seed(0)
+    net = _PointwiseNet().eval()
+    image = np.random.default_rng(1).integers(0, 255, (200, 150, 3), dtype=np.uint8)
+    tiled = predict_tiled(net, image, RunOptions(tile=96, tile_stride=64, blend=blend))
+    with torch.inference_mode():
+        full = torch.sigmoid(net(normalize_bgr(image)[None])[1])[0].numpy()
+    np.testing.assert_allclose(tiled, full, atol=1e-5)
+
+
+def test_tiled_equals_untiled_when_one_tile_fits(tiny_model):
+    image = np.random.default_rng(2).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    tiled, _ = predict(tiny_model, image, resize=None, opts=RunOptions(tile=128, tile_stride=64))
+    with torch.inference_mode():
+        direct = torch.sigmoid(tiny_model(normalize_bgr(image)[None])[1])[0, 0].numpy()
+    np.testing.assert_allclose(tiled, direct, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    list_file = make_tiny_dataset(root / "data")
+    ckpt = make_tiny_checkpoint(root / "tiny.pt")
+    return root, list_file, ckpt
+
+
+def _rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _hand_pixel_f1(out, list_file):
+    scores = []
+    for line in list_file.read_text().split("\n"):
+        cols = line.split()
+        if len(cols) != 3 or cols[2] == "0":
+            continue
+        pred = cv2.imread(str(out / "pred" / cols[0].replace(".png", ".png")), 0)
+        mask = cv2.imread(str(list_file.parent / cols[1]), 0) > 127
+        p = pred / 255.0 > 0.5
+        tp, fp, fn = (p & mask).sum(), (p & ~mask).sum(), (~p & mask).sum()
+        scores.append(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def test_infer_calmetrics_end_to_end(tiny_data):
+    root, list_file, ckpt = tiny_data
+    save = root / "out"
+    argv = [
+        "--model_path",
+        str(ckpt),
+        "--test_file",
+        str(list_file),
+        "--save_dir",
+        str(save),
+        "--resize",
+        "96",
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+        "--overlay",
+    ]
+    code = infer_mvss_calmetrics.main(argv)
+    assert code == EXIT_SOME_FAILED  # the corrupt file in the middle
+    out = save / "test" / "tiny"
+    rows = _rows(out / "per_image.csv")
+    assert len(rows) == 6
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["path"].endswith("corrupt.jpg")
+    for i in range(5):
+        pred = cv2.imread(str(out / "pred" / f"img_{i:02d}.png"), cv2.IMREAD_UNCHANGED)
+        assert pred.shape == (72, 88) and pred.dtype == np.uint8
+        assert (out / "bin" / f"img_{i:02d}.png").is_file()
+        assert (out / "overlay" / f"img_{i:02d}.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "pixel_f1",
+        "pixel_iou",
+        "image_auc",
+        "image_accuracy",
+        "image_sensitivity",
+        "image_specificity",
+        "image_f1",
+        "com_f1",
+        "num_images",
+        "num_failed",
+        "threshold",
+    ):
+        assert key in summary
+    assert summary["num_images"] == 5 and summary["num_failed"] == 1
+    assert summary["pixel_f1"] == pytest.approx(_hand_pixel_f1(out, list_file))
+    scores = {r["path"].split("/")[-1]: float(r["score"]) for r in rows if r["status"] == "ok"}
+    assert scores["img_00.png"] == pytest.approx(
+        cv2.imread(str(out / "pred" / "img_00.png"), 0).max() / 255
+    )
+
+    # --pred-dir re-evaluates the saved maps to the same numbers
+    code = infer_mvss_calmetrics.main(
+        ["--test_file", str(list_file), "--save_dir", str(save), "--pred-dir", str(out / "pred")]
+    )
+    again = json.loads((save / "test" / "eval_pred" / "summary.json").read_text())
+    assert again["pixel_f1"] == pytest.approx(summary["pixel_f1"])
+    assert again["image_auc"] == summary["image_auc"]
+
+    # --skip-existing resumes: a removed map is recomputed, the others reused
+    (out / "pred" / "img_03.png").unlink()
+    infer_mvss_calmetrics.main([*argv, "--skip-existing"])
+    rows = _rows(out / "per_image.csv")
+    status = {r["path"].split("/")[-1]: r["status"] for r in rows}
+    assert status["img_03.png"] == "ok" and status["img_00.png"] == "existing"
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["pixel_f1"] == pytest.approx(summary["pixel_f1"])
+
+
+def test_infer_all_good_exit_zero_and_tiled(tiny_data, tmp_path):
+    root, _, ckpt = tiny_data
+    good = make_tiny_dataset(tmp_path / "good", corrupt=False)
+    code = infer_mvss_calmetrics.main(
+        [
+            "--model-path",
+            str(ckpt),
+            "--test-file",
+            str(good),
+            "--save-dir",
+            str(tmp_path / "o"),
+            "--resize",
+            "none",
+            "--tile",
+            "64",
+            "--tile-stride",
+            "48",
+            "--workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    pred = cv2.imread(str(tmp_path / "o" / "test" / "tiny" / "pred" / "img_00.png"), 0)
+    assert pred.shape == (72, 88)
+
+
+def test_three_class_script(tmp_path):
+    data = make_tiny_dataset(tmp_path / "d", three_class=True)
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny3.pt", nclass=3)
+    code = infer_3labels_merge_calmetrics.main(
+        [
+            "--model_path",
+            str(ckpt),
+            "--test_file",
+            str(data),
+            "--save_dir",
+            str(tmp_path / "o"),
+            "--tile",
+            "64",
+            "--tile-stride",
+            "32",
+            "--workers",
+            "0",
+        ]
+    )
+    assert code == EXIT_SOME_FAILED
+    out = tmp_path / "o" / "test" / "tiny3"
+    index = cv2.imread(str(out / "pred" / "img_00.png"), cv2.IMREAD_UNCHANGED)
+    assert index.shape == (72, 88) and index.max() <= 2
+    colour = cv2.imread(str(out / "color" / "img_00.png"))
+    assert colour.shape == (72, 88, 3)
+    for sub in ("prob_tampered", "prob_desensitised", "merged", "merged_bin"):
+        assert (out / sub / "img_00.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("f1_tampered", "f1_desensitised", "miou", "pixel_accuracy", "merged_pixel_f1"):
+        assert key in summary
+    assert summary["num_images"] == 5 and summary["num_failed"] == 1
+
+
+@pytest.mark.parametrize("crop", ["64", "none"])
+def test_classification_script(tmp_path, crop):
+    data = make_tiny_dataset(tmp_path / "d")
+    ckpt = make_tiny_checkpoint(tmp_path / "cls.pt", cls_head="max")
+    code = infer_mvss_cls.main(
+        [
+            "--model_path",
+            str(ckpt),
+            "--test_file",
+            str(data),
+            "--save_dir",
+            str(tmp_path / "o"),
+            "--crop",
+            crop,
+            "--crop-stride",
+            "32",
+            "--resize",
+            "64",
+        ]
+    )
+    assert code == EXIT_SOME_FAILED
+    rows = _rows(tmp_path / "o" / "test" / "cls" / "per_image.csv")
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 5
+    if crop == "64":
+        assert all(int(r["crops"]) == 4 for r in ok)  # 72×88 at 64/24 → 2 × 2 crops
+    summary = json.loads((tmp_path / "o" / "test" / "cls" / "summary.json").read_text())
+    assert summary["num_images"] == 5 and len(summary["confusion_matrix"]) == 2
