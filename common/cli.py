@@ -27,9 +27,7 @@ def parse_resize(text: str) -> int | None:
     try:
         value = int(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--resize takes an integer or 'none', got {text!r}"
-        ) from exc
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") from exc
     if value < 64:
         raise argparse.ArgumentTypeError(f"size must be at least 64 (or 'none'), got {value}")
     return value

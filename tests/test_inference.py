@@ -172,7 +172,7 @@ def test_infer_calmetrics_end_to_end(tiny_data):
 
 
 def test_infer_all_good_exit_zero_and_tiled(tiny_data, tmp_path):
-    root, _, ckpt = tiny_data
+    _, _, ckpt = tiny_data
     good = make_tiny_dataset(tmp_path / "good", corrupt=False)
     code = infer_mvss_calmetrics.main(
         [
