@@ -1,0 +1,93 @@
+"""torch.distributed helpers: the same code runs under torchrun (DDP) or as one process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device_name: str) -> torch.device:
+    """Start the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA,
+    gloo on CPU. Returns this process's device."""
+    from common.runtime import resolve_device
+
+    device = resolve_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (keeps ranks in step)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def sum_int(value: int, device: torch.device) -> int:
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's object, in rank order (one-element list without DDP)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation sampler: rank r takes indices r, r + W, r + 2W, … — every sample exactly
+    once across ranks, no padding or dropped tail (unlike DistributedSampler)."""
+
+    def __init__(
+        self, length: int, num_replicas: int | None = None, rank_: int | None = None
+    ) -> None:
+        self.length = length
+        self.num_replicas = num_replicas or world_size()
+        self.rank = rank() if rank_ is None else rank_
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))

@@ -1,0 +1,280 @@
+"""Configs, the training engine and the three training scripts on tiny data (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train_demo
+import train_demo_cls
+import train_demo_nclass3
+from common.config import ConfigError, parse_config
+from common.engine import NonFiniteLossError, Trainer, lr_factor
+from common.tasks import LocalizationTask
+from models import get_mvss_cls, load_weights
+from tests.helpers import make_tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--backbone",
+    "resnet18",
+    "--size",
+    "64",
+    "--batch_size",
+    "2",
+    "--workers",
+    "0",
+    "--tensorboard",
+    "false",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("train") / "d", n_tampered=4, n_authentic=2)
+
+
+def test_config_layers_and_suggestions(tmp_path):
+    defaults = {
+        "lr": 0.1,
+        "epochs": 3,
+        "amp": "off",
+        "jpeg_quality": [70, 100],
+        "init": None,
+        "channels_last": False,
+    }
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("lr: 0.5\nepochs: 7\n")
+    cfg = parse_config(
+        defaults,
+        "t",
+        [
+            "--config",
+            str(cfg_file),
+            "--epochs",
+            "9",
+            "--jpeg-quality",
+            "[50, 60]",
+            "--channels-last",
+            "true",
+        ],
+    )
+    assert cfg == {
+        "lr": 0.5,
+        "epochs": 9,
+        "amp": "off",
+        "jpeg_quality": [50, 60],
+        "init": None,
+        "channels_last": True,
+    }
+    cfg_file.write_text("learning_rate: 1\n")
+    with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
+        parse_config(defaults, "t", ["--config", str(cfg_file)])
+    with pytest.raises(SystemExit):
+        parse_config(defaults, "t", ["--epoch", "x"])
+
+
+def test_shipped_configs_parse():
+    for name in ("train_demo", "train_demo_nclass3", "train_demo_cls"):
+        cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+        assert cfg["lr"] == 1e-4 and cfg["optimizer"] == "adam" and cfg["amp"] == "off"
+
+
+def test_lr_schedule():
+    cfg = {
+        "warmup_steps": 2,
+        "scheduler": "cosine",
+        "min_lr_ratio": 0.0,
+        "gamma": 0.1,
+        "step_epochs": 1,
+    }
+    assert lr_factor(0, cfg, 5, 12) == pytest.approx(0.5)
+    assert lr_factor(2, cfg, 5, 12) == pytest.approx(1.0)
+    assert lr_factor(12, cfg, 5, 12) == pytest.approx(0.0, abs=1e-9)
+    cfg["scheduler"] = "step"
+    assert lr_factor(7, cfg, 5, 12) == pytest.approx(0.1)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
+    out = tmp_path / "run"
+    train_demo.main(
+        [
+            "--train_list",
+            str(data),
+            "--val_list",
+            str(data),
+            "--epochs",
+            "1",
+            "--out_dir",
+            str(out),
+            *TINY,
+        ]
+    )
+    state = _weights(out / "checkpoints" / "last.pt")  # weights_only=True loads it
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "rng"} <= state.keys()
+    assert state["config"]["model"] == {"backbone": "resnet18", "nclass": 1}
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "config.yaml").is_file()
+    row = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert row["skipped_samples"] == 1  # the corrupt image, counted
+    assert row["val"]["num_images"] == 6 and "com_f1" in row["val"]
+    assert "train_loss" in (out / "log.csv").read_text().splitlines()[0]
+
+
+class _KilledError(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch):
+    common = [
+        "--train_list",
+        str(data),
+        "--val_list",
+        str(data),
+        "--hflip",
+        "0.5",
+        "--jpeg_p",
+        "0.5",
+        "--accumulate",
+        "2",
+        "--clip_grad",
+        "1.0",
+        "--epochs",
+        "3",
+        "--warmup_steps",
+        "2",
+        *TINY,
+    ]
+    full = tmp_path / "full"
+    train_demo.main([*common, "--out_dir", str(full)])
+
+    part = tmp_path / "part"
+    real_epoch = Trainer.train_epoch
+
+    def killed_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise _KilledError  # the process dies in the middle of epoch 2
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(_KilledError):
+        train_demo.main([*common, "--out_dir", str(part)])
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    shutil.copy(part / "checkpoints" / "last.pt", tmp_path / "epoch1.pt")
+    train_demo.main([*common, "--out_dir", str(part), "--resume", str(tmp_path / "epoch1.pt")])
+
+    a = _weights(full / "checkpoints" / "last.pt")["model"]
+    b = _weights(part / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    first = _weights(tmp_path / "epoch1.pt")["model"]
+    assert not all(torch.equal(a[k], first[k]) for k in a)  # later epochs changed something
+    log_rows = (part / "log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in log_rows] == [1, 2, 3]
+
+
+def test_nclass3_and_cls_scripts(tmp_path):
+    d3 = make_tiny_dataset(tmp_path / "d3", three_class=True, corrupt=False)
+    train_demo_nclass3.main(
+        [
+            "--train_list",
+            str(d3),
+            "--val_list",
+            str(d3),
+            "--epochs",
+            "1",
+            "--out_dir",
+            str(tmp_path / "n3"),
+            *TINY,
+        ]
+    )
+    row = json.loads((tmp_path / "n3" / "log.jsonl").read_text().splitlines()[-1])
+    assert "miou" in row["val"] and "f1_desensitised" in row["val"]
+    for head in ("max", "linear"):
+        out = tmp_path / f"cls_{head}"
+        train_demo_cls.main(
+            [
+                "--train_list",
+                str(d3),
+                "--val_list",
+                str(d3),
+                "--epochs",
+                "1",
+                "--head",
+                head,
+                "--out_dir",
+                str(out),
+                *TINY,
+            ]
+        )
+        row = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+        assert "auc" in row["val"]
+        net = get_mvss_cls(backbone="resnet18", head=head)
+        load_weights(net, out / "checkpoints" / "last.pt")
+
+
+def test_nonfinite_losses_stop_the_run(data, tmp_path, monkeypatch):
+    cfg = parse_config(
+        __import__("common.config", fromlist=["read_defaults"]).read_defaults(
+            ROOT / "configs" / "train_demo.yaml"
+        )[0],
+        "t",
+        [
+            "--train_list",
+            str(data),
+            "--epochs",
+            "1",
+            "--out_dir",
+            str(tmp_path / "nan"),
+            "--max_nonfinite",
+            "1",
+            *TINY,
+        ],
+    )
+    task = LocalizationTask(cfg)
+    real = task.loss
+
+    def nan_loss(outputs, batch):
+        parts = real(outputs, batch)
+        parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(task, "loss", nan_loss)
+    with pytest.raises(NonFiniteLossError, match="consecutive non-finite"):
+        Trainer(cfg, task).fit()
+    assert not (tmp_path / "nan" / "checkpoints" / "last.pt").exists()
+
+
+def test_ddp_two_cpu_processes_agree(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(data),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["world"] == r1["world"] == 2
+    assert r0["checksum"] == r1["checksum"]
+    assert r0["num_images"] == r1["num_images"] == 6  # 6 val samples over 2 ranks, each once
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
