@@ -25,8 +25,25 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+DEMO_DATA := data/demo
+DEMO_RUN := runs/demo
+DEMO_OUT := outputs/demo
+DEMO_RESULTS := $(DEMO_OUT)/test/best
+
+# The whole job on generated data, on CPU: data, training, inference, metrics, baselines.
 demo: setup
-	@echo "make demo: not implemented yet (see the synthetic-data/demo issue)"; exit 1
+	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 600 --val 60 --test 120 --size 256 --seed 0
+	$(BIN)/python train_demo.py --config configs/demo.yaml --out_dir $(DEMO_RUN)
+	$(BIN)/python infer_mvss_calmetrics.py --model_path $(DEMO_RUN)/checkpoints/best.pt \
+		--test_file $(DEMO_DATA)/test.txt --save_dir $(DEMO_OUT) --resize 192 --overlay \
+		--amp bf16 --channels-last --batch-size 8
+	@echo
+	@$(BIN)/python -m common.baselines $(DEMO_DATA)/test.txt $(DEMO_RESULTS)/summary.json
+	@echo
+	@echo "maps:          $(DEMO_RESULTS)/pred/ (binary: bin/, overlays: overlay/)"
+	@echo "per image:     $(DEMO_RESULTS)/per_image.csv"
+	@echo "contact sheet: $(DEMO_DATA)/contact_sheet.png"
+	@echo "training log:  $(DEMO_RUN)/log.csv"
 
 bench: setup
 	$(BIN)/python bench/bench_model.py

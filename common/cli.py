@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from common.datasets import MaskOptions
+from common.fast import optimize_for_inference
 from common.inference import RunOptions
 from common.masks import DEFAULT_EDGE_THICKNESS, DEFAULT_MASK_THRESHOLD, MASK_SIZE_POLICIES
 from common.runtime import AMP_MODES, resolve_device
@@ -114,6 +115,12 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
         action="store_true",
         help="channels_last memory format (faster with --amp bf16 on CPU)",
     )
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="inference fast path: BatchNorm folded, head convolutions merged, "
+        "bf16 weights with --amp bf16 (see README, Performance)",
+    )
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4)
     g.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
     g.add_argument(
@@ -129,9 +136,10 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
 
 
 def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:
+    fast_bf16 = getattr(args, "fast", False) and args.amp == "bf16"
     return RunOptions(
         device=resolve_device(args.device),
-        amp=args.amp,
+        amp="off" if fast_bf16 else args.amp,  # the fast path stores bf16 weights itself
         channels_last=args.channels_last,
         tile=args.tile,
         tile_stride=args.tile_stride,
@@ -171,6 +179,9 @@ def load_model(
             net = get_mvss(backbone=backbone, nclass=nclass)
     load_weights(net, path, strict=True)
     net.eval().to(device)
+    if getattr(args, "fast", False):
+        dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
+        return optimize_for_inference(net, dtype, args.channels_last).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net

@@ -33,7 +33,7 @@ class LocalizationTask:
     nclass = 1
 
     def __init__(self, cfg: dict[str, Any]) -> None:
-        self.criterion = MVSSLoss(alpha=cfg["alpha"], beta=cfg["beta"])
+        self.criterion = MVSSLoss(cfg["alpha"], cfg["beta"], cfg.get("pixel_bce", 0.0))
 
     def build_model(self, cfg: dict[str, Any]) -> nn.Module:
         return _build(get_mvss, cfg, nclass=1)

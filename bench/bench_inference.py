@@ -1,0 +1,155 @@
+"""Model forward at 512×512 on CPU: plain fp32 eager vs the fast paths, side by side.
+
+Prints seconds per batch (median of --runs after warm-up, interleaved), the speed-up over
+fp32 eager, and the accuracy of each path's probability maps against fp32 on synthetic
+forgeries (mean / max absolute difference in 1/255 units, binary agreement at 0.5). Also
+the floor: FLOPs per image ÷ this machine's measured bf16 matrix-multiply rate.
+Writes bench/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common_bench import ROOT, calibrated_model, interleaved_medians, synthetic_images
+from common.fast import optimize_for_inference
+from common.transforms import normalize_bgr_batch
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
+    p.add_argument("--accuracy-images", type=int, default=8)
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--weights", help="checkpoint to time and compare (default: random init)")
+    p.add_argument("--calibrate", action="store_true", help="BatchNorm statistics from photos")
+    args = p.parse_args()
+
+    def make():
+        return calibrated_model(args.backbone, args.size, 0, args.calibrate, args.weights)
+
+    base = make()
+    paths = {
+        "fp32 eager": lambda x: base(x),
+        "bf16 autocast": None,
+        "bf16 autocast + channels_last": None,
+        "fast fp32 (folded BN, merged head)": optimize_for_inference(base),
+        "fast bf16 + channels_last": optimize_for_inference(base, torch.bfloat16, True),
+    }
+    base_cl = make().to(memory_format=torch.channels_last)
+    base_cl.load_state_dict(base.state_dict())
+
+    def autocast_run(net, cl):
+        def run(x):
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return net(x)
+
+        return run
+
+    paths["bf16 autocast"] = autocast_run(base, False)
+    paths["bf16 autocast + channels_last"] = autocast_run(base_cl, True)
+    if args.compile:
+        paths["fast bf16 + channels_last + compile"] = optimize_for_inference(
+            base, torch.bfloat16, True, compile_model=True
+        )
+
+    # accuracy on real-looking inputs
+    images = synthetic_images(args.accuracy_images, args.size, seed=11)
+    x_all = normalize_bgr_batch(torch.from_numpy(images))
+    accuracy = {}
+    with torch.inference_mode():
+        ref = torch.cat(
+            [torch.sigmoid(base(x_all[i : i + 1])[1].float()) for i in range(len(x_all))]
+        )
+        for name, fn in paths.items():
+            got = torch.cat(
+                [torch.sigmoid(fn(x_all[i : i + 1])[1].float()) for i in range(len(x_all))]
+            )
+            diff = (got - ref).abs() * 255
+            accuracy[name] = {
+                "mean_abs_255": float(diff.mean()),
+                "max_abs_255": float(diff.max()),
+                "binary_agreement": float(((got > 0.5) == (ref > 0.5)).float().mean()),
+            }
+    rows = []
+    for batch in args.batches:
+        x = x_all[:1].repeat(batch, 1, 1, 1) if batch > len(x_all) else x_all[:batch]
+        fns = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in paths.items()}
+        with torch.inference_mode():
+            medians = interleaved_medians(fns, runs=args.runs)
+        for name, t in medians.items():
+            rows.append(
+                {
+                    "path": name,
+                    "batch": batch,
+                    "s_per_batch": t,
+                    "s_per_image": t / batch,
+                    "speedup": medians["fp32 eager"] / t,
+                    **accuracy[name],
+                }
+            )
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        base(x_all[:1])
+    flops = counter.get_total_flops()
+    rate_bf16, rate_fp32 = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
+    floor = {
+        "gflop_per_image": flops / 1e9,
+        "bf16_gflops": rate_bf16 / 1e9,
+        "fp32_gflops": rate_fp32 / 1e9,
+        "bf16_floor_s": flops / rate_bf16,
+        "fp32_floor_s": flops / rate_fp32,
+    }
+    print(
+        f"{'path':40s} {'batch':>5s} {'s/img':>7s} {'speed-up':>8s} {'mean/255':>8s} "
+        f"{'max/255':>8s} {'agree %':>8s}"
+    )
+    for r in rows:
+        print(
+            f"{r['path']:40s} {r['batch']:5d} {r['s_per_image']:7.3f} {r['speedup']:7.2f}x "
+            f"{r['mean_abs_255']:8.3f} {r['max_abs_255']:8.2f} {100 * r['binary_agreement']:8.3f}"
+        )
+    print(
+        f"floor: {floor['gflop_per_image']:.1f} GFLOP/image; matmul {floor['bf16_gflops']:.0f} "
+        f"GFLOP/s bf16, {floor['fp32_gflops']:.0f} fp32 → {floor['bf16_floor_s']:.3f} s bf16, "
+        f"{floor['fp32_floor_s']:.3f} s fp32"
+    )
+    out = ROOT / "bench" / "results" / "inference.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "floor": floor,
+                "threads": torch.get_num_threads(),
+                "images": args.accuracy_images,
+            },
+            indent=2,
+        )
+    )
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

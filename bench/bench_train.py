@@ -1,0 +1,88 @@
+"""Training step (forward + backward + Adam) on CPU: fp32 eager vs bf16 autocast +
+channels_last, side by side (interleaved, median of --runs after warm-up).
+Writes bench/results/train.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import warnings
+
+import torch
+
+from bench.common_bench import ROOT, interleaved_medians
+from common.losses import MVSSLoss
+from models import get_mvss
+
+
+def make_step(size: int, batch: int, bf16: bool, backbone: str):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_mvss(backbone=backbone).train()
+    if bf16:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    x = torch.randn(batch, 3, size, size)
+    if bf16:
+        x = x.contiguous(memory_format=torch.channels_last)
+    e = (size + 3) // 4
+    mask = (torch.rand(batch, 1, size, size) > 0.7).float()
+    edge = (torch.rand(batch, 1, e, e) > 0.9).float()
+    label = torch.ones(batch)
+    criterion = MVSSLoss()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            edge_logits, seg = net(x)
+        loss = criterion(edge_logits, seg, mask, edge, label)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--configs", nargs="+", default=["256x2", "256x8", "512x2", "512x8"])
+    p.add_argument("--runs", type=int, default=5)
+    args = p.parse_args()
+    rows = []
+    for spec in args.configs:
+        size, batch = (int(v) for v in spec.split("x"))
+        fns = {
+            "fp32 eager": make_step(size, batch, False, args.backbone),
+            "bf16 autocast + channels_last": make_step(size, batch, True, args.backbone),
+        }
+        med = interleaved_medians(fns, runs=args.runs)
+        fp32, bf16 = med["fp32 eager"], med["bf16 autocast + channels_last"]
+        row = {
+            "size": size,
+            "batch": batch,
+            "fp32_s": fp32,
+            "bf16_s": bf16,
+            "fp32_img_s": batch / fp32,
+            "bf16_img_s": batch / bf16,
+            "speedup": fp32 / bf16,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        rows.append(row)
+        print(
+            f"{size}×{size} batch {batch}: fp32 {row['fp32_img_s']:.2f} img/s, bf16+CL "
+            f"{row['bf16_img_s']:.2f} img/s → {row['speedup']:.2f}× "
+            f"(process peak RSS so far {row['peak_rss_mb']:.0f} MB)",
+            flush=True,
+        )
+    out = ROOT / "bench" / "results" / "train.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps({"backbone": args.backbone, "runs": args.runs, "rows": rows}, indent=2)
+    )
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

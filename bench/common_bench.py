@@ -1,0 +1,80 @@
+"""Shared pieces of the benchmarks: real-looking inputs, calibrated random models, timing."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.synthetic import SyntheticConfig, bundled_photos, make_sample  # noqa: E402
+from common.transforms import normalize_bgr_batch  # noqa: E402
+from models import get_mvss  # noqa: E402
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``n`` synthetic forgeries (real photographs, manipulated), uint8 BGR (n, s, s, 3)."""
+    photos = bundled_photos()
+    rng = np.random.default_rng(seed)
+    cfg = SyntheticConfig(size=size, authentic_ratio=0.3)
+    return np.stack([make_sample(photos, cfg, rng).image for _ in range(n)])
+
+
+def calibrated_model(
+    backbone: str = "resnet50",
+    size: int = 512,
+    seed: int = 0,
+    calibrate: bool = False,
+    weights: str | None = None,
+) -> torch.nn.Module:
+    """The model to time: random initialisation (as the release's model was measured), or
+    ``weights`` from a checkpoint; ``calibrate`` takes BatchNorm statistics from real
+    images and switches the attention gains on (maps near 0.5: a harsher accuracy check)."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_mvss(backbone=backbone)
+    if weights:
+        from models import load_weights
+
+        load_weights(net, weights)
+        return net.eval()
+    if not calibrate:
+        return net.eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the calibration batches
+    net.train()
+    images = synthetic_images(4, size, seed=seed + 1)
+    with torch.no_grad():
+        for img in images:
+            net(normalize_bgr_batch(torch.from_numpy(img[None])))
+    with torch.no_grad():  # attention gains on, so that path is exercised too
+        net.head.pam.alpha.fill_(0.5)
+        net.head.cam.beta.fill_(0.5)
+    return net.eval()
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], None]], runs: int = 5, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per call of each function, runs interleaved so drift hits all."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}

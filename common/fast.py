@@ -1,0 +1,155 @@
+"""Faster inference with the same maps: BatchNorm folding, bf16, channels_last, compile.
+
+``optimize_for_inference`` returns a new eval-only model (the original is untouched):
+- every BatchNorm that follows a convolution is folded into it (exact up to rounding);
+- the two 3×3 4096→1024 convolutions of the dual-attention head that read the same
+  input (``conv_p1``, ``conv_c1``: 61 % of the FLOPs) run as one convolution, one
+  larger matrix product instead of two;
+- optional: weights stored in bf16 (``dtype=torch.bfloat16``), so autocast does not
+  re-cast 147 M parameters at every forward; attention softmax and outputs stay fp32;
+- optional: channels_last memory format and ``torch.compile``.
+
+The accuracy cost is measured by ``bench/bench_inference.py`` and bounded by tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import ChannelAttention, DAHead, PositionAttention
+from models.backbone import BasicBlock, Bottleneck, ResNet
+from models.edge import ERB
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight.detach() * scale.view(-1, 1, 1, 1)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = (bias - bn.running_mean) * scale + bn.bias.detach()
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    conv.bias = nn.Parameter(bias, requires_grad=False)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every conv→BN pair in place (the BN becomes Identity); returns how many."""
+    pairs: list[tuple[nn.Module, nn.Conv2d, str]] = []
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            for (_, a), (bn_name, b) in itertools.pairwise(module.named_children()):
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                    pairs.append((module, a, bn_name))
+        named = {
+            ResNet: (("conv1", "bn1"),),
+            Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+            BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+            ERB: (("conv2", "bn"),),
+        }
+        for kind, names in named.items():
+            if type(module) is kind:
+                for conv_name, bn_name in names:
+                    pairs.append((module, getattr(module, conv_name), bn_name))
+    for parent, conv, bn_name in pairs:
+        bn = getattr(parent, bn_name)
+        _fold(conv, bn)
+        setattr(parent, bn_name, nn.Identity())
+    return len(pairs)
+
+
+class _FastDAHead(nn.Module):
+    """DAHead with conv_p1 and conv_c1 merged into one convolution (BN already folded)."""
+
+    def __init__(self, head: DAHead) -> None:
+        super().__init__()
+        p1, c1 = head.conv_p1[0], head.conv_c1[0]
+        self.inter = p1.out_channels
+        self.entry = nn.Conv2d(p1.in_channels, 2 * self.inter, 3, padding=1)
+        with torch.no_grad():
+            self.entry.weight.copy_(torch.cat([p1.weight, c1.weight]))
+            self.entry.bias.copy_(torch.cat([p1.bias, c1.bias]))
+        self.pam, self.cam = _Fp32(head.pam), _Fp32(head.cam)
+        self.conv_p2, self.conv_c2, self.out = head.conv_p2, head.conv_c2, head.out
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        both = F.relu(self.entry(x))
+        p, c = both[:, : self.inter], both[:, self.inter :]
+        p = self.conv_p2(self.pam(p))
+        c = self.conv_c2(self.cam(c))
+        fused = p + c
+        return {"seg": self.out(fused), "fused": fused}
+
+
+class _Fp32(nn.Module):
+    """Runs an attention block in fp32 (its softmax over 1024×1024 needs the range)."""
+
+    def __init__(self, block: PositionAttention | ChannelAttention) -> None:
+        super().__init__()
+        self.block = block.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.block(x.float()).to(x.dtype)
+
+
+class _CastIO(nn.Module):
+    """Casts the input to the weights' dtype and the outputs back to fp32."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.net(x)
+        return tuple(o.float() for o in out)
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    merge_head: bool = True,
+    compile_model: bool = False,
+) -> nn.Module:
+    """An inference-only copy of an MVSS-Net (or classifier) that computes the same maps
+    faster. ``dtype=torch.bfloat16`` stores weights in bf16 (CPUs with AVX-512 BF16/AMX,
+    recent GPUs)."""
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if hasattr(net, "constrain_conv"):  # the Bayar kernel becomes a fixed weight
+        bayar = net.constrain_conv
+        kernel = bayar.effective_kernel().detach()
+        conv = nn.Conv2d(
+            bayar.in_channels,
+            bayar.out_channels,
+            bayar.kernel_size,
+            padding=bayar.padding,
+            bias=False,
+        )
+        conv.weight = nn.Parameter(kernel, requires_grad=False)
+        net.constrain_conv = conv
+    fold_batchnorm(net)
+    if merge_head and isinstance(getattr(net, "head", None), DAHead) and not net.head.aux:
+        net.head = _FastDAHead(net.head)
+    elif isinstance(getattr(net, "head", None), DAHead):
+        net.head.pam, net.head.cam = _Fp32(net.head.pam), _Fp32(net.head.cam)
+    net = net.to(dtype)
+    if dtype != torch.float32:  # attention blocks stay fp32 (see _Fp32)
+        for m in net.modules():
+            if isinstance(m, _Fp32):
+                m.block.float()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    wrapped: nn.Module = _CastIO(net, dtype, channels_last)
+    if compile_model:
+        wrapped = torch.compile(wrapped)
+    return wrapped

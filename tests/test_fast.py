@@ -1,0 +1,96 @@
+"""The fast inference paths give the plain path's maps within the documented tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.fast import fold_batchnorm, optimize_for_inference
+from common.synthetic import SyntheticConfig, bundled_photos, make_sample
+from common.transforms import normalize_bgr_batch
+from tests.conftest import build
+
+
+@pytest.fixture(scope="module")
+def real_inputs():
+    photos = bundled_photos()
+    rng = np.random.default_rng(0)
+    cfg = SyntheticConfig(size=128, authentic_ratio=0.3)
+    images = np.stack([make_sample(photos, cfg, rng).image for _ in range(4)])
+    return normalize_bgr_batch(torch.from_numpy(images))
+
+
+@pytest.fixture(scope="module")
+def calibrated(real_inputs):
+    """Random weights with BatchNorm statistics from real images, attention switched on."""
+    torch.manual_seed(0)
+    net = build(backbone="resnet18")
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(real_inputs)
+        net.head.pam.alpha.fill_(0.5)
+        net.head.cam.beta.fill_(0.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """Random initialisation, as the release's model is timed and compared elsewhere."""
+    torch.manual_seed(0)
+    return build(backbone="resnet18").eval()
+
+
+def _probs(net, x):
+    with torch.inference_mode():
+        return torch.sigmoid(net(x)[1].float())
+
+
+def test_fold_batchnorm_counts_and_matches(calibrated, real_inputs):
+    import copy
+
+    folded = copy.deepcopy(calibrated)
+    n = fold_batchnorm(folded)
+    assert n > 40
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(
+        _probs(folded, real_inputs), _probs(calibrated, real_inputs), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_fast_fp32_equals_plain(calibrated, real_inputs):
+    fast = optimize_for_inference(calibrated)
+    with torch.inference_mode():
+        e_ref, s_ref = calibrated(real_inputs)
+        e_fast, s_fast = fast(real_inputs)
+    torch.testing.assert_close(s_fast, s_ref, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(e_fast, e_ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_bf16_within_tolerances(plain, real_inputs, channels_last):
+    fast = optimize_for_inference(plain, torch.bfloat16, channels_last)
+    ref, got = _probs(plain, real_inputs), _probs(fast, real_inputs)
+    diff = (got - ref).abs() * 255
+    assert ref.std() > 0.01  # the maps are not saturated constants
+    assert diff.mean() <= 1.0 and diff.max() <= 16.0
+    assert ((got > 0.5) == (ref > 0.5)).float().mean() >= 0.999
+
+
+def test_autocast_bf16_within_tolerances(plain, real_inputs):
+    ref = _probs(plain, real_inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _probs(plain, real_inputs)
+    diff = (got - ref).abs() * 255
+    assert diff.mean() <= 1.0 and diff.max() <= 16.0
+
+
+def test_original_model_untouched(calibrated):
+    before = {k: v.clone() for k, v in calibrated.state_dict().items()}
+    optimize_for_inference(calibrated, torch.bfloat16, True)
+    after = calibrated.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in calibrated.modules())
