@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,9 @@ def run_model_evaluation(
     run = _LocalizationRun(out, settings, problems)
     start = time.perf_counter()
     done = 0
+    # PNG encoding runs in a thread (OpenCV releases the GIL) so it overlaps the model
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: list[Future[None]] = []
     progress = tqdm(
         iter_predictions(
             model,
@@ -212,17 +216,23 @@ def run_model_evaluation(
             run.record(rec, prob, pred.mask, "existing", str(pred_path))
             continue
         levels = to_png_levels(manipulated_map(pred.probs))
-        write_png(pred_path, levels)
-        write_png(
-            bin_dir / f"{name}.png",
-            np.where(levels > settings.threshold * 255, 255, 0).astype(np.uint8),
-        )
+        binary = np.where(levels > settings.threshold * 255, 255, 0).astype(np.uint8)
+        pending.append(writer.submit(write_png, pred_path, levels))
+        pending.append(writer.submit(write_png, bin_dir / f"{name}.png", binary))
         prob = levels.astype(np.float32) / 255.0
         if settings.save_overlay and pred.image is not None:
-            write_png(ov_dir / f"{name}.png", overlay(pred.image, prob))
+            pending.append(
+                writer.submit(write_png, ov_dir / f"{name}.png", overlay(pred.image, prob))
+            )
         run.record(rec, prob, pred.mask, "ok", str(pred_path))
         done += 1
         progress.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
+        for finished in [f for f in pending if f.done()]:
+            finished.result()  # a write error (e.g. disk full) surfaces here
+        pending = [f for f in pending if not f.done()]
+    writer.shutdown(wait=True)
+    for f in pending:
+        f.result()
     return run.done(
         {
             "resize": settings.resize,

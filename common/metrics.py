@@ -82,6 +82,16 @@ def best_f1_from_histograms(pos: torch.Tensor, neg: torch.Tensor, empty: float) 
     return torch.maximum(f1.amax(-1), no_pred[..., 0])
 
 
+def _check_unit_range(probs: torch.Tensor) -> None:
+    """One pass: NaN/inf and values outside [0, 1] are refused with a clear error."""
+    if not probs.numel():
+        return
+    low, high = torch.aminmax(probs)
+    if not (low >= 0 and high <= 1):  # also false for NaN
+        _check_finite(probs, "probability maps")
+        raise ValueError("probability maps must lie in [0, 1]")
+
+
 def _bin_index(prob: torch.Tensor, bins: int) -> torch.Tensor:
     return (prob * bins).long().clamp_(0, bins - 1)
 
@@ -178,9 +188,7 @@ class LocalizationEvaluator:
         probs = _as_tensor(probs, torch.float32)
         if probs.ndim == 2:
             probs = probs[None]
-        _check_finite(probs, "probability maps")
-        if probs.numel() and (probs.min() < 0 or probs.max() > 1):
-            raise ValueError("probability maps must lie in [0, 1]")
+        _check_unit_range(probs)
         labels_t = _as_tensor(labels, torch.long).reshape(-1)
         n = probs.shape[0]
         if labels_t.numel() != n:
@@ -209,20 +217,24 @@ class LocalizationEvaluator:
         sel = labels_t > 0
         if not sel.any():
             return rows
-        p, g = probs[sel].flatten(1), gt[sel].flatten(1)
-        pred = p > self.threshold
-        tp = (pred & g).sum(1).double()
-        fp = (pred & ~g).sum(1).double()
-        fn = (~pred & g).sum(1).double()
-        tn = (~pred & ~g).sum(1).double()
+        if bool(sel.all()):
+            p, g = probs.flatten(1), gt.flatten(1)
+        else:
+            p, g = probs[sel].flatten(1), gt[sel].flatten(1)
+        k = p.shape[0]
+        # One int32 code per pixel, (image, bin, prediction, truth), and one bincount:
+        # it gives the per-image histograms by class and the confusion counts at once.
+        code = (p * self.bins).to(torch.int32).clamp_(0, self.bins - 1).mul_(4)
+        code.add_((p > self.threshold).to(torch.int32).mul_(2)).add_(g.to(torch.int32))
+        code.add_(torch.arange(k, dtype=torch.int32).unsqueeze(1) * (self.bins * 4))
+        cells = torch.bincount(code.view(-1), minlength=k * self.bins * 4)
+        cells = cells.view(k, self.bins, 2, 2).double()  # [image, bin, pred, truth]
+        neg, pos = cells.sum(2).unbind(-1)
+        tn, fn, fp, tp = cells.sum(1).flatten(1).unbind(1)
         empty = EMPTY_F1_RULES[self.empty_f1]
         f1 = f1_from_counts(tp, fp, fn, empty)
         iou_den = tp + fp + fn
         iou = torch.where(iou_den > 0, tp / iou_den.clamp(min=1), torch.full_like(tp, empty))
-        k = p.shape[0]
-        idx = _bin_index(p, self.bins) + torch.arange(k).unsqueeze(1) * self.bins
-        pos = torch.bincount(idx[g], minlength=k * self.bins).view(k, self.bins).double()
-        neg = torch.bincount(idx[~g], minlength=k * self.bins).view(k, self.bins).double()
         auc = auc_from_histograms(pos, neg)
         best = best_f1_from_histograms(pos, neg, empty)
         self.per_image["f1"] += f1.tolist()
