@@ -15,13 +15,13 @@ from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
+    eval_settings,
+    load_inputs,
     load_model,
-    mask_options,
     run_options,
 )
-from common.evaluation import EvalSettings, output_dir
+from common.evaluation import output_dir
 from common.evaluation_3class import run_three_class_evaluation
-from common.sources import load_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,16 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
-    records, problems = load_source(source)
-    settings = EvalSettings(
-        threshold=args.th,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        empty_f1=args.empty_f1,
-        masks=mask_options(args, nclass=3),
-    )
+    source, records, problems = load_inputs(args)
+    settings = eval_settings(args, nclass=3)
     opts = run_options(args, blend="average")
     model = load_model(args, opts.device)
     out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)

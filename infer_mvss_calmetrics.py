@@ -15,17 +15,16 @@ from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
+    eval_settings,
+    load_inputs,
     load_model,
-    mask_options,
     run_options,
 )
 from common.evaluation import (
-    EvalSettings,
     output_dir,
     run_model_evaluation,
     run_pred_dir_evaluation,
 )
-from common.sources import load_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,18 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
-    records, problems = load_source(source)
-    settings = EvalSettings(
-        threshold=args.th,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        skip_existing=args.skip_existing,
-        save_overlay=args.overlay,
-        empty_f1=args.empty_f1,
-        masks=mask_options(args),
-    )
+    source, records, problems = load_inputs(args)
+    settings = eval_settings(args)
     if args.pred_dir:
         pred_dir = Path(args.pred_dir)
         out = output_dir(args.save_dir, args.test_file, f"eval_{pred_dir.name}")

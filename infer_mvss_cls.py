@@ -17,12 +17,12 @@ from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
+    load_inputs,
     load_model,
     parse_resize,
     run_options,
 )
 from common.evaluation import output_dir
-from common.sources import load_source
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,8 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
-    records, problems = load_source(source)
+    source, records, problems = load_inputs(args)
     opts = run_options(args)
     model = load_model(args, opts.device, classifier=True, head=args.head)
     out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)

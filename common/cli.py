@@ -12,10 +12,12 @@ import torch
 from torch import nn
 
 from common.datasets import MaskOptions
+from common.evaluation import EvalSettings
 from common.fast import optimize_for_inference
 from common.inference import RunOptions
 from common.masks import DEFAULT_EDGE_THICKNESS, DEFAULT_MASK_THRESHOLD, MASK_SIZE_POLICIES
 from common.runtime import AMP_MODES, resolve_device
+from common.sources import Problem, Record, load_source
 from models import BACKBONES, get_mvss, get_mvss_cls, load_weights, read_checkpoint_config
 
 log = logging.getLogger("mvss")
@@ -189,3 +191,24 @@ def load_model(
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[str | list[str], list[Record], list[Problem]]:
+    """The ``--test_file`` source (one path, or several paths/globs) and its records."""
+    source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
+    records, problems = load_source(source)
+    return source, records, problems
+
+
+def eval_settings(args: argparse.Namespace, nclass: int = 1) -> EvalSettings:
+    """EvalSettings from the shared inference options."""
+    return EvalSettings(
+        threshold=args.th,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        skip_existing=args.skip_existing,
+        save_overlay=getattr(args, "overlay", False),
+        empty_f1=args.empty_f1,
+        masks=mask_options(args, nclass=nclass),
+    )
