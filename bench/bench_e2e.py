@@ -10,7 +10,6 @@ Writes bench/results/e2e.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from bench.common_bench import ROOT, calibrated_model, synthetic_images
+from bench.common_bench import calibrated_model, synthetic_images, write_result
 from common.evaluation import EvalSettings, run_model_evaluation
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, forward_probs
@@ -56,23 +55,18 @@ def main() -> None:
     print(
         f"model only {model_rate:.3f} img/s, end to end {e2e_rate:.3f} img/s → {100 * ratio:.1f} %"
     )
-    out = ROOT / "bench" / "results" / "e2e.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "model_img_s": model_rate,
-                "e2e_img_s": e2e_rate,
-                "ratio": ratio,
-                "n": args.n,
-                "batch": args.batch,
-                "workers": args.workers,
-                "fast": args.fast,
-            },
-            indent=2,
-        )
+    write_result(
+        "e2e",
+        {
+            "model_img_s": model_rate,
+            "e2e_img_s": e2e_rate,
+            "ratio": ratio,
+            "n": args.n,
+            "batch": args.batch,
+            "workers": args.workers,
+            "fast": args.fast,
+        },
     )
-    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ Writes bench/results/inference.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common_bench import ROOT, calibrated_model, interleaved_medians, synthetic_images
+from bench.common_bench import calibrated_model, interleaved_medians, synthetic_images, write_result
 from common.fast import optimize_for_inference
 from common.transforms import normalize_bgr_batch
 
@@ -134,20 +133,15 @@ def main() -> None:
         f"GFLOP/s bf16, {floor['fp32_gflops']:.0f} fp32 → {floor['bf16_floor_s']:.3f} s bf16, "
         f"{floor['fp32_floor_s']:.3f} s fp32"
     )
-    out = ROOT / "bench" / "results" / "inference.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "floor": floor,
-                "threads": torch.get_num_threads(),
-                "images": args.accuracy_images,
-            },
-            indent=2,
-        )
+    write_result(
+        "inference",
+        {
+            "rows": rows,
+            "floor": floor,
+            "threads": torch.get_num_threads(),
+            "images": args.accuracy_images,
+        },
     )
-    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ numbers. Writes bench/results/metrics.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bench.common_bench import ROOT
+from bench.common_bench import write_result
 from common.metrics import LocalizationEvaluator
 
 
@@ -85,24 +84,19 @@ def main() -> None:
         f"→ {r / o:.1f}× (median of {args.runs}, interleaved)"
     )
     print("max |difference| per metric:", {k: f"{v:.2e}" for k, v in same.items()})
-    out = ROOT / "bench" / "results" / "metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "reference_s": r,
-                "ours_s": o,
-                "speedup": r / o,
-                "reference": ref,
-                "ours": got,
-                "abs_diff": same,
-                "n": args.n,
-                "size": args.size,
-            },
-            indent=2,
-        )
+    write_result(
+        "metrics",
+        {
+            "reference_s": r,
+            "ours_s": o,
+            "speedup": r / o,
+            "reference": ref,
+            "ours": got,
+            "abs_diff": same,
+            "n": args.n,
+            "size": args.size,
+        },
     )
-    print(f"written {out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import cv2
 import torch
 
-from bench.common_bench import ROOT, calibrated_model, synthetic_images
+from bench.common_bench import ROOT, calibrated_model, synthetic_images, write_result
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, predict_tiled, tile_windows
 
@@ -75,10 +75,7 @@ def main() -> None:
             f"peak RSS {row['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-    out = ROOT / "bench" / "results" / "tiled.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "fast": args.fast}, indent=2))
-    print(f"written {out}")
+    write_result("tiled", {"rows": rows, "fast": args.fast})
 
 
 if __name__ == "__main__":

@@ -5,13 +5,12 @@ Writes bench/results/train.json."""
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import warnings
 
 import torch
 
-from bench.common_bench import ROOT, interleaved_medians
+from bench.common_bench import interleaved_medians, write_result
 from common.losses import MVSSLoss
 from models import get_mvss
 
@@ -76,12 +75,7 @@ def main() -> None:
             f"(process peak RSS so far {row['peak_rss_mb']:.0f} MB)",
             flush=True,
         )
-    out = ROOT / "bench" / "results" / "train.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"backbone": args.backbone, "runs": args.runs, "rows": rows}, indent=2)
-    )
-    print(f"written {out}")
+    write_result("train", {"backbone": args.backbone, "runs": args.runs, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -64,6 +64,17 @@ def calibrated_model(
     return net.eval()
 
 
+def write_result(name: str, data: dict) -> Path:
+    """Write a benchmark's JSON to bench/results/<name>.json and say where."""
+    import json
+
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    print(f"written {out}")
+    return out
+
+
 def interleaved_medians(
     fns: dict[str, Callable[[], None]], runs: int = 5, warmup: int = 1
 ) -> dict[str, float]:

@@ -92,7 +92,7 @@ def run_classification(
             run.fail(exc.path, exc.reason)
             continue
         score, n_crops = score_image(model, image, opts, crop, stride, resize)
-        label = rec.label if rec.label < 0 else int(rec.label > 0)
+        label = rec.binary_label
         if label >= 0:
             evaluator.update([score], [label])
         run.csv.write(

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -24,6 +23,7 @@ from common.masks import (
     edge_from_mask,
     edge_map_size,
     read_mask,
+    reduce_binary,
 )
 from common.sources import Record
 from common.transforms import normalize_bgr
@@ -104,8 +104,8 @@ class ForgeryDataset(Dataset):
         if edge is None:
             edge = edge_from_mask(mask, edge_size, self.masks.edge_thickness)
         else:
-            edge = edge_from_mask_file(edge, edge_size)
-        label = -1 if rec.label < 0 else int(rec.label > 0)
+            edge = reduce_binary(edge, edge_size)
+        label = rec.binary_label
         if self.masks.nclass == 1:
             mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0)
         else:
@@ -120,15 +120,6 @@ class ForgeryDataset(Dataset):
             "size": torch.tensor(size, dtype=torch.long),
             "index": index,
         }
-
-
-def edge_from_mask_file(edge: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """A given edge mask reduced to the edge map's size and binarised (any coverage)."""
-    if edge.shape != tuple(out_size):
-        edge = cv2.resize(
-            (edge > 0).astype(np.float32), (out_size[1], out_size[0]), interpolation=cv2.INTER_AREA
-        )
-    return (edge > 0).astype(np.uint8)
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:

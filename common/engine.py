@@ -89,9 +89,7 @@ def _dataset(source: str, cfg: dict[str, Any], nclass: int, train: bool) -> Forg
         transform = build_train_transform(aug)
     else:
         transform = build_eval_transform(cfg["size"])
-    ds = ForgeryDataset(records, transform, masks)
-    ds.num_problems = len(problems)  # type: ignore[attr-defined]
-    return ds
+    return ForgeryDataset(records, transform, masks)
 
 
 def _seed_worker(worker_id: int) -> None:

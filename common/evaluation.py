@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.datasets import MaskOptions
-from common.inference import RunOptions, manipulated_map, to_png_levels
+from common.inference import RunOptions, binary_png, manipulated_map, to_png_levels
 from common.io import BadInputError, read_mask_raw, write_png
 from common.masks import read_mask
 from common.metrics import LocalizationEvaluator
@@ -82,14 +82,10 @@ def output_dir(
     return Path(save_dir) / _source_name(test_file) / model_name
 
 
-def _label_of(record: Record) -> int:
-    return record.label if record.label < 0 else int(record.label > 0)
-
-
 def _score(
     evaluator: LocalizationEvaluator, rec: Record, prob: np.ndarray, mask: np.ndarray | None
 ) -> dict[str, Any]:
-    label = _label_of(rec)
+    label = rec.binary_label
     if label > 0 and mask is not None and mask.shape == prob.shape:
         rows = evaluator.update(prob[None], mask[None], [label])
     else:  # authentic, unlabelled, or a map whose size differs (the release's rule)
@@ -141,7 +137,7 @@ class _LocalizationRun(BatchRun):
                 "path": rec.image,
                 "status": status,
                 "score": float(prob.max()),
-                "label": _label_of(rec),
+                "label": rec.binary_label,
                 "type": rec.label,
                 "pred": pred,
                 **row,
@@ -216,7 +212,7 @@ def run_model_evaluation(
             run.record(rec, prob, pred.mask, "existing", str(pred_path))
             continue
         levels = to_png_levels(manipulated_map(pred.probs))
-        binary = np.where(levels > settings.threshold * 255, 255, 0).astype(np.uint8)
+        binary = binary_png(levels, settings.threshold)
         pending.append(writer.submit(write_png, pred_path, levels))
         pending.append(writer.submit(write_png, bin_dir / f"{name}.png", binary))
         prob = levels.astype(np.float32) / 255.0
@@ -266,7 +262,7 @@ def run_pred_dir_evaluation(
         try:
             prob = _read_saved_map(path)
             mask = None
-            if _label_of(rec) > 0 and rec.mask is not None:
+            if rec.binary_label > 0 and rec.mask is not None:
                 mask, _ = read_mask(rec.mask, prob.shape, 1, settings.masks.threshold, "reject")
         except BadInputError as exc:
             if "mask is" in exc.reason:  # size differs: image level only (the release's rule)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.evaluation import BatchRun, EvalSettings
-from common.inference import RunOptions, to_png_levels
+from common.inference import RunOptions, binary_png, to_png_levels
 from common.io import write_png
 from common.metrics import LocalizationEvaluator, ThreeClassEvaluator
 from common.predictor import iter_predictions
@@ -87,9 +87,9 @@ def run_three_class_evaluation(
         write_png(out / "color" / f"{name}.png", colour_classes(index_map))
         levels = to_png_levels(manipulated)
         write_png(out / "merged" / f"{name}.png", levels)
-        binary = np.where(levels > settings.threshold * 255, 255, 0).astype(np.uint8)
+        binary = binary_png(levels, settings.threshold)
         write_png(out / "merged_bin" / f"{name}.png", binary)
-        label = rec.label if rec.label < 0 else int(rec.label > 0)
+        label = rec.binary_label
         target = pred.mask if pred.mask is not None else np.zeros(index_map.shape, np.uint8)
         row: dict = {"path": rec.image, "status": "ok", "label": label}
         if label >= 0:

@@ -182,3 +182,8 @@ def predict(
 def to_png_levels(prob: np.ndarray) -> np.ndarray:
     """8-bit map as the release saves it: ``floor(255·p)``."""
     return np.floor(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def binary_png(levels: np.ndarray, threshold: float) -> np.ndarray:
+    """0/255 binary map of an 8-bit map: ``levels / 255 > threshold``."""
+    return np.where(levels > threshold * 255, 255, 0).astype(np.uint8)

@@ -98,8 +98,14 @@ def edge_from_mask(
     if binary.any():
         contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, 1, thickness)
-    if canvas.shape != tuple(out_size):
-        canvas = cv2.resize(
-            canvas.astype(np.float32), (out_size[1], out_size[0]), interpolation=cv2.INTER_AREA
+    return reduce_binary(canvas, out_size)
+
+
+def reduce_binary(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """A binary map reduced to ``out_size`` (H, W) by area and re-binarised (any
+    coverage counts, so thin edges survive the reduction)."""
+    if mask.shape != tuple(out_size):
+        mask = cv2.resize(
+            (mask > 0).astype(np.float32), (out_size[1], out_size[0]), interpolation=cv2.INTER_AREA
         )
-    return (canvas > 0).astype(np.uint8)
+    return (mask > 0).astype(np.uint8)

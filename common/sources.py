@@ -31,6 +31,11 @@ class Record:
     def manipulated(self) -> bool:
         return self.label > 0
 
+    @property
+    def binary_label(self) -> int:
+        """1 manipulated (any type), 0 authentic, −1 unlabelled."""
+        return self.label if self.label < 0 else int(self.label > 0)
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -64,19 +64,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises several error types
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
     else:
-        if path.stat().st_size == 0:
-            raise WeightsError(f"{path}: empty file, not a weight file")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise WeightsError(
-                f"{path}: not a weight file that can be loaded safely "
-                f"(weights_only=True refused or failed: {first_line})"
-            ) from exc
+        raw = _load_torch_file(path)
     return _unwrap(raw, path)
+
+
+def _load_torch_file(path: Path) -> object:
+    """``torch.load(weights_only=True)``: plain data and tensors only, no code runs."""
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file, not a weight file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(
+            f"{path}: not a weight file that can be loaded safely "
+            f"(weights_only=True refused or failed: {first_line})"
+        ) from exc
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
@@ -191,10 +196,8 @@ def read_checkpoint_config(path: str | Path) -> dict:
     if path.suffix == ".safetensors" or not path.is_file():
         return {}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        raw = _load_torch_file(path)
+    except WeightsError:
         return {}
     config = raw.get("config") if isinstance(raw, Mapping) else None
     return dict(config) if isinstance(config, Mapping) else {}
