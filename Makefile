@@ -32,7 +32,7 @@ DEMO_RESULTS := $(DEMO_OUT)/test/best
 
 # The whole job on generated data, on CPU: data, training, inference, metrics, baselines.
 demo: setup
-	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 600 --val 60 --test 120 --size 256 --seed 0
+	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 1500 --val 60 --test 120 --size 192 --seed 0
 	$(BIN)/python train_demo.py --config configs/demo.yaml --out_dir $(DEMO_RUN)
 	$(BIN)/python infer_mvss_calmetrics.py --model_path $(DEMO_RUN)/checkpoints/best.pt \
 		--test_file $(DEMO_DATA)/test.txt --save_dir $(DEMO_OUT) --resize 192 --overlay \

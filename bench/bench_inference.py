@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common_bench import calibrated_model, interleaved_medians, synthetic_images, write_result
-from common.fast import optimize_for_inference
+from common.fast import WINOGRAD_MIN_CHANNELS, optimize_for_inference
 from common.transforms import normalize_bgr_batch
 
 
@@ -39,6 +39,9 @@ def main() -> None:
     p.add_argument("--accuracy-images", type=int, default=8)
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--weights", help="checkpoint to time and compare (default: random init)")
+    p.add_argument(
+        "--winograd-min-channels", type=int, default=WINOGRAD_MIN_CHANNELS, help="see fast.py"
+    )
     p.add_argument("--calibrate", action="store_true", help="BatchNorm statistics from photos")
     args = p.parse_args()
 
@@ -52,6 +55,13 @@ def main() -> None:
         "bf16 autocast + channels_last": None,
         "fast fp32 (folded BN, merged head)": optimize_for_inference(base),
         "fast bf16 + channels_last": optimize_for_inference(base, torch.bfloat16, True),
+        "fast bf16 + channels_last + winograd": optimize_for_inference(
+            base,
+            torch.bfloat16,
+            True,
+            winograd=True,
+            winograd_min_channels=args.winograd_min_channels,
+        ),
     }
     base_cl = make().to(memory_format=torch.channels_last)
     base_cl.load_state_dict(base.state_dict())

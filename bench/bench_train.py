@@ -1,5 +1,8 @@
 """Training step (forward + backward + Adam) on CPU: fp32 eager vs bf16 autocast +
 channels_last, side by side (interleaved, median of --runs after warm-up).
+
+Both paths use the fused Adam the training engine uses; ``--loop-adam`` adds an fp32
+path with PyTorch's default per-tensor CPU Adam, to show what fusing the step is worth.
 Writes bench/results/train.json."""
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from common.losses import MVSSLoss
 from models import get_mvss
 
 
-def make_step(size: int, batch: int, bf16: bool, backbone: str):
+def make_step(size: int, batch: int, bf16: bool, backbone: str, fused: bool = True):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = get_mvss(backbone=backbone).train()
     if bf16:
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4, fused=fused)
     x = torch.randn(batch, 3, size, size)
     if bf16:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -48,6 +52,7 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--configs", nargs="+", default=["256x2", "256x8", "512x2", "512x8"])
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--loop-adam", action="store_true", help="also time per-tensor CPU Adam")
     args = p.parse_args()
     rows = []
     for spec in args.configs:
@@ -56,6 +61,8 @@ def main() -> None:
             "fp32 eager": make_step(size, batch, False, args.backbone),
             "bf16 autocast + channels_last": make_step(size, batch, True, args.backbone),
         }
+        if args.loop_adam:
+            fns["fp32 eager, per-tensor Adam"] = make_step(size, batch, False, args.backbone, False)
         med = interleaved_medians(fns, runs=args.runs)
         fp32, bf16 = med["fp32 eager"], med["bf16 autocast + channels_last"]
         row = {
@@ -66,13 +73,23 @@ def main() -> None:
             "fp32_img_s": batch / fp32,
             "bf16_img_s": batch / bf16,
             "speedup": fp32 / bf16,
+            **(
+                {"fp32_loop_adam_img_s": batch / med["fp32 eager, per-tensor Adam"]}
+                if args.loop_adam
+                else {}
+            ),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         rows.append(row)
         print(
             f"{size}×{size} batch {batch}: fp32 {row['fp32_img_s']:.2f} img/s, bf16+CL "
             f"{row['bf16_img_s']:.2f} img/s → {row['speedup']:.2f}× "
-            f"(process peak RSS so far {row['peak_rss_mb']:.0f} MB)",
+            + (
+                f"(fp32 with per-tensor Adam {row['fp32_loop_adam_img_s']:.2f} img/s) "
+                if args.loop_adam
+                else ""
+            )
+            + f"(process peak RSS so far {row['peak_rss_mb']:.0f} MB)",
             flush=True,
         )
     write_result("train", {"backbone": args.backbone, "runs": args.runs, "rows": rows})

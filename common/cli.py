@@ -123,6 +123,12 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
         help="inference fast path: BatchNorm folded, head convolutions merged, "
         "bf16 weights with --amp bf16 (see README, Performance)",
     )
+    g.add_argument(
+        "--winograd",
+        action="store_true",
+        help="with --fast: the head's wide 3×3 convolutions by Winograd F(2×2, 3×3), "
+        "2.25× fewer multiply-adds there; maps within bf16 rounding (see README, Performance)",
+    )
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4)
     g.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
     g.add_argument(
@@ -138,6 +144,8 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
 
 
 def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:
+    if getattr(args, "winograd", False) and not getattr(args, "fast", False):
+        raise SystemExit("error: --winograd is part of the fast path: add --fast")
     fast_bf16 = getattr(args, "fast", False) and args.amp == "bf16"
     return RunOptions(
         device=resolve_device(args.device),
@@ -183,7 +191,8 @@ def load_model(
     net.eval().to(device)
     if getattr(args, "fast", False):
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
-        return optimize_for_inference(net, dtype, args.channels_last).to(device)
+        winograd = bool(getattr(args, "winograd", False))
+        return optimize_for_inference(net, dtype, args.channels_last, winograd=winograd).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net

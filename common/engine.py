@@ -148,13 +148,21 @@ def _val_loader(ds: ForgeryDataset, cfg: dict[str, Any]) -> DataLoader:
 
 
 def _optimizer(params: Iterable[nn.Parameter], cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD, fused where PyTorch has a fused kernel for the device: on CPU
+    the default is a per-tensor Python loop, which for 147 M parameters costs a large
+    fixed share of a small-batch step."""
+    params = list(params)
+    devices = {p.device.type for p in params}
+    kwargs: dict[str, Any] = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+    if devices <= {"cpu", "cuda"} and len(devices) == 1:
+        kwargs["fused"] = True
     name = cfg["optimizer"].lower()
     if name == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.Adam(params, **kwargs)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(params, **kwargs)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(params, momentum=0.9, **kwargs)
     raise ValueError(f"optimizer must be adam, adamw or sgd; got {cfg['optimizer']!r}")
 
 

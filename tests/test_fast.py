@@ -9,6 +9,7 @@ import torch
 from common.fast import fold_batchnorm, optimize_for_inference
 from common.synthetic import SyntheticConfig, bundled_photos, make_sample
 from common.transforms import normalize_bgr_batch
+from common.winograd import WinogradConv2d, winograd_eligible
 from tests.conftest import build
 
 
@@ -94,3 +95,43 @@ def test_original_model_untouched(calibrated):
     after = calibrated.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in calibrated.modules())
+
+
+@pytest.mark.parametrize(
+    ("size", "bias"), [((8, 8), True), ((7, 10), False), ((1, 1), True), ((32, 30), True)]
+)
+def test_winograd_conv_equals_direct(size, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(12, 5, 3, padding=1, bias=bias)
+    x = torch.randn(2, 12, *size)
+    got = WinogradConv2d(conv)(x)
+    assert got.shape == (2, 5, *size)
+    torch.testing.assert_close(got, conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_winograd_refuses_other_convolutions():
+    for conv in (
+        torch.nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2),
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.Conv2d(4, 4, 3, padding=1, groups=2),
+    ):
+        assert not winograd_eligible(conv)
+        with pytest.raises(ValueError, match="3×3 stride-1"):
+            WinogradConv2d(conv)
+
+
+def test_winograd_paths_within_tolerances(calibrated, plain, real_inputs):
+    fp32 = optimize_for_inference(calibrated, winograd=True, winograd_min_channels=256)
+    n_wino = sum(isinstance(m, WinogradConv2d) for m in fp32.modules())
+    assert n_wino >= 3  # the merged head entry and the two 1024→1024-style convolutions
+    torch.testing.assert_close(
+        _probs(fp32, real_inputs), _probs(calibrated, real_inputs), atol=1e-4, rtol=1e-4
+    )
+    fast = optimize_for_inference(
+        plain, torch.bfloat16, True, winograd=True, winograd_min_channels=256
+    )
+    ref, got = _probs(plain, real_inputs), _probs(fast, real_inputs)
+    diff = (got - ref).abs() * 255
+    assert diff.mean() <= 1.0 and diff.max() <= 16.0
+    assert ((got > 0.5) == (ref > 0.5)).float().mean() >= 0.999

@@ -17,7 +17,7 @@ import train_demo
 import train_demo_cls
 import train_demo_nclass3
 from common.config import ConfigError, parse_config
-from common.engine import NonFiniteLossError, Trainer, lr_factor
+from common.engine import NonFiniteLossError, Trainer, _optimizer, lr_factor
 from common.tasks import LocalizationTask
 from models import get_mvss_cls, load_weights
 from tests.helpers import make_tiny_dataset
@@ -86,6 +86,18 @@ def test_shipped_configs_parse():
     for name in ("train_demo", "train_demo_nclass3", "train_demo_cls"):
         cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
         assert cfg["lr"] == 1e-4 and cfg["optimizer"] == "adam" and cfg["amp"] == "off"
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_optimizers_are_fused_on_cpu(name):
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    opt = _optimizer(params, {"optimizer": name, "lr": 0.1, "weight_decay": 0.0})
+    assert opt.defaults["fused"] is True
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    assert all((p < 1).all() for p in params)  # the fused step moved every parameter
+    with pytest.raises(ValueError, match="adam, adamw or sgd"):
+        _optimizer(params, {"optimizer": "lamb", "lr": 0.1, "weight_decay": 0.0})
 
 
 def test_lr_schedule():
