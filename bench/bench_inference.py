@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common_bench import calibrated_model, interleaved_medians, synthetic_images, write_result
+from bench.common_bench import (
+    calibrated_model,
+    interleaved_medians,
+    map_accuracy,
+    synthetic_images,
+    write_result,
+)
 from common.fast import WINOGRAD_MIN_CHANNELS, optimize_for_inference
 from common.transforms import normalize_bgr_batch
 
@@ -85,21 +91,7 @@ def main() -> None:
     # accuracy on real-looking inputs
     images = synthetic_images(args.accuracy_images, args.size, seed=11)
     x_all = normalize_bgr_batch(torch.from_numpy(images))
-    accuracy = {}
-    with torch.inference_mode():
-        ref = torch.cat(
-            [torch.sigmoid(base(x_all[i : i + 1])[1].float()) for i in range(len(x_all))]
-        )
-        for name, fn in paths.items():
-            got = torch.cat(
-                [torch.sigmoid(fn(x_all[i : i + 1])[1].float()) for i in range(len(x_all))]
-            )
-            diff = (got - ref).abs() * 255
-            accuracy[name] = {
-                "mean_abs_255": float(diff.mean()),
-                "max_abs_255": float(diff.max()),
-                "binary_agreement": float(((got > 0.5) == (ref > 0.5)).float().mean()),
-            }
+    accuracy = map_accuracy(paths, "fp32 eager", x_all)
     rows = []
     for batch in args.batches:
         x = x_all[:1].repeat(batch, 1, 1, 1) if batch > len(x_all) else x_all[:batch]

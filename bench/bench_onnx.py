@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common_bench import calibrated_model, interleaved_medians, synthetic_images, write_result
+from bench.common_bench import (
+    calibrated_model,
+    interleaved_medians,
+    map_accuracy,
+    synthetic_images,
+    write_result,
+)
 from common.fast import optimize_for_inference
 from common.transforms import normalize_bgr_batch
 
@@ -122,19 +128,8 @@ def main() -> None:
         **{name: ort_run(sess) for name, sess in sessions.items()},
     }
     rows = []
+    accuracy = map_accuracy(paths, "torch fp32 eager", x_all)
     with torch.inference_mode():
-        ref = torch.cat([torch.sigmoid(base(x_all[i : i + 1])[1]) for i in range(len(x_all))])
-        accuracy = {}
-        for name, fn in paths.items():
-            got = torch.cat(
-                [torch.sigmoid(fn(x_all[i : i + 1])[1].float()) for i in range(len(x_all))]
-            )
-            diff = (got - ref).abs() * 255
-            accuracy[name] = {
-                "mean_abs_255": float(diff.mean()),
-                "max_abs_255": float(diff.max()),
-                "binary_agreement": float(((got > 0.5) == (ref > 0.5)).float().mean()),
-            }
         x = x_all[:1]
         medians = interleaved_medians(
             {name: (lambda fn=fn: fn(x)) for name, fn in paths.items()}, runs=args.runs

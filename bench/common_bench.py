@@ -64,6 +64,33 @@ def calibrated_model(
     return net.eval()
 
 
+def map_accuracy(
+    paths: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]],
+    reference: str,
+    images: torch.Tensor,
+) -> dict[str, dict[str, float]]:
+    """Each path's probability maps against the ``reference`` path's, one image at a time:
+    mean and max absolute difference in 1/255 units and binary agreement at 0.5."""
+
+    def maps(fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat(
+                [torch.sigmoid(fn(images[i : i + 1])[1].float()) for i in range(len(images))]
+            )
+
+    ref = maps(paths[reference])
+    accuracy = {}
+    for name, fn in paths.items():
+        got = maps(fn)
+        diff = (got - ref).abs() * 255
+        accuracy[name] = {
+            "mean_abs_255": float(diff.mean()),
+            "max_abs_255": float(diff.max()),
+            "binary_agreement": float(((got > 0.5) == (ref > 0.5)).float().mean()),
+        }
+    return accuracy
+
+
 def write_result(name: str, data: dict) -> Path:
     """Write a benchmark's JSON to bench/results/<name>.json and say where."""
     import json
