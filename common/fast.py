@@ -154,13 +154,18 @@ def optimize_for_inference(
         net.head.pam, net.head.cam = _Fp32(net.head.pam), _Fp32(net.head.cam)
     if winograd:  # kernels transformed from the fp32 weights, then stored in ``dtype``
         winograd_convs(getattr(net, "head", net), dtype, winograd_min_channels)
+    fp32_biases = {
+        m: m.bias.clone()
+        for m in net.modules()
+        if isinstance(m, WinogradConv2d) and m.bias is not None
+    }
     net = net.to(dtype)
     if dtype != torch.float32:  # attention blocks and Winograd biases stay fp32
         for m in net.modules():
             if isinstance(m, _Fp32):
                 m.block.float()
-            if isinstance(m, WinogradConv2d) and m.bias is not None:
-                m.bias = m.bias.float()
+        for m, bias in fp32_biases.items():
+            m.bias = bias
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     wrapped: nn.Module = _CastIO(net, dtype, channels_last)

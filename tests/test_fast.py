@@ -135,3 +135,17 @@ def test_winograd_paths_within_tolerances(calibrated, plain, real_inputs):
     diff = (got - ref).abs() * 255
     assert diff.mean() <= 1.0 and diff.max() <= 16.0
     assert ((got > 0.5) == (ref > 0.5)).float().mean() >= 0.999
+
+    # the transformed kernels are bf16, the folded biases keep their fp32 values
+    bf16_cal = optimize_for_inference(
+        calibrated, torch.bfloat16, True, winograd=True, winograd_min_channels=256
+    )
+    biases = [
+        (a.bias, b.bias)
+        for a, b in zip(bf16_cal.modules(), fp32.modules(), strict=True)
+        if isinstance(a, WinogradConv2d) and a.bias is not None
+    ]
+    assert biases and all(torch.equal(a, b) for a, b in biases)
+    assert any(not torch.equal(a, a.bfloat16().float()) for a, _ in biases)  # not bf16 values
+    kernels = [m.weight_t.dtype for m in bf16_cal.modules() if isinstance(m, WinogradConv2d)]
+    assert kernels and all(d == torch.bfloat16 for d in kernels)
