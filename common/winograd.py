@@ -100,10 +100,9 @@ class WinogradConv2d(nn.Module):
         tiles = ((h + 1) // 2) * ((w + 1) // 2)
         step = max(1, _TILES_PER_CHUNK // tiles)
         nhwc = x.permute(0, 2, 3, 1)
-        if n <= step:
-            return self._forward_nhwc(nhwc).permute(0, 3, 1, 2)
         parts = [self._forward_nhwc(nhwc[i : i + step]) for i in range(0, n, step)]
-        return torch.cat(parts).permute(0, 3, 1, 2)
+        y = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return y.permute(0, 3, 1, 2)
 
     def _forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
         n, h, w, c = x.shape
