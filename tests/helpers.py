@@ -63,3 +63,26 @@ def make_tiny_checkpoint(
         config["model"]["head"] = cls_head
     torch.save({"model": net.state_dict(), "config": config}, path)
     return path
+
+
+def run_three_class_inference(model_path: Path, test_file: Path, save_dir: Path) -> int:
+    """``infer_3labels_merge_calmetrics`` with 64-px tiles (stride 32) and no workers, as
+    the tests run it on tiny images; returns the script's exit code."""
+    import infer_3labels_merge_calmetrics
+
+    return infer_3labels_merge_calmetrics.main(
+        [
+            "--model_path",
+            str(model_path),
+            "--test_file",
+            str(test_file),
+            "--save_dir",
+            str(save_dir),
+            "--tile",
+            "64",
+            "--tile-stride",
+            "32",
+            "--workers",
+            "0",
+        ]
+    )

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import infer_3labels_merge_calmetrics
 import infer_mvss_calmetrics
 import infer_mvss_cls
 from common.inference import RunOptions, predict, predict_tiled, tile_windows
 from common.reports import EXIT_SOME_FAILED
 from common.transforms import normalize_bgr
-from tests.helpers import make_tiny_checkpoint, make_tiny_dataset
+from tests.helpers import make_tiny_checkpoint, make_tiny_dataset, run_three_class_inference
 
 
 def test_predict_follows_release_pipeline(tiny_model):
@@ -200,22 +199,7 @@ def test_infer_all_good_exit_zero_and_tiled(tiny_data, tmp_path):
 def test_three_class_script(tmp_path):
     data = make_tiny_dataset(tmp_path / "d", three_class=True)
     ckpt = make_tiny_checkpoint(tmp_path / "tiny3.pt", nclass=3)
-    code = infer_3labels_merge_calmetrics.main(
-        [
-            "--model_path",
-            str(ckpt),
-            "--test_file",
-            str(data),
-            "--save_dir",
-            str(tmp_path / "o"),
-            "--tile",
-            "64",
-            "--tile-stride",
-            "32",
-            "--workers",
-            "0",
-        ]
-    )
+    code = run_three_class_inference(ckpt, data, tmp_path / "o")
     assert code == EXIT_SOME_FAILED
     out = tmp_path / "o" / "test" / "tiny3"
     index = cv2.imread(str(out / "pred" / "img_00.png"), cv2.IMREAD_UNCHANGED)

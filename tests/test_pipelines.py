@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-import infer_3labels_merge_calmetrics
 import infer_mvss_calmetrics
 import infer_mvss_cls
 import make_synthetic_data
 import train_demo
 import train_demo_cls
 import train_demo_nclass3
+from tests.helpers import run_three_class_inference
 
 TINY = [
     "--backbone",
@@ -54,19 +55,15 @@ def synthetic(tmp_path_factory):
     return root
 
 
+def _train(main, train_list: Path, val_list: Path, run: Path) -> None:
+    main(
+        ["--train_list", str(train_list), "--val_list", str(val_list), "--out_dir", str(run), *TINY]
+    )
+
+
 def test_binary_pipeline(synthetic, tmp_path):
     run = tmp_path / "run"
-    train_demo.main(
-        [
-            "--train_list",
-            str(synthetic / "train.txt"),
-            "--val_list",
-            str(synthetic / "val.txt"),
-            "--out_dir",
-            str(run),
-            *TINY,
-        ]
-    )
+    _train(train_demo.main, synthetic / "train.txt", synthetic / "val.txt", run)
     code = infer_mvss_calmetrics.main(
         [
             "--model_path",
@@ -91,32 +88,9 @@ def test_binary_pipeline(synthetic, tmp_path):
 
 def test_three_class_pipeline(synthetic, tmp_path):
     run = tmp_path / "run3"
-    train_demo_nclass3.main(
-        [
-            "--train_list",
-            str(synthetic / "train3.txt"),
-            "--val_list",
-            str(synthetic / "val3.txt"),
-            "--out_dir",
-            str(run),
-            *TINY,
-        ]
-    )
-    code = infer_3labels_merge_calmetrics.main(
-        [
-            "--model_path",
-            str(run / "checkpoints" / "last.pt"),
-            "--test_file",
-            str(synthetic / "test3.txt"),
-            "--save_dir",
-            str(tmp_path / "o"),
-            "--tile",
-            "64",
-            "--tile-stride",
-            "32",
-            "--workers",
-            "0",
-        ]
+    _train(train_demo_nclass3.main, synthetic / "train3.txt", synthetic / "val3.txt", run)
+    code = run_three_class_inference(
+        run / "checkpoints" / "last.pt", synthetic / "test3.txt", tmp_path / "o"
     )
     assert code == 0
     summary = json.loads((tmp_path / "o" / "test3" / "last" / "summary.json").read_text())
@@ -125,17 +99,7 @@ def test_three_class_pipeline(synthetic, tmp_path):
 
 def test_classification_pipeline(synthetic, tmp_path):
     run = tmp_path / "runc"
-    train_demo_cls.main(
-        [
-            "--train_list",
-            str(synthetic / "train.txt"),
-            "--val_list",
-            str(synthetic / "val.txt"),
-            "--out_dir",
-            str(run),
-            *TINY,
-        ]
-    )
+    _train(train_demo_cls.main, synthetic / "train.txt", synthetic / "val.txt", run)
     code = infer_mvss_cls.main(
         [
             "--model_path",
