@@ -11,11 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.datasets import MaskOptions
 from common.evaluation import EvalSettings
 from common.fast import optimize_for_inference
 from common.inference import RunOptions
-from common.masks import DEFAULT_EDGE_THICKNESS, DEFAULT_MASK_THRESHOLD, MASK_SIZE_POLICIES
+from common.masks import (
+    DEFAULT_EDGE_THICKNESS,
+    DEFAULT_MASK_THRESHOLD,
+    MASK_SIZE_POLICIES,
+    MaskOptions,
+)
 from common.runtime import AMP_MODES, resolve_device
 from common.sources import Problem, Record, load_source
 from models import BACKBONES, get_mvss, get_mvss_cls, load_weights, read_checkpoint_config

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,25 +17,19 @@ from torch.utils.data import Dataset, default_collate
 
 from common.io import BadInputError, read_image
 from common.masks import (
-    DEFAULT_EDGE_THICKNESS,
-    DEFAULT_MASK_THRESHOLD,
+    MaskOptions,
+    binary_from_classes,
     edge_from_mask,
     edge_map_size,
+    read_classes,
     read_mask,
     reduce_binary,
+    sample_labels,
 )
 from common.sources import Record
 from common.transforms import normalize_bgr
 
-
-@dataclass
-class MaskOptions:
-    """How masks are read: classes, binarisation threshold, edge width, size policy."""
-
-    nclass: int = 1
-    threshold: int = DEFAULT_MASK_THRESHOLD
-    edge_thickness: int = DEFAULT_EDGE_THICKNESS
-    size_policy: str = "resize"  # or "reject"
+__all__ = ["ForgeryDataset", "MaskOptions", "collate_samples"]
 
 
 class ForgeryDataset(Dataset):
@@ -44,8 +37,14 @@ class ForgeryDataset(Dataset):
 
     Items are dicts: ``image`` (float 3×H×W, normalised BGR), ``mask`` (float 1×H×W in
     {0, 1} for binary, int64 H×W in {0, 1, 2} for three classes), ``edge`` (float
-    1×⌈H/4⌉×⌈W/4⌉), ``label`` (0/1, −1 unlabelled), ``type`` (the list's label),
-    ``path``, ``size`` (original H, W) and ``index``.
+    1×⌈H/4⌉×⌈W/4⌉), ``label`` (0/1, −1 unlabelled), ``type`` (the list's label, 0 when
+    the sample is authentic), ``image_class`` (0 authentic, 1 tampered, 2 desensitised
+    only), ``path``, ``size`` (original H, W) and ``index``.
+
+    ``labels_from_content=True`` (training) takes the label from the mask *after* the
+    transform, so a crop or resize that loses the manipulated region trains as authentic;
+    see :func:`common.masks.sample_labels`. Otherwise the record's label is kept (the
+    release's image-level ground truth, used for validation).
     """
 
     def __init__(
@@ -53,39 +52,46 @@ class ForgeryDataset(Dataset):
         records: Sequence[Record],
         transform: Any = None,
         masks: MaskOptions | None = None,
+        labels_from_content: bool = False,
+        min_region_pixels: int = 1,
     ) -> None:
+        if min_region_pixels < 1:
+            raise ValueError(f"min_region_pixels must be ≥ 1, got {min_region_pixels}")
         self.records = list(records)
         self.transform = transform
         self.masks = masks or MaskOptions()
+        self.labels_from_content = labels_from_content
+        self.min_region_pixels = min_region_pixels
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
-        """Decoded image (BGR uint8), mask (uint8 classes), optional edge mask, warnings."""
+        """Decoded image (BGR uint8), class mask (uint8 {0, 1, 2}), optional edge mask,
+        warnings."""
         rec = self.records[index]
         image = read_image(rec.image)
         h, w = image.shape[:2]
         notes: list[str] = []
         if rec.mask is not None and rec.label != 0:
-            mask, note = read_mask(
-                rec.mask, (h, w), self.masks.nclass, self.masks.threshold, self.masks.size_policy
+            classes, note = read_classes(
+                rec.mask, (h, w), self.masks.threshold, self.masks.size_policy
             )
             if note:
                 notes.append(note)
         else:
-            mask = np.zeros((h, w), np.uint8)
+            classes = np.zeros((h, w), np.uint8)
         edge = None
         if rec.edge is not None:
             edge, note = read_mask(rec.edge, (h, w), 1, 0, self.masks.size_policy)
             if note:
                 notes.append(note)
-        return image, mask, edge, notes
+        return image, classes, edge, notes
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         try:
-            image, mask, edge, notes = self.load(index)
+            image, classes, edge, notes = self.load(index)
         except BadInputError as exc:
             return {"error": exc.reason, "path": exc.path, "index": index}
         except (OSError, ValueError) as exc:
@@ -94,28 +100,37 @@ class ForgeryDataset(Dataset):
             warnings.warn(note, stacklevel=2)
         size = image.shape[:2]
         if self.transform is not None:
-            targets = {"image": image, "mask": mask}
+            targets = {"image": image, "mask": classes}
             if edge is not None:
                 targets["edge"] = edge
             out = self.transform(**targets)
-            image, mask, edge = out["image"], out["mask"], out.get("edge")
+            image, classes, edge = out["image"], out["mask"], out.get("edge")
+        labels = sample_labels(
+            classes,
+            rec.binary_label,
+            from_content=self.labels_from_content,
+            min_region_pixels=self.min_region_pixels,
+        )
+        if labels.cleared:
+            classes = np.zeros_like(classes)
+            edge = None
         h, w = image.shape[:2]
         edge_size = edge_map_size(h, w)
         if edge is None:
-            edge = edge_from_mask(mask, edge_size, self.masks.edge_thickness)
+            edge = edge_from_mask(classes, edge_size, self.masks.edge_thickness)
         else:
             edge = reduce_binary(edge, edge_size)
-        label = rec.binary_label
         if self.masks.nclass == 1:
-            mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0)
+            mask_t = torch.from_numpy(binary_from_classes(classes)).float().unsqueeze(0)
         else:
-            mask_t = torch.from_numpy(np.ascontiguousarray(mask)).long()
+            mask_t = torch.from_numpy(np.ascontiguousarray(classes)).long()
         return {
             "image": normalize_bgr(image),
             "mask": mask_t,
             "edge": torch.from_numpy(edge).float().unsqueeze(0),
-            "label": torch.tensor(label, dtype=torch.long),
-            "type": torch.tensor(rec.label, dtype=torch.long),
+            "label": torch.tensor(labels.label, dtype=torch.long),
+            "type": torch.tensor(rec.label if labels.label > 0 else labels.label, dtype=torch.long),
+            "image_class": torch.tensor(labels.image_class, dtype=torch.long),
             "path": rec.image,
             "size": torch.tensor(size, dtype=torch.long),
             "index": index,

@@ -23,15 +23,21 @@ def is_main() -> bool:
     return rank() == 0
 
 
+_owns_group = False  # whether init_from_env started the process group (and may end it)
+
+
 def init_from_env(device_name: str) -> torch.device:
     """Start the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA,
-    gloo on CPU. Returns this process's device."""
+    gloo on CPU. A group the caller already started is used as it is. Returns this
+    process's device."""
+    global _owns_group
     from common.runtime import resolve_device
 
     device = resolve_device(device_name)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        _owns_group = True
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -40,8 +46,12 @@ def init_from_env(device_name: str) -> torch.device:
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """End the process group if :func:`init_from_env` started it (a caller's group stays,
+    for the caller to use again)."""
+    global _owns_group
+    if _owns_group and dist.is_initialized():
         dist.destroy_process_group()
+    _owns_group = False
 
 
 def any_true(flag: bool, device: torch.device) -> bool:
@@ -59,6 +69,15 @@ def sum_int(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.long, device=device)
     dist.all_reduce(t)
     return int(t.item())
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (e.g. BatchNorm running statistics) to every rank."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from common import distributed as dist
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from common.config import save_yaml
-from common.datasets import ForgeryDataset, MaskOptions, collate_samples
+from common.datasets import ForgeryDataset, collate_samples
+from common.masks import MaskOptions
 from common.reports import CsvLog
 from common.runtime import autocast, to_memory_format
 from common.sources import load_source
@@ -70,26 +71,31 @@ def _dataset(source: str, cfg: dict[str, Any], nclass: int, train: bool) -> Forg
         raise ValueError(f"{source}: no usable samples")
     masks = MaskOptions(
         nclass=nclass,
-        threshold=cfg.get("mask_threshold", 127),
+        threshold=cfg["mask_threshold"],
         edge_thickness=cfg["edge_thickness"],
         size_policy=cfg["mask_size_policy"],
     )
-    if train:
-        aug = AugmentConfig(
-            size=cfg["size"],
-            crop=cfg["crop"],
-            hflip=cfg["hflip"],
-            vflip=cfg["vflip"],
-            jpeg_p=cfg["jpeg_p"],
-            jpeg_quality=tuple(cfg["jpeg_quality"]),
-            blur_p=cfg["blur_p"],
-            noise_p=cfg["noise_p"],
-            rescale_p=cfg["rescale_p"],
-        )
-        transform = build_train_transform(aug)
-    else:
-        transform = build_eval_transform(cfg["size"])
-    return ForgeryDataset(records, transform, masks)
+    if not train:
+        return ForgeryDataset(records, build_eval_transform(cfg["size"]), masks)
+    aug = AugmentConfig(
+        size=cfg["size"],
+        crop=cfg["crop"],
+        hflip=cfg["hflip"],
+        vflip=cfg["vflip"],
+        jpeg_p=cfg["jpeg_p"],
+        jpeg_quality=tuple(cfg["jpeg_quality"]),
+        blur_p=cfg["blur_p"],
+        noise_p=cfg["noise_p"],
+        rescale_p=cfg["rescale_p"],
+    )
+    # training labels follow what the crop/resize kept of the manipulated region
+    return ForgeryDataset(
+        records,
+        build_train_transform(aug),
+        masks,
+        labels_from_content=True,
+        min_region_pixels=cfg["min_region_pixels"],
+    )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -217,9 +223,13 @@ class Trainer:
         if cfg["channels_last"]:
             model.to(memory_format=torch.channels_last)
         self.model: nn.Module = model
+        self.find_unused = bool(cfg["ddp_find_unused_parameters"])
+        self.trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if dist.world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(model, device_ids=ids)
+            self.model = DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self.find_unused
+            )
         self.train_ds = _dataset(cfg["train_list"], cfg, task.nclass, train=True)
         self.val_ds = (
             _dataset(cfg["val_list"], cfg, task.nclass, False) if cfg.get("val_list") else None
@@ -279,9 +289,9 @@ class Trainer:
             log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
     # -- one epoch
-    def _forward(self, images: torch.Tensor) -> Any:
+    def _forward(self, images: torch.Tensor, model: nn.Module | None = None) -> Any:
         with autocast(self.device, self.cfg["amp"]):
-            return self.model(to_memory_format(images, self.cfg["channels_last"]))
+            return (model or self.model)(to_memory_format(images, self.cfg["channels_last"]))
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -320,16 +330,22 @@ class Trainer:
                 if last_micro or dist.world_size() == 1
                 else self.model.no_sync()
             )
+            first_micro = i % accumulate == 0
             with sync:
                 parts = self.task.loss(self._forward(batch["image"]), batch)
                 loss = parts["loss"]
-                bad = dist.any_true(not bool(torch.isfinite(loss)), self.device)
-                if bad:
+                if dist.any_true(not bool(torch.isfinite(loss)), self.device):
+                    if dist.world_size() > 1:
+                        # DDP waits for a backward after every forward; run one and let
+                        # _on_nonfinite discard its gradients.
+                        (loss * 0.0).backward()
                     self._on_nonfinite()
                     nonfinite += 1
                     continue
                 self.nonfinite_in_row = 0
                 self.scaler.scale(loss / accumulate).backward()
+            if first_micro:
+                self._check_all_parameters_used()
             if last_micro:
                 self._optimizer_step()
                 steps_done += 1
@@ -349,6 +365,22 @@ class Trainer:
             optimizer_steps=steps_done,
         )
         return stats
+
+    def _check_all_parameters_used(self) -> None:
+        """Every trainable parameter must have a gradient after a step's first backward:
+        under DDP one that has none on some process puts the gradient reductions out of
+        step, which gloo reports as a size mismatch and NCCL as a hang. Fail clearly
+        instead (also in one-process runs, so the fault shows before a multi-GPU job)."""
+        if self.find_unused:
+            return
+        missing = [name for name, p in self.trainable if p.grad is None]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+            raise RuntimeError(
+                f"{len(missing)} trainable parameters got no gradient in this step "
+                f"({shown}): the loss must reach every parameter in every step (DDP "
+                "requires it), or set ddp_find_unused_parameters: true"
+            )
 
     def _on_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -376,6 +408,8 @@ class Trainer:
         self.model.eval()
         evaluator = self.task.new_evaluator()
         skipped = 0
+        # the bare model: DDP's forward may communicate, and ranks see unequal shards
+        model = unwrap_model(self.model)
         for batch in tqdm(
             _val_loader(self.val_ds, self.cfg), disable=not self.main, desc="validation"
         ):
@@ -383,7 +417,7 @@ class Trainer:
             if batch["count"] == 0:
                 continue
             batch = self._to_device(batch)
-            outputs = self._forward(batch["image"])
+            outputs = self._forward(batch["image"], model)
             self.task.eval_update(evaluator, outputs, {k: _cpu(v) for k, v in batch.items()})
         shards = dist.gather_objects(evaluator)
         merged = shards[0]
@@ -405,6 +439,9 @@ class Trainer:
         try:
             for epoch in range(self.start_epoch, cfg["epochs"]):
                 stats = self.train_epoch(epoch)
+                # BatchNorm statistics drift apart per process during the epoch; every
+                # process continues (and validates) with rank 0's, the ones it saves.
+                dist.broadcast_buffers(unwrap_model(self.model))
                 metrics = self.validate() if self.val_ds is not None else {}
                 history = {"epoch": epoch + 1, **stats, "val": _scalars(metrics)}
                 improved = self._track_best(metrics)

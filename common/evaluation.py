@@ -20,10 +20,9 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from common.datasets import MaskOptions
 from common.inference import RunOptions, binary_png, manipulated_map, to_png_levels
 from common.io import BadInputError, read_mask_raw, write_png
-from common.masks import read_mask
+from common.masks import MaskOptions, read_mask
 from common.metrics import LocalizationEvaluator
 from common.predictor import iter_predictions
 from common.reports import (

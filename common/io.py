@@ -90,10 +90,13 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_mask_raw(path: str | Path) -> np.ndarray:
     """Decode a mask keeping its channels (colour masks carry classes): uint8, H×W or
-    H×W×3 (BGR). Alpha is dropped; 16-bit is scaled to 8-bit."""
+    H×W×3 (BGR). Alpha is dropped; 16-bit is scaled to 8-bit unless its values already
+    fit in 0–255 (index masks {0, 1, 2} or 0/255 masks stored as 16-bit keep them)."""
     data = _read_bytes(path)
     _check_complete(path, data)
     mask = _decode(path, data, cv2.IMREAD_UNCHANGED)
+    if np.issubdtype(mask.dtype, np.integer) and mask.dtype != np.uint8 and mask.max() <= 255:
+        mask = mask.astype(np.uint8)  # 8-bit values or class indices in a 16-bit file
     mask = to_uint8(mask)
     if mask.ndim == 3:
         if mask.shape[2] == 4:

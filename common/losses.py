@@ -22,6 +22,23 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - 2.0 * inter / (denom + _DICE_EPS)
 
 
+def manipulated_dice(
+    logits: torch.Tensor, target: torch.Tensor, manipulated: torch.Tensor
+) -> torch.Tensor:
+    """Dice of ``sigmoid(logits)`` against ``target`` over the manipulated samples only.
+
+    A batch without manipulated samples has no Dice term, but it still returns a zero
+    that depends on every logit: every parameter behind ``logits`` then takes part in the
+    step (with a zero gradient). DDP needs that: a parameter that gets no gradient on one
+    process while it gets one on another puts the processes' gradient reductions out of
+    step (a crash on gloo, a hang on NCCL). The sigmoid keeps the zero finite even where
+    logits overflow.
+    """
+    if manipulated.any():
+        return dice_loss(torch.sigmoid(logits[manipulated].float()), target[manipulated])
+    return torch.sigmoid(logits.float()).sum() * 0.0
+
+
 def image_logit(seg_logits: torch.Tensor) -> torch.Tensor:
     """Image-level logit: global max of the seg logits (sigmoid is monotone, so this is
     the logit of the max of the sigmoid map; BCE-with-logits applies the one sigmoid)."""
@@ -33,7 +50,9 @@ class MVSSLoss:
     """``α·L_seg + β·L_clf + (1 − α − β)·L_edge`` (α = 0.16, β = 0.04).
 
     Pixel (seg) and edge Dice use only the manipulated samples of the batch; authentic
-    images contribute only the image-level BCE. Returns a dict with ``loss`` and its parts.
+    images contribute only the image-level BCE (a batch with no manipulated sample keeps
+    the Dice terms in the graph at zero weight, see :func:`manipulated_dice`). Returns a
+    dict with ``loss`` and its parts.
 
     ``pixel_bce`` (default 0, i.e. the paper's loss) adds that weight × a per-pixel BCE over
     *all* images. Why it exists: the image term's gradient reaches one pixel per image
@@ -60,14 +79,8 @@ class MVSSLoss:
     ) -> dict[str, torch.Tensor]:
         label = label.float().to(seg_logits.device)
         manipulated = label > 0
-        zero = seg_logits.new_zeros((), dtype=torch.float32)
-        if manipulated.any():
-            seg_loss = dice_loss(torch.sigmoid(seg_logits[manipulated].float()), mask[manipulated])
-            edge_loss = dice_loss(
-                torch.sigmoid(edge_logits[manipulated].float()), edge[manipulated]
-            )
-        else:
-            seg_loss = edge_loss = zero
+        seg_loss = manipulated_dice(seg_logits, mask, manipulated)
+        edge_loss = manipulated_dice(edge_logits, edge, manipulated)
         clf_loss = F.binary_cross_entropy_with_logits(image_logit(seg_logits), label)
         gamma = 1.0 - self.alpha - self.beta
         total = self.alpha * seg_loss + self.beta * clf_loss + gamma * edge_loss
@@ -106,13 +119,7 @@ class ThreeClassLoss:
         label: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         seg_loss = multiclass_dice_loss(seg_logits, target)
-        manipulated = label.to(seg_logits.device) > 0
-        if manipulated.any():
-            edge_loss = dice_loss(
-                torch.sigmoid(edge_logits[manipulated].float()), edge[manipulated]
-            )
-        else:
-            edge_loss = seg_logits.new_zeros((), dtype=torch.float32)
+        edge_loss = manipulated_dice(edge_logits, edge, label.to(seg_logits.device) > 0)
         total = self.seg_weight * seg_loss + self.edge_weight * edge_loss
         parts = {"seg": seg_loss, "edge": edge_loss}
         if self.ce_weight > 0:

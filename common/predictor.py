@@ -16,10 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.datasets import MaskOptions
 from common.inference import RunOptions, forward_probs, predict_tiled, resize_input, resize_map
 from common.io import BadInputError, read_image, read_mask_raw
-from common.masks import read_mask
+from common.masks import MaskOptions, read_mask
 from common.sources import Record
 
 

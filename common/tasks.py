@@ -102,10 +102,10 @@ class ClassificationTask:
         }
 
     def image_target(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Binary label, or with 3 image classes the list's label clipped to 0..2
-        (0 authentic, 1 tampered, 2 desensitised)."""
+        """Binary label, or with 3 image classes what the mask shows: 0 authentic,
+        1 tampered, 2 desensitised only."""
         if self.head == "linear" and self.num_image_classes == 3:
-            return batch["type"].clamp(0, 2)
+            return batch["image_class"]
         return batch["label"]
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -8,11 +8,11 @@ import pytest
 
 from common.io import BadInputError, read_image, read_mask_raw
 from common.masks import (
-    binary_from_raw,
+    decode_classes,
     edge_from_mask,
     edge_map_size,
+    mask_encoding,
     read_mask,
-    three_class_from_raw,
 )
 
 
@@ -64,21 +64,65 @@ def test_missing_file(tmp_path):
         read_image(tmp_path / "nope.png")
 
 
-def test_binary_threshold():
+def test_grey_threshold_binary_and_three_class():
     raw = np.array([[0, 1, 127, 128, 255]], np.uint8)
-    assert binary_from_raw(raw).tolist() == [[False, False, False, True, True]]
-    assert binary_from_raw(raw, threshold=0).tolist() == [[False, True, True, True, True]]
+    assert mask_encoding(raw) == "grey"
+    assert (decode_classes(raw) > 0).tolist() == [[False, False, False, True, True]]
+    assert (decode_classes(raw, threshold=0) > 0).tolist() == [[False, True, True, True, True]]
+    grey = np.array([[0, 255, 128, 250, 120, 130]], np.uint8)
+    # ≤ threshold pristine; above it 128-ish desensitised, 255-ish tampered
+    assert decode_classes(grey).tolist() == [[0, 1, 2, 1, 0, 2]]
+    assert decode_classes(grey, threshold=64).tolist() == [[0, 1, 2, 1, 2, 2]]
 
 
-def test_three_class_encodings():
+def test_index_and_seed_luma_encodings():
     index = np.array([[0, 1, 2]], np.uint8)
-    assert three_class_from_raw(index).tolist() == [[0, 1, 2]]
-    grey = np.array([[0, 255, 128, 250, 120]], np.uint8)
-    assert three_class_from_raw(grey).tolist() == [[0, 1, 2, 1, 2]]
+    assert mask_encoding(index) == "index" and decode_classes(index).tolist() == [[0, 1, 2]]
+    assert decode_classes(np.array([[0, 1]], np.uint8)).tolist() == [[0, 1]]
+    luma = np.array([[255, 76, 29, 255]], np.uint8)  # the seed's colours read as grey
+    assert mask_encoding(luma) == "seed-luma"
+    assert decode_classes(luma).tolist() == [[0, 1, 2, 0]]
+    assert mask_encoding(np.array([[255, 76, 29, 0]], np.uint8)) == "grey"  # 0 is not seed
+
+
+def test_colour_encoding_and_rgb_binary():
     colour = np.array(
-        [[[255, 255, 255], [0, 0, 255], [255, 0, 0], [10, 5, 240], [0, 0, 0]]], np.uint8
+        [
+            [
+                [255, 255, 255],  # white background
+                [0, 0, 255],  # red tampered
+                [255, 0, 0],  # blue desensitised
+                [10, 5, 240],  # JPEG-noisy red
+                [0, 0, 0],  # black background
+                [128, 128, 255],  # anti-aliased red edge (pink)
+                [255, 140, 120],  # light blue edge
+                [250, 252, 247],  # JPEG-noisy white
+            ]
+        ],
+        np.uint8,
     )
-    assert three_class_from_raw(colour).tolist() == [[0, 1, 2, 1, 0]]
+    assert mask_encoding(colour) == "colour"
+    assert decode_classes(colour).tolist() == [[0, 1, 2, 1, 0, 1, 2, 0]]
+    rgb_binary = np.array([[[255, 255, 255], [0, 0, 0], [250, 252, 255], [3, 0, 2]]], np.uint8)
+    assert mask_encoding(rgb_binary) == "grey"  # no coloured pixel: white-on-black luma
+    assert decode_classes(rgb_binary).tolist() == [[1, 0, 1, 0]]
+
+
+def test_colour_outside_the_palette_is_refused_naming_the_file():
+    green = np.full((2, 3, 3), 255, np.uint8)
+    green[1, 2] = (0, 200, 0)
+    with pytest.raises(BadInputError, match=r"outside the palette at \(x=2, y=1\)") as err:
+        decode_classes(green, where="gt3_bad.png")
+    assert err.value.path == "gt3_bad.png"
+
+
+def test_sixteen_bit_masks_keep_small_values(tmp_path):
+    index = np.array([[0, 1, 2, 0]], np.uint16)
+    assert read_mask_raw(_write(tmp_path / "i16.png", index)).tolist() == [[0, 1, 2, 0]]
+    full = np.array([[0, 65535]], np.uint16)
+    assert read_mask_raw(_write(tmp_path / "f16.png", full)).tolist() == [[0, 255]]
+    eight = np.array([[0, 255]], np.uint16)
+    assert read_mask_raw(_write(tmp_path / "e16.png", eight)).tolist() == [[0, 255]]
 
 
 def test_colour_mask_file_read_as_three_class_and_binary(tmp_path):
@@ -90,6 +134,8 @@ def test_colour_mask_file_read_as_three_class_and_binary(tmp_path):
     assert raw.ndim == 3
     three, _ = read_mask(path, (6, 6), nclass=3)
     assert three[0, 0] == 1 and three[5, 5] == 2 and three[0, 5] == 0
+    binary, _ = read_mask(path, (6, 6), nclass=1)
+    assert binary.sum() == 18 and binary[0, 5] == 0  # the white background is not tampered
 
 
 def test_mask_size_policy(tmp_path):

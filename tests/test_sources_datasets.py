@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from common.datasets import ForgeryDataset, MaskOptions, collate_samples
+from common.datasets import ForgeryDataset, collate_samples
+from common.masks import MaskOptions
 from common.sources import load_source, read_list_file, scan_folder_pair
 from common.transforms import AugmentConfig, build_eval_transform, build_train_transform
 
@@ -139,3 +140,77 @@ def test_three_class_dataset_and_augmentations(tmp_path):
     assert item["mask"].dtype == torch.long and set(item["mask"].unique().tolist()) == {0, 1, 2}
     assert item["mask"][0, -1] == 1  # flipped horizontally: class 1 now top right
     assert item["edge"].shape == (1, 8, 8)
+
+
+def _one_sample(tmp_path, mask, name="s"):
+    _img(tmp_path / f"{name}.png", *mask.shape)
+    cv2.imwrite(str(tmp_path / f"{name}_m.png"), mask)
+    (tmp_path / f"{name}.txt").write_text(f"{name}.png {name}_m.png 2\n")
+    return read_list_file(tmp_path / f"{name}.txt")[0]
+
+
+def test_crop_labels_follow_the_crop_content(tmp_path):
+    """A crop that misses the manipulated region trains as authentic; one that keeps any
+    of it as manipulated (the list said manipulated for the whole image)."""
+    mask = np.zeros((96, 96), np.uint8)
+    mask[:20, :20] = 255
+    records = _one_sample(tmp_path, mask)
+    transform = build_train_transform(AugmentConfig(size=48, crop=True, hflip=0.5))
+    ds = ForgeryDataset(records, transform, MaskOptions(nclass=1), labels_from_content=True)
+    seen = set()
+    for seed in range(40):
+        transform.set_random_seed(seed)
+        item = ds[0]
+        has_region = bool(item["mask"].sum() > 0)
+        assert item["label"].item() == int(has_region)
+        assert item["type"].item() == (2 if has_region else 0)
+        assert bool(item["edge"].sum() > 0) == has_region
+        seen.add(has_region)
+    assert seen == {True, False}  # both kinds of crop happened
+    # evaluation keeps the image's own label
+    assert ForgeryDataset(records, build_eval_transform(48))[0]["label"].item() == 1
+
+
+def test_resize_that_loses_a_tiny_region_gives_authentic(tmp_path):
+    mask = np.zeros((200, 200), np.uint8)
+    mask[1, 1] = 255  # nearest-neighbour 200 → 64 samples rows/cols 0, 3, 6, …: lost
+    records = _one_sample(tmp_path, mask)
+    train = ForgeryDataset(records, build_eval_transform(64), labels_from_content=True)
+    item = train[0]
+    assert item["mask"].sum() == 0 and item["label"].item() == 0
+    assert ForgeryDataset(records, build_eval_transform(64))[0]["label"].item() == 1
+
+
+def test_min_region_pixels_drops_slivers(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:13, 10:13] = 255  # 9 pixels
+    records = _one_sample(tmp_path, mask)
+    keep = ForgeryDataset(records, labels_from_content=True, min_region_pixels=9)[0]
+    assert keep["label"].item() == 1 and keep["mask"].sum() == 9
+    drop = ForgeryDataset(records, labels_from_content=True, min_region_pixels=10)[0]
+    assert drop["label"].item() == 0 and drop["mask"].sum() == 0 and drop["edge"].sum() == 0
+    with pytest.raises(ValueError, match="min_region_pixels"):
+        ForgeryDataset(records, min_region_pixels=0)
+
+
+def test_image_class_from_crop_content(tmp_path):
+    """0 authentic, 1 tampered present, 2 desensitised only: what the 3-class image head
+    learns (not the list's manipulation type)."""
+    colour = np.full((64, 64, 3), 255, np.uint8)
+    colour[:8, :8] = (0, 0, 255)  # red: tampered
+    colour[40:, 40:] = (255, 0, 0)  # blue: desensitised
+    _img(tmp_path / "c.png", 64, 64)
+    cv2.imwrite(str(tmp_path / "c_m.png"), colour)
+    (tmp_path / "c.txt").write_text("c.png c_m.png 3\n")
+    records, _ = read_list_file(tmp_path / "c.txt")
+    transform = build_train_transform(AugmentConfig(size=24, crop=True, hflip=0.0))
+    ds = ForgeryDataset(records, transform, MaskOptions(nclass=3), labels_from_content=True)
+    seen = set()
+    for seed in range(60):
+        transform.set_random_seed(seed)
+        item = ds[0]
+        present = set(item["mask"].unique().tolist())
+        want = 1 if 1 in present else 2 if 2 in present else 0
+        assert item["image_class"].item() == want
+        seen.add(want)
+    assert seen == {0, 1, 2}
