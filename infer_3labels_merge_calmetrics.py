@@ -26,7 +26,7 @@ from common.evaluation_3class import run_three_class_evaluation
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_io_args(parser, default_resize="none")
+    add_io_args(parser, default_resize="none", empty_f1="seed")
     add_model_args(parser, nclass=3)
     add_run_args(parser, tile=512, stride=256)
     parser.add_argument("--th", type=float, default=0.5, help="threshold of the merged map")

@@ -29,7 +29,7 @@ from common.evaluation import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_io_args(parser)
+    add_io_args(parser, desensitised="positive")
     add_model_args(parser)
     add_run_args(parser)
     parser.add_argument(

@@ -12,13 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.classify import run_classification
+from common.classify import run_classification, seed_name_label
 from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
     load_inputs,
     load_model,
+    mask_options,
     parse_resize,
     run_options,
 )
@@ -27,7 +28,7 @@ from common.evaluation import output_dir
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_io_args(parser)
+    add_io_args(parser, desensitised="negative")
     add_model_args(parser)
     add_run_args(parser)
     parser.add_argument(
@@ -38,6 +39,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--crop-stride", dest="crop_stride", type=int, default=512)
     parser.add_argument("--th", type=float, default=0.5, help="image threshold (score > th)")
+    parser.add_argument(
+        "--label-from-name",
+        "--label_from_name",
+        dest="label_from_name",
+        action="store_true",
+        help="the seed's image ground truth: an image whose path contains 'orig' or "
+        "'mosaic' is authentic, any other manipulated (replaces the list's labels)",
+    )
     parser.add_argument(
         "--head",
         choices=("max", "linear"),
@@ -53,12 +62,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     source, records, problems = load_inputs(args)
+    if args.label_from_name:
+        records = [seed_name_label(r) for r in records]
     opts = run_options(args)
     model = load_model(args, opts.device, classifier=True, head=args.head)
     out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_classification(
-        model, records, problems, out, opts, args.crop, args.crop_stride, args.resize, args.th
+        model,
+        records,
+        problems,
+        out,
+        opts,
+        args.crop,
+        args.crop_stride,
+        args.resize,
+        args.th,
+        mask_options(args),
     )
 
 

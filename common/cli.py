@@ -17,6 +17,7 @@ from common.inference import RunOptions
 from common.masks import (
     DEFAULT_EDGE_THICKNESS,
     DEFAULT_MASK_THRESHOLD,
+    DESENSITISED_POLICIES,
     MASK_SIZE_POLICIES,
     MaskOptions,
 )
@@ -40,7 +41,14 @@ def parse_resize(text: str) -> int | None:
     return value
 
 
-def add_io_args(parser: argparse.ArgumentParser, default_resize: str = "512") -> None:
+def add_io_args(
+    parser: argparse.ArgumentParser,
+    default_resize: str = "512",
+    desensitised: str | None = None,
+    empty_f1: str = "release",
+) -> None:
+    """The shared input/output options; ``desensitised`` (binary tasks) adds
+    ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default."""
     g = parser.add_argument_group("inputs and outputs")
     g.add_argument(
         "--test_file",
@@ -85,12 +93,22 @@ def add_io_args(parser: argparse.ArgumentParser, default_resize: str = "512") ->
         default="resize",
         help="a mask whose size differs from its image",
     )
+    if desensitised is not None:
+        g.add_argument(
+            "--desensitised",
+            choices=DESENSITISED_POLICIES,
+            default=desensitised,
+            help="desensitised regions (class 2 of three-class masks): positive = "
+            "manipulated, negative = pristine, ignore = left out of the metrics "
+            f"(default {desensitised}; see README, Data)",
+        )
     g.add_argument(
         "--empty-f1",
         dest="empty_f1",
         choices=("release", "seed"),
-        default="release",
-        help="F1 of an empty prediction on an empty mask: 1 (release) or 0 (seed)",
+        default=empty_f1,
+        help="F1 of an empty prediction on an empty mask: 1 (release) or 0 (seed); "
+        f"default {empty_f1}",
     )
 
 
@@ -168,6 +186,7 @@ def mask_options(args: argparse.Namespace, nclass: int = 1) -> MaskOptions:
         threshold=args.mask_threshold,
         edge_thickness=DEFAULT_EDGE_THICKNESS,
         size_policy=args.mask_size_policy,
+        desensitised=getattr(args, "desensitised", "positive"),
     )
 
 

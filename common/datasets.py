@@ -99,31 +99,40 @@ class ForgeryDataset(Dataset):
         for note in notes:
             warnings.warn(note, stacklevel=2)
         size = image.shape[:2]
+        if not self.labels_from_content:  # evaluation: the image's label, before resizing
+            evaluation = sample_labels(classes, rec.binary_label, self.masks.desensitised)
         if self.transform is not None:
             targets = {"image": image, "mask": classes}
             if edge is not None:
                 targets["edge"] = edge
             out = self.transform(**targets)
             image, classes, edge = out["image"], out["mask"], out.get("edge")
-        labels = sample_labels(
-            classes,
-            rec.binary_label,
-            from_content=self.labels_from_content,
-            min_region_pixels=self.min_region_pixels,
-        )
-        if labels.cleared:
-            classes = np.zeros_like(classes)
-            edge = None
+        if self.labels_from_content:
+            labels = sample_labels(
+                classes,
+                rec.binary_label,
+                self.masks.desensitised,
+                from_content=True,
+                min_region_pixels=self.min_region_pixels,
+            )
+            classes = labels.classes
+            if labels.label <= 0:
+                edge = None  # nothing manipulated left: no edge either
+        else:
+            labels = evaluation  # the label of the whole image; the mask as transformed
         h, w = image.shape[:2]
         edge_size = edge_map_size(h, w)
+        if self.masks.nclass == 1:
+            binary = binary_from_classes(classes, self.masks.desensitised)
+            positive = binary == 1
+            mask_t = torch.from_numpy(binary).float().unsqueeze(0)
+        else:
+            positive = classes > 0
+            mask_t = torch.from_numpy(np.ascontiguousarray(classes)).long()
         if edge is None:
-            edge = edge_from_mask(classes, edge_size, self.masks.edge_thickness)
+            edge = edge_from_mask(positive, edge_size, self.masks.edge_thickness)
         else:
             edge = reduce_binary(edge, edge_size)
-        if self.masks.nclass == 1:
-            mask_t = torch.from_numpy(binary_from_classes(classes)).float().unsqueeze(0)
-        else:
-            mask_t = torch.from_numpy(np.ascontiguousarray(classes)).long()
         return {
             "image": normalize_bgr(image),
             "mask": mask_t,

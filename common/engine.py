@@ -49,6 +49,8 @@ class Task(Protocol):
     def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
     def new_evaluator(self) -> Any: ...
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None: ...
+    def eval_size(self, cfg: dict[str, Any]) -> int | None: ...
+    def val_outputs(self, forward: Any, batch: dict[str, Any]) -> Any: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +60,9 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------- data
 
 
-def _dataset(source: str, cfg: dict[str, Any], nclass: int, train: bool) -> ForgeryDataset:
+def _dataset(
+    source: str, cfg: dict[str, Any], nclass: int, train: bool, eval_size: int | None = None
+) -> ForgeryDataset:
     records, problems = load_source(source)
     for p in problems[:20]:
         log.warning("skipping %s", p)
@@ -74,20 +78,12 @@ def _dataset(source: str, cfg: dict[str, Any], nclass: int, train: bool) -> Forg
         threshold=cfg["mask_threshold"],
         edge_thickness=cfg["edge_thickness"],
         size_policy=cfg["mask_size_policy"],
+        # binary tasks only: the three-class task keeps the classes
+        desensitised=cfg.get("desensitised", "positive"),
     )
     if not train:
-        return ForgeryDataset(records, build_eval_transform(cfg["size"]), masks)
-    aug = AugmentConfig(
-        size=cfg["size"],
-        crop=cfg["crop"],
-        hflip=cfg["hflip"],
-        vflip=cfg["vflip"],
-        jpeg_p=cfg["jpeg_p"],
-        jpeg_quality=tuple(cfg["jpeg_quality"]),
-        blur_p=cfg["blur_p"],
-        noise_p=cfg["noise_p"],
-        rescale_p=cfg["rescale_p"],
-    )
+        return ForgeryDataset(records, build_eval_transform(eval_size), masks)
+    aug = AugmentConfig.from_config(cfg)
     # training labels follow what the crop/resize kept of the manipulated region
     return ForgeryDataset(
         records,
@@ -141,9 +137,10 @@ def _train_loader(ds: ForgeryDataset, cfg: dict[str, Any], epoch: int) -> DataLo
 
 
 def _val_loader(ds: ForgeryDataset, cfg: dict[str, Any]) -> DataLoader:
+    full_size = ds.transform is None  # images of different sizes: one per batch
     return DataLoader(
         ds,
-        batch_size=cfg["batch_size"],
+        batch_size=1 if full_size else cfg["batch_size"],
         sampler=dist.ShardSampler(len(ds)),
         num_workers=cfg["workers"],
         collate_fn=collate_samples,
@@ -232,7 +229,9 @@ class Trainer:
             )
         self.train_ds = _dataset(cfg["train_list"], cfg, task.nclass, train=True)
         self.val_ds = (
-            _dataset(cfg["val_list"], cfg, task.nclass, False) if cfg.get("val_list") else None
+            _dataset(cfg["val_list"], cfg, task.nclass, False, task.eval_size(cfg))
+            if cfg.get("val_list")
+            else None
         )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = _optimizer(params, cfg)
@@ -417,7 +416,7 @@ class Trainer:
             if batch["count"] == 0:
                 continue
             batch = self._to_device(batch)
-            outputs = self._forward(batch["image"], model)
+            outputs = self.task.val_outputs(lambda x: self._forward(x, model), batch)
             self.task.eval_update(evaluator, outputs, {k: _cpu(v) for k, v in batch.items()})
         shards = dist.gather_objects(evaluator)
         merged = shards[0]

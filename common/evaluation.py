@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from common.inference import RunOptions, binary_png, manipulated_map, to_png_levels
+from common.inference import RunOptions, binary_png, manipulated_map
 from common.io import BadInputError, read_mask_raw, write_png
-from common.masks import MaskOptions, read_mask
+from common.masks import MaskOptions, read_ground_truth
 from common.metrics import LocalizationEvaluator
 from common.predictor import iter_predictions
 from common.reports import (
@@ -35,13 +35,25 @@ from common.reports import (
 )
 from common.sources import Problem, Record
 
-CSV_FIELDS = ("path", "status", "reason", "score", "label", "type", "pixel_f1", "pixel_iou", "pred")
+CSV_FIELDS = (
+    "path",
+    "status",
+    "reason",
+    "score",
+    "label",
+    "type",
+    "pixel_f1",
+    "pixel_iou",
+    "pixel_fpr",
+    "pred",
+)
 SUMMARY_KEYS = (
     "pixel_f1",
     "pixel_iou",
     "pixel_f1_best_threshold",
     "pixel_auc",
     "pixel_f1_micro",
+    "pixel_fpr_authentic",
     "image_auc",
     "image_accuracy",
     "image_sensitivity",
@@ -70,8 +82,8 @@ def _source_name(test_file: Sequence[str] | str | None) -> str:
     if not test_file:
         return "inputs"
     first = test_file if isinstance(test_file, str) else test_file[0]
-    if isinstance(test_file, list) and len(test_file) > 1:
-        return "inputs"
+    if (isinstance(test_file, list) and len(test_file) > 1) or any(c in first for c in "*?["):
+        return "inputs"  # several sources, or a glob: no one name fits
     return Path(first.rstrip("/")).stem or "inputs"
 
 
@@ -82,9 +94,8 @@ def output_dir(
 
 
 def _score(
-    evaluator: LocalizationEvaluator, rec: Record, prob: np.ndarray, mask: np.ndarray | None
+    evaluator: LocalizationEvaluator, label: int, prob: np.ndarray, mask: np.ndarray | None
 ) -> dict[str, Any]:
-    label = rec.binary_label
     if label > 0 and mask is not None and mask.shape == prob.shape:
         rows = evaluator.update(prob[None], mask[None], [label])
     else:  # authentic, unlabelled, or a map whose size differs (the release's rule)
@@ -128,15 +139,22 @@ class _LocalizationRun(BatchRun):
         )
 
     def record(
-        self, rec: Record, prob: np.ndarray, mask: np.ndarray | None, status: str, pred: str
+        self,
+        rec: Record,
+        label: int,
+        prob: np.ndarray,
+        mask: np.ndarray | None,
+        status: str,
+        pred: str,
     ) -> None:
-        row = _score(self.evaluator, rec, prob, mask)
+        """Score one image; ``label`` is its ground truth under the desensitised policy."""
+        row = _score(self.evaluator, label, prob, mask)
         self.csv.write(
             {
                 "path": rec.image,
                 "status": status,
                 "score": float(prob.max()),
-                "label": rec.binary_label,
+                "label": label,
                 "type": rec.label,
                 "pred": pred,
                 **row,
@@ -208,9 +226,9 @@ def run_model_evaluation(
                     f"existing map unreadable ({exc.reason}); rerun without --skip-existing",
                 )
                 continue
-            run.record(rec, prob, pred.mask, "existing", str(pred_path))
+            run.record(rec, pred.label, prob, pred.mask, "existing", str(pred_path))
             continue
-        levels = to_png_levels(manipulated_map(pred.probs))
+        levels = pred.levels(manipulated_map)
         binary = binary_png(levels, settings.threshold)
         pending.append(writer.submit(write_png, pred_path, levels))
         pending.append(writer.submit(write_png, bin_dir / f"{name}.png", binary))
@@ -219,7 +237,7 @@ def run_model_evaluation(
             pending.append(
                 writer.submit(write_png, ov_dir / f"{name}.png", overlay(pred.image, prob))
             )
-        run.record(rec, prob, pred.mask, "ok", str(pred_path))
+        run.record(rec, pred.label, prob, pred.mask, "ok", str(pred_path))
         done += 1
         progress.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
         for finished in [f for f in pending if f.done()]:
@@ -236,11 +254,24 @@ def run_model_evaluation(
     )
 
 
-def _find_map(pred_dir: Path, stem: str) -> Path | None:
-    for ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        candidate = pred_dir / f"{stem}{ext}"
-        if candidate.is_file():
-            return candidate
+_MAP_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def map_candidates(image_path: str, written_name: str) -> list[str]:
+    """Names a map of ``image_path`` may have, in order: the one our writer gave it
+    (the stem, with a hash suffix where stems collide), the stem, and the release's
+    (the file name up to its first dot)."""
+    file_name = Path(image_path).name
+    names = [written_name, Path(image_path).stem, file_name.split(".")[0]]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _find_map(pred_dir: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        for ext in _MAP_EXTENSIONS:
+            candidate = pred_dir / f"{name}{ext}"
+            if candidate.is_file():
+                return candidate
     return None
 
 
@@ -251,23 +282,30 @@ def run_pred_dir_evaluation(
     out: Path,
     settings: EvalSettings,
 ) -> int:
-    """Score probability maps already on disk (``<pred_dir>/<image stem>.png``, 8-bit)."""
+    """Score probability maps already on disk (8-bit, named as :func:`map_candidates`
+    says: ours, or the release's)."""
     run = _LocalizationRun(out, settings, problems)
-    for rec in tqdm(records, unit="img", desc="evaluating"):
-        path = _find_map(pred_dir, Path(rec.image).stem)
+    written = unique_names([r.image for r in records])
+    strict_size = replace(settings.masks, nclass=1, size_policy="reject")
+    for rec, name in tqdm(
+        zip(records, written, strict=True), total=len(records), unit="img", desc="evaluating"
+    ):
+        candidates = map_candidates(rec.image, name)
+        path = _find_map(pred_dir, candidates)
         if path is None:
-            run.fail(rec.image, f"no map named {Path(rec.image).stem}.png in {pred_dir}")
+            tried = " or ".join(f"{c}.png" for c in candidates)
+            run.fail(rec.image, f"no map named {tried} in {pred_dir}")
             continue
         try:
             prob = _read_saved_map(path)
-            mask = None
-            if rec.binary_label > 0 and rec.mask is not None:
-                mask, _ = read_mask(rec.mask, prob.shape, 1, settings.masks.threshold, "reject")
+            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict_size)
         except BadInputError as exc:
             if "mask is" in exc.reason:  # size differs: image level only (the release's rule)
-                run.record(rec, prob, None, "ok (mask size differs: image level only)", str(path))
+                _, label = read_ground_truth(rec.label, rec.mask, prob.shape, settings.masks)
+                status = "ok (mask size differs: image level only)"
+                run.record(rec, label, prob, None, status, str(path))
             else:
                 run.fail(exc.path, exc.reason)
             continue
-        run.record(rec, prob, mask, "ok", str(path))
+        run.record(rec, label, prob, mask, "ok", str(path))
     return run.done({"pred_dir": str(pred_dir)})

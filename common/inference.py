@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from common.runtime import autocast, to_memory_format
@@ -68,6 +69,17 @@ def _ensure_min_side(image: np.ndarray) -> np.ndarray:
     scale = MIN_SIDE / min(h, w)
     size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
+def ensure_min_side(image: torch.Tensor) -> torch.Tensor:
+    """A (C, H, W) tensor upsampled (bilinear) so both sides are at least ``MIN_SIDE``,
+    as :func:`resize_input` does for decoded images."""
+    h, w = image.shape[-2:]
+    if min(h, w) >= MIN_SIDE:
+        return image
+    scale = MIN_SIDE / min(h, w)
+    size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def resize_map(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -182,6 +194,16 @@ def predict(
 def to_png_levels(prob: np.ndarray) -> np.ndarray:
     """8-bit map as the release saves it: ``floor(255·p)``."""
     return np.floor(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def release_levels(prob_net: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """8-bit map at ``size`` (H, W) exactly as the release writes it: ``floor(255·p)`` at
+    the network's size, then that uint8 map resized bilinearly (OpenCV's fixed-point
+    uint8 arithmetic). Resizing the float map first can differ by one level."""
+    levels = to_png_levels(prob_net)
+    if levels.shape[-2:] == tuple(size):
+        return levels
+    return cv2.resize(levels, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def binary_png(levels: np.ndarray, threshold: float) -> np.ndarray:

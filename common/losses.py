@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.masks import IGNORE
+
 _DICE_EPS = 1e-6
 
 
@@ -22,27 +24,68 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - 2.0 * inter / (denom + _DICE_EPS)
 
 
-def manipulated_dice(
-    logits: torch.Tensor, target: torch.Tensor, manipulated: torch.Tensor
-) -> torch.Tensor:
-    """Dice of ``sigmoid(logits)`` against ``target`` over the manipulated samples only.
+def graph_zero(t: torch.Tensor) -> torch.Tensor:
+    """A zero that depends on every element of ``t``: a term with nothing to score keeps
+    every parameter behind ``t`` in the step (with a zero gradient). DDP needs that: a
+    parameter that gets no gradient on one process while it gets one on another puts
+    the processes' gradient reductions out of step (a crash on gloo, a hang on NCCL).
+    The sigmoid keeps the zero finite even where ``t`` overflows."""
+    return torch.sigmoid(t.float()).sum() * 0.0
 
-    A batch without manipulated samples has no Dice term, but it still returns a zero
-    that depends on every logit: every parameter behind ``logits`` then takes part in the
-    step (with a zero gradient). DDP needs that: a parameter that gets no gradient on one
-    process while it gets one on another puts the processes' gradient reductions out of
-    step (a crash on gloo, a hang on NCCL). The sigmoid keeps the zero finite even where
-    logits overflow.
-    """
-    if manipulated.any():
-        return dice_loss(torch.sigmoid(logits[manipulated].float()), target[manipulated])
-    return torch.sigmoid(logits.float()).sum() * 0.0
+
+def manipulated_dice(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    manipulated: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dice of ``sigmoid(logits)`` against ``target`` over the manipulated samples only,
+    and over the ``valid`` pixels when given (ignored pixels count neither way). A batch
+    without manipulated samples gives :func:`graph_zero`."""
+    if not manipulated.any():
+        return graph_zero(logits)
+    prob = torch.sigmoid(logits[manipulated].float())
+    target = target[manipulated].float()
+    if valid is not None:
+        keep = valid[manipulated]
+        prob, target = prob * keep, target * keep
+    return dice_loss(prob, target)
 
 
 def image_logit(seg_logits: torch.Tensor) -> torch.Tensor:
     """Image-level logit: global max of the seg logits (sigmoid is monotone, so this is
     the logit of the max of the sigmoid map; BCE-with-logits applies the one sigmoid)."""
     return seg_logits.float().flatten(1).amax(dim=1)
+
+
+def image_bce(seg_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """BCE on the global-max score over the samples with a label (``label`` ≥ 0; −1
+    marks a sample left out of the image term, e.g. desensitised-only under ``ignore``)."""
+    keep = label >= 0
+    if not keep.any():
+        return graph_zero(seg_logits)
+    logits = image_logit(seg_logits)
+    if not keep.all():
+        logits, label = logits[keep], label[keep]
+    return F.binary_cross_entropy_with_logits(logits, (label > 0).float())
+
+
+def image_cross_entropy(image_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a learned image head over the samples with a target ≥ 0."""
+    keep = target >= 0
+    if not keep.any():
+        return graph_zero(image_logits)
+    return F.cross_entropy(image_logits.float()[keep], target[keep])
+
+
+def pixel_bce_loss(
+    seg_logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean per-pixel BCE over all images, over the ``valid`` pixels when given."""
+    if valid is None:
+        return F.binary_cross_entropy_with_logits(seg_logits.float(), target.float())
+    bce = F.binary_cross_entropy_with_logits(seg_logits.float(), target, reduction="none")
+    return (bce * valid).sum() / valid.sum().clamp(min=1.0)
 
 
 @dataclass
@@ -76,17 +119,33 @@ class MVSSLoss:
         mask: torch.Tensor,
         edge: torch.Tensor,
         label: torch.Tensor,
+        image_logits: torch.Tensor | None = None,
+        image_target: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        label = label.float().to(seg_logits.device)
+        """``mask`` holds {0, 1}, and :data:`~common.masks.IGNORE` for pixels left out
+        (the ``ignore`` desensitised policy); ``label`` 1 / 0, or −1 for a sample left
+        out of the image term. With ``image_logits`` (a learned image head) the image
+        term is cross-entropy against ``image_target`` instead of the global-max BCE."""
+        label = label.to(seg_logits.device)
         manipulated = label > 0
-        seg_loss = manipulated_dice(seg_logits, mask, manipulated)
+        mask = mask.to(seg_logits.device).float()
+        ignored = mask == IGNORE
+        valid = None
+        if ignored.any():
+            valid = (~ignored).float()
+            mask = mask * valid
+        seg_loss = manipulated_dice(seg_logits, mask, manipulated, valid)
         edge_loss = manipulated_dice(edge_logits, edge, manipulated)
-        clf_loss = F.binary_cross_entropy_with_logits(image_logit(seg_logits), label)
+        if image_logits is None:
+            clf_loss = image_bce(seg_logits, label)
+        else:
+            assert image_target is not None, "a learned image head needs image_target"
+            clf_loss = image_cross_entropy(image_logits, image_target.to(image_logits.device))
         gamma = 1.0 - self.alpha - self.beta
         total = self.alpha * seg_loss + self.beta * clf_loss + gamma * edge_loss
         parts = {"seg": seg_loss, "clf": clf_loss, "edge": edge_loss}
         if self.pixel_bce > 0:
-            bce = F.binary_cross_entropy_with_logits(seg_logits.float(), mask.float())
+            bce = pixel_bce_loss(seg_logits, mask, valid)
             total = total + self.pixel_bce * bce
             parts["pixel_bce"] = bce
         return {"loss": total, **parts}

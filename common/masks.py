@@ -16,7 +16,14 @@ indices (0 pristine, 1 tampered, 2 desensitised) by looking at its content:
   {0, 128, 255} convention) and 192 and above is tampered.
 
 A 3-channel mask without chromatic pixels (a white-on-black mask saved as RGB or JPEG)
-is read as grey (its luma). Binary tasks use ``classes > 0``.
+is read as grey (its luma).
+
+Binary tasks turn classes into a binary mask by the ``desensitised`` policy
+(:data:`DESENSITISED_POLICIES`): ``positive`` (class 2 is manipulated, the seed's
+binary localisation), ``negative`` (class 2 is pristine, the seed's classifier:
+"original and mosaic are one kind"), or ``ignore`` (class-2 pixels are :data:`IGNORE`
+in the mask, left out of losses and metrics; an image with nothing but class 2 is left
+out of the image-level terms).
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ DEFAULT_MASK_THRESHOLD = 127
 DEFAULT_EDGE_THICKNESS = 3
 MASK_SIZE_POLICIES = ("resize", "reject")
 MASK_ENCODINGS = ("colour", "index", "seed-luma", "grey")
+DESENSITISED_POLICIES = ("positive", "negative", "ignore")
+IGNORE = 255  # binary-mask value of pixels left out of losses and metrics
 
 # A pixel whose largest and smallest channel differ by more than this is coloured.
 # JPEG chroma noise on white, black or grey stays far below it.
@@ -51,6 +60,22 @@ class MaskOptions:
     threshold: int = DEFAULT_MASK_THRESHOLD
     edge_thickness: int = DEFAULT_EDGE_THICKNESS
     size_policy: str = "resize"  # or "reject"
+    desensitised: str = "positive"  # binary tasks: positive | negative | ignore
+
+    def __post_init__(self) -> None:
+        check_policy(self.desensitised)
+        if self.size_policy not in MASK_SIZE_POLICIES:
+            raise ValueError(
+                f"size_policy must be one of {MASK_SIZE_POLICIES}, got {self.size_policy!r}"
+            )
+
+
+def check_policy(desensitised: str) -> str:
+    if desensitised not in DESENSITISED_POLICIES:
+        raise ValueError(
+            f"desensitised must be one of {', '.join(DESENSITISED_POLICIES)}; got {desensitised!r}"
+        )
+    return desensitised
 
 
 def _is_chromatic(raw: np.ndarray) -> np.ndarray:
@@ -113,45 +138,84 @@ def decode_classes(
     return np.where(manipulated, np.where(grey >= _GREY_TAMPERED_FROM, 1, 2), 0).astype(np.uint8)
 
 
-def binary_from_classes(classes: np.ndarray) -> np.ndarray:
-    """Binary mask (uint8 {0, 1}) of a class mask: every manipulated class counts."""
-    return (classes > 0).astype(np.uint8)
+def binary_from_classes(classes: np.ndarray, desensitised: str = "positive") -> np.ndarray:
+    """Binary mask (uint8) of a class mask under the ``desensitised`` policy: {0, 1}, or
+    {0, 1, :data:`IGNORE`} with ``ignore``."""
+    if desensitised == "positive":
+        return (classes > 0).astype(np.uint8)
+    binary = (classes == 1).astype(np.uint8)
+    if check_policy(desensitised) == "ignore":
+        binary[classes == 2] = IGNORE
+    return binary
+
+
+def image_label(record_label: int, classes: np.ndarray, desensitised: str) -> int:
+    """Image-level ground truth of a labelled image under the ``desensitised`` policy.
+
+    The record's label stands (the release's rule, also for a manipulated image whose
+    mask is empty), except that an image whose mask shows desensitised pixels and no
+    tampered one is authentic (``negative``) or left out (−1, ``ignore``)."""
+    if record_label <= 0 or check_policy(desensitised) == "positive":
+        return record_label
+    if (classes == 1).any() or not (classes == 2).any():
+        return record_label
+    return 0 if desensitised == "negative" else -1
+
+
+def image_class(label: int, classes: np.ndarray) -> int:
+    """0 authentic, 1 tampered present, 2 desensitised only (the 3-class image target);
+    an unlabelled image keeps −1. Independent of the binary policy."""
+    if label < 0 and not (classes > 0).any():
+        return label
+    if (classes == 1).any():
+        return 1
+    if (classes == 2).any():
+        return 2
+    return 0 if label <= 0 else 1
 
 
 @dataclass(frozen=True)
 class SampleLabels:
-    """A training sample's labels as its (transformed) mask shows them."""
+    """A sample's labels as its (transformed) mask shows them."""
 
-    label: int  # 1 manipulated, 0 authentic, −1 unlabelled
+    label: int  # 1 manipulated, 0 authentic, −1 left out of the image terms / unlabelled
     image_class: int  # 0 authentic, 1 tampered, 2 desensitised only (−1 unlabelled)
-    cleared: bool  # a region smaller than min_region_pixels was dropped from the mask
+    classes: np.ndarray  # the class mask, with slivers below min_region_pixels removed
 
 
 def sample_labels(
-    classes: np.ndarray, record_label: int, from_content: bool, min_region_pixels: int = 1
+    classes: np.ndarray,
+    record_label: int,
+    desensitised: str = "positive",
+    from_content: bool = False,
+    min_region_pixels: int = 1,
 ) -> SampleLabels:
     """Labels of a sample whose class mask is ``classes``.
 
     ``from_content=True`` (training): the sample is manipulated when at least
-    ``min_region_pixels`` of its mask pixels are (counted after crop/resize, at the
-    training size), whatever the list says, so a crop that misses the region, or a resize
-    that makes it vanish, trains as authentic. A region smaller than that but not empty is
-    dropped (``cleared``), so the sample is consistently authentic. ``from_content=False``
-    keeps ``record_label`` (the image-level ground truth of evaluation).
+    ``min_region_pixels`` of its mask pixels are (the pixels that count as manipulated
+    under ``desensitised``, counted after crop/resize, at the training size), whatever
+    the list says, so a crop that misses the region, or a resize that makes it vanish,
+    trains as authentic (with ``ignore``: left out when only desensitised pixels remain).
+    A region smaller than that but not empty is removed from the mask, so the sample is
+    consistently authentic. ``from_content=False`` (evaluation) keeps the record's label,
+    adjusted by :func:`image_label`.
     """
-    cleared = False
-    label = record_label
-    if from_content and record_label >= 0:
-        count = int(np.count_nonzero(classes))
-        label = int(count >= min_region_pixels)
-        cleared = 0 < count < min_region_pixels
-    if label <= 0:
-        image_class = label
-    elif (classes == 1).any() or not (classes == 2).any():
-        image_class = 1
+    if not from_content or record_label < 0:
+        label = image_label(record_label, classes, desensitised)
+        return SampleLabels(label, image_class(label, classes), classes)
+    counted = classes > 0 if desensitised == "positive" else classes == 1
+    count = int(np.count_nonzero(counted))
+    if 0 < count < min_region_pixels:
+        classes = np.where(counted, 0, classes).astype(np.uint8)
+        count = 0
+    if count:
+        label = 1
+    elif desensitised == "ignore" and (classes == 2).any():
+        label = -1
     else:
-        image_class = 2
-    return SampleLabels(label, image_class, cleared)
+        label = 0
+    return SampleLabels(label, image_class(label, classes), classes)
 
 
 def read_classes(
@@ -187,11 +251,33 @@ def read_mask(
     nclass: int = 1,
     threshold: int = DEFAULT_MASK_THRESHOLD,
     size_policy: str = "resize",
+    desensitised: str = "positive",
 ) -> tuple[np.ndarray, str | None]:
-    """A mask for a task: {0, 1} for ``nclass=1``, {0, 1, 2} for ``nclass=3``; plus the
-    resize warning of :func:`read_classes`."""
+    """A mask for a task: binary (:func:`binary_from_classes`) for ``nclass=1``,
+    {0, 1, 2} for ``nclass=3``; plus the resize warning of :func:`read_classes`."""
     classes, warning = read_classes(path, image_shape, threshold, size_policy)
-    return (binary_from_classes(classes) if nclass == 1 else classes), warning
+    if nclass == 1:
+        return binary_from_classes(classes, desensitised), warning
+    return classes, warning
+
+
+def read_ground_truth(
+    record_label: int,
+    mask_path: str | Path | None,
+    image_shape: tuple[int, int],
+    options: MaskOptions,
+) -> tuple[np.ndarray | None, int]:
+    """What an evaluation scores an image against: its mask for the task (None for
+    authentic, unlabelled or mask-less rows) and its image-level label under the
+    ``desensitised`` policy (:func:`image_label`)."""
+    label = record_label if record_label <= 0 else 1
+    if label <= 0 or mask_path is None:
+        return None, label
+    classes, _ = read_classes(mask_path, image_shape, options.threshold, options.size_policy)
+    label = image_label(label, classes, options.desensitised)
+    if options.nclass != 1:
+        return classes, label
+    return binary_from_classes(classes, options.desensitised), label
 
 
 def edge_map_size(height: int, width: int) -> tuple[int, int]:

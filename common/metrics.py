@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from common.masks import IGNORE
+
 DEFAULT_BINS = 1000
 EMPTY_F1_RULES = {"release": 1.0, "seed": 0.0}
 
@@ -151,6 +153,10 @@ class LocalizationEvaluator:
     release's number), dataset-level (micro) F1/IoU/precision/recall, per-image pixel AUC
     averaged over images whose mask has both classes, dataset-level pixel AUC, and the
     per-image oracle F1 (best threshold per image), all from ``bins``-bin histograms.
+    Mask pixels equal to :data:`~common.masks.IGNORE` count nowhere. Authentic images
+    (label 0) add their per-image pixel false-positive rate (the share of their pixels
+    above ``threshold``), averaged as ``pixel_fpr_authentic``: the false alarms
+    practitioners care about, which the release's pixel-F1 never sees.
     """
 
     def __init__(
@@ -169,7 +175,13 @@ class LocalizationEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.per_image: dict[str, list[float]] = {"f1": [], "iou": [], "auc": [], "best_f1": []}
+        self.per_image: dict[str, list[float]] = {
+            "f1": [],
+            "iou": [],
+            "auc": [],
+            "best_f1": [],
+            "fpr_authentic": [],
+        }
         self.counts = torch.zeros(4, dtype=torch.float64)  # tp, fp, fn, tn (tampered images)
         self.hist = torch.zeros(2, self.bins, dtype=torch.float64)  # pos, neg
         self.scores: list[float] = []
@@ -202,8 +214,14 @@ class LocalizationEvaluator:
         self.scores += score_t.double().tolist()
         self.labels += labels_t.tolist()
         rows: list[dict[str, float | None]] = [
-            {"pixel_f1": None, "pixel_iou": None} for _ in range(n)
+            {"pixel_f1": None, "pixel_iou": None, "pixel_fpr": None} for _ in range(n)
         ]
+        authentic = labels_t == 0
+        if authentic.any():  # every pixel is pristine: FPR = share predicted manipulated
+            fpr = (probs[authentic].flatten(1) > self.threshold).double().mean(1)
+            self.per_image["fpr_authentic"] += fpr.tolist()
+            for j, i in enumerate(torch.nonzero(authentic).flatten().tolist()):
+                rows[i]["pixel_fpr"] = fpr[j].item()
         if masks is None:
             return rows
         gt = _as_tensor(masks)
@@ -213,21 +231,26 @@ class LocalizationEvaluator:
             raise ValueError(
                 f"masks {tuple(gt.shape)} and maps {tuple(probs.shape)} differ in shape"
             )
-        gt = gt > 0
         sel = labels_t > 0
         if not sel.any():
             return rows
         if bool(sel.all()):
-            p, g = probs.flatten(1), gt.flatten(1)
+            p, gt = probs.flatten(1), gt.flatten(1)
         else:
-            p, g = probs[sel].flatten(1), gt[sel].flatten(1)
+            p, gt = probs[sel].flatten(1), gt[sel].flatten(1)
         k = p.shape[0]
         # One int32 code per pixel, (image, bin, prediction, truth), and one bincount:
         # it gives the per-image histograms by class and the confusion counts at once.
+        # Ignored pixels (IGNORE in the mask) go to one extra cell, dropped.
+        ignored = gt == IGNORE
+        positive = (gt > 0) & ~ignored
         code = (p * self.bins).to(torch.int32).clamp_(0, self.bins - 1).mul_(4)
-        code.add_((p > self.threshold).to(torch.int32).mul_(2)).add_(g.to(torch.int32))
+        code.add_((p > self.threshold).to(torch.int32).mul_(2)).add_(positive.to(torch.int32))
         code.add_(torch.arange(k, dtype=torch.int32).unsqueeze(1) * (self.bins * 4))
-        cells = torch.bincount(code.view(-1), minlength=k * self.bins * 4)
+        size = k * self.bins * 4
+        if ignored.any():
+            code.masked_fill_(ignored, size)
+        cells = torch.bincount(code.view(-1), minlength=size + 1)[:size]
         cells = cells.view(k, self.bins, 2, 2).double()  # [image, bin, pred, truth]
         neg, pos = cells.sum(2).unbind(-1)
         tn, fn, fp, tp = cells.sum(1).flatten(1).unbind(1)
@@ -244,8 +267,14 @@ class LocalizationEvaluator:
         self.counts += torch.stack([tp.sum(), fp.sum(), fn.sum(), tn.sum()])
         self.hist[0] += pos.sum(0)
         self.hist[1] += neg.sum(0)
+        fpr = torch.where(fp + tn > 0, fp / (fp + tn).clamp(min=1), torch.nan)
         for j, i in enumerate(torch.nonzero(sel).flatten().tolist()):
-            rows[i] = {"pixel_f1": f1[j].item(), "pixel_iou": iou[j].item()}
+            value = fpr[j].item()
+            rows[i] = {
+                "pixel_f1": f1[j].item(),
+                "pixel_iou": iou[j].item(),
+                "pixel_fpr": None if math.isnan(value) else value,
+            }
         return rows
 
     def merge(self, other: LocalizationEvaluator) -> None:
@@ -279,8 +308,10 @@ class LocalizationEvaluator:
             "pixel_precision_micro": _ratio(tp, tp + fp),
             "pixel_recall_micro": _ratio(tp, tp + fn),
             "pixel_auc_micro": None if math.isnan(micro_auc) else micro_auc,
+            "pixel_fpr_authentic": mean("fpr_authentic"),
             "pixel_threshold": self.threshold,
             "num_tampered_scored": n_tampered,
+            "num_authentic_scored": len(self.per_image["fpr_authentic"]),
             "num_pixel_auc_images": len(self.per_image["auc"]),
         }
         image, image_notes = image_level_metrics(
@@ -301,20 +332,38 @@ def _mcc(tp: float, fp: float, fn: float, tn: float) -> float | None:
 
 
 CLASS_NAMES = {1: "tampered", 2: "desensitised"}
+_LEVELS = 256  # per-image AUC on 8-bit maps, as written and as the seed reads them back
+_SEED_MCC_EPS = 1e-5  # the seed's MCC denominator carries this epsilon
+
+
+def _seed_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den per element (counts), 0 where den is 0 (the seed turns NaN into 0)."""
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
 
 
 class ThreeClassEvaluator:
     """Three-class localisation (0 pristine, 1 tampered, 2 desensitised), the seed's table.
 
-    Per class c ∈ {1, 2}: per-image F1 averaged over all evaluated images (an empty
-    prediction on an empty mask scores ``empty_f1``: 1 by the release's rule, 0 by the
-    seed's), dataset-level F1, IoU, MCC, false-positive rate, and pixel AUC (one-vs-rest,
-    binned); plus mIoU, pixel accuracy and mean pixel accuracy over the three classes.
+    Plain names are the seed's per-image definitions, averaged over all evaluated images
+    (``infer_3labels_merge_calmetrics.py``'s ``3kinds_metric.csv``). Per image, with the
+    prediction = argmax of the class maps and, for class c, the binary masks
+    ``truth == c`` and ``prediction == c``:
+
+    - ``f1_c`` = 2TP/(2TP+FP+FN); an empty prediction on an empty mask scores
+      ``empty_f1`` (0, the seed's rule, by default; 1 is the release's);
+    - ``iou_c`` = TP/(TP+FP+FN), 0 when empty; ``fpr_c`` = FP/(FP+TN), 0 without
+      negatives; ``mcc_c`` = (TP·TN − FP·FN)/(√((TP+FP)(TP+FN)(TN+FP)(TN+FN)) + 10⁻⁵);
+    - ``auc_c``: ROC AUC of the class's 8-bit probability map against ``truth == c``;
+      0 where undefined (class absent or everywhere), as the seed scores it;
+    - ``miou``, ``pixel_accuracy``, ``mean_pixel_accuracy``: from the image's 3×3
+      confusion matrix (rows truth, columns prediction): the mean IoU over classes with a
+      non-empty union, trace/total, and the mean recall over classes present in the truth
+      (the FCN definitions of the seed's own metric code).
+
+    The same quantities from the dataset's summed counts carry a ``_micro`` suffix.
     """
 
-    def __init__(
-        self, nclass: int = 3, bins: int = DEFAULT_BINS, empty_f1: str = "release"
-    ) -> None:
+    def __init__(self, nclass: int = 3, bins: int = DEFAULT_BINS, empty_f1: str = "seed") -> None:
         if empty_f1 not in EMPTY_F1_RULES:
             raise ValueError(f"empty_f1 must be one of {list(EMPTY_F1_RULES)}, got {empty_f1!r}")
         self.nclass = nclass
@@ -325,11 +374,27 @@ class ThreeClassEvaluator:
     def reset(self) -> None:
         self.confusion = torch.zeros(self.nclass, self.nclass, dtype=torch.float64)
         self.hist = torch.zeros(self.nclass, 2, self.bins, dtype=torch.float64)
-        self.per_image_f1: dict[int, list[float]] = {c: [] for c in range(1, self.nclass)}
+        self.per_image: dict[str, list[float]] = {}
+        self.auc_undefined = dict.fromkeys(CLASS_NAMES.values(), 0)
         self.num_images = 0
 
+    def _class_rows(self, cm: torch.Tensor, c: int) -> dict[str, torch.Tensor]:
+        """Seed per-image values of class ``c`` from per-image confusion matrices (N, C, C)."""
+        tp = cm[:, c, c]
+        fp = cm[:, :, c].sum(1) - tp
+        fn = cm[:, c, :].sum(1) - tp
+        tn = cm.sum((1, 2)) - tp - fp - fn
+        den = torch.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) + _SEED_MCC_EPS
+        return {
+            "f1": f1_from_counts(tp, fp, fn, EMPTY_F1_RULES[self.empty_f1]),
+            "iou": _seed_ratio(tp, tp + fp + fn),
+            "mcc": (tp * tn - fp * fn) / den,
+            "fpr": _seed_ratio(fp, fp + tn),
+        }
+
     def update(self, probs: Any, target: Any) -> list[dict[str, float]]:
-        """``probs`` (N, C, H, W) softmax maps, ``target`` (N, H, W) class indices."""
+        """``probs`` (N, C, H, W) softmax maps, ``target`` (N, H, W) class indices.
+        Returns each image's seed values (the per-image CSV row)."""
         probs = _as_tensor(probs, torch.float32)
         _check_finite(probs, "probability maps")
         target = _as_tensor(target, torch.long)
@@ -344,47 +409,69 @@ class ThreeClassEvaluator:
             )
         if target.numel() and (target.min() < 0 or target.max() >= self.nclass):
             raise ValueError(f"target values must be in 0..{self.nclass - 1}")
-        n = probs.shape[0]
+        n, k = probs.shape[0], self.nclass
         pred = probs.argmax(1)
-        self.confusion += (
-            torch.bincount((target * self.nclass + pred).flatten(), minlength=self.nclass**2)
-            .view(self.nclass, self.nclass)
-            .double()
-        )
-        rows = [{} for _ in range(n)]
-        empty = EMPTY_F1_RULES[self.empty_f1]
-        for c in range(1, self.nclass):
-            g = (target == c).flatten(1)
-            pc = (pred == c).flatten(1)
-            tp = (pc & g).sum(1).double()
-            fp = (pc & ~g).sum(1).double()
-            fn = (~pc & g).sum(1).double()
-            f1 = f1_from_counts(tp, fp, fn, empty)
-            self.per_image_f1[c] += f1.tolist()
-            for i in range(n):
-                rows[i][f"f1_{CLASS_NAMES.get(c, c)}"] = f1[i].item()
-        for c in range(self.nclass):
-            idx = _bin_index(probs[:, c].flatten(), self.bins)
+        image = torch.arange(n).view(n, 1, 1)
+        cm = torch.bincount(
+            (image * k * k + target * k + pred).flatten(), minlength=n * k * k
+        ).view(n, k, k)
+        cm = cm.double()
+        self.confusion += cm.sum(0)
+        values: dict[str, torch.Tensor] = {}
+        for c in range(1, k):
+            name = CLASS_NAMES.get(c, str(c))
+            for key, v in self._class_rows(cm, c).items():
+                values[f"{key}_{name}"] = v
+            levels = (probs[:, c] * (_LEVELS - 1)).floor().long().clamp_(0, _LEVELS - 1)
+            positive = (target == c).long()
+            counts = torch.bincount(
+                (image * 2 * _LEVELS + positive * _LEVELS + levels).flatten(),
+                minlength=n * 2 * _LEVELS,
+            ).view(n, 2, _LEVELS)
+            auc = auc_from_histograms(counts[:, 1], counts[:, 0])
+            self.auc_undefined[name] = self.auc_undefined.get(name, 0) + int(auc.isnan().sum())
+            values[f"auc_{name}"] = torch.nan_to_num(auc, nan=0.0)
+        diag = torch.diagonal(cm, dim1=1, dim2=2)
+        rows, cols = cm.sum(2), cm.sum(1)
+        union = rows + cols - diag
+        iou = torch.where(union > 0, diag / union.clamp(min=1), torch.nan)
+        recall = torch.where(rows > 0, diag / rows.clamp(min=1), torch.nan)
+        values["miou"] = torch.nanmean(iou, dim=1)
+        values["pixel_accuracy"] = diag.sum(1) / cm.sum((1, 2)).clamp(min=1)
+        values["mean_pixel_accuracy"] = torch.nanmean(recall, dim=1)
+        for key, v in values.items():
+            self.per_image.setdefault(key, []).extend(v.tolist())
+        for c in range(k):
+            idx = _bin_index(probs[:, c].flatten(), self.bins)  # dataset-level AUC
             g = (target == c).flatten()
             self.hist[c, 0] += torch.bincount(idx[g], minlength=self.bins).double()
             self.hist[c, 1] += torch.bincount(idx[~g], minlength=self.bins).double()
         self.num_images += n
-        return rows
+        return [{key: float(v[i]) for key, v in values.items()} for i in range(n)]
 
     def merge(self, other: ThreeClassEvaluator) -> None:
         self.confusion += other.confusion
         self.hist += other.hist
-        for c in self.per_image_f1:
-            self.per_image_f1[c] += other.per_image_f1[c]
+        for key, values in other.per_image.items():
+            self.per_image.setdefault(key, []).extend(values)
+        for name, count in other.auc_undefined.items():
+            self.auc_undefined[name] = self.auc_undefined.get(name, 0) + count
         self.num_images += other.num_images
 
     def compute(self) -> dict[str, Any]:
-        cm = self.confusion
-        total = cm.sum().item()
         result: dict[str, Any] = {"num_images": self.num_images, "empty_f1_rule": self.empty_f1}
         notes: list[str] = []
-        ious = []
-        recalls = []
+        for key, values in self.per_image.items():
+            result[key] = float(np.mean(values)) if values else None
+        for name, undefined in self.auc_undefined.items():
+            if undefined:
+                notes.append(
+                    f"auc_{name}: {undefined} image(s) without both classes score 0 (the "
+                    f"seed's rule); auc_{name}_micro is the dataset-level value"
+                )
+        cm = self.confusion
+        total = cm.sum().item()
+        ious, recalls = [], []
         for c in range(self.nclass):
             tp = cm[c, c].item()
             fp = cm[:, c].sum().item() - tp
@@ -401,21 +488,19 @@ class ThreeClassEvaluator:
             name = CLASS_NAMES.get(c, str(c))
             auc = auc_from_histograms(self.hist[c, 0], self.hist[c, 1]).item()
             if math.isnan(auc):
-                notes.append(f"auc_{name} undefined: class {c} absent or everywhere")
-            values = self.per_image_f1[c]
+                notes.append(f"auc_{name}_micro undefined: class {c} absent or everywhere")
             result.update(
                 {
-                    f"f1_{name}": float(np.mean(values)) if values else None,
                     f"f1_{name}_micro": _ratio(2 * tp, 2 * tp + fp + fn),
-                    f"iou_{name}": iou,
-                    f"mcc_{name}": _mcc(tp, fp, fn, tn),
-                    f"auc_{name}": None if math.isnan(auc) else auc,
-                    f"fpr_{name}": _ratio(fp, fp + tn),
+                    f"iou_{name}_micro": iou,
+                    f"mcc_{name}_micro": _mcc(tp, fp, fn, tn),
+                    f"auc_{name}_micro": None if math.isnan(auc) else auc,
+                    f"fpr_{name}_micro": _ratio(fp, fp + tn),
                 }
             )
-        result["miou"] = float(np.mean(ious)) if ious else None
-        result["pixel_accuracy"] = _ratio(cm.trace().item(), total)
-        result["mean_pixel_accuracy"] = float(np.mean(recalls)) if recalls else None
+        result["miou_micro"] = float(np.mean(ious)) if ious else None
+        result["pixel_accuracy_micro"] = _ratio(cm.trace().item(), total)
+        result["mean_pixel_accuracy_micro"] = float(np.mean(recalls)) if recalls else None
         result["confusion_matrix"] = cm.long().tolist()
         result["notes"] = notes
         return result

@@ -16,15 +16,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from common.inference import RunOptions, forward_probs, predict_tiled, resize_input, resize_map
+from common.inference import (
+    RunOptions,
+    forward_probs,
+    predict_tiled,
+    release_levels,
+    resize_input,
+    resize_map,
+    to_png_levels,
+)
 from common.io import BadInputError, read_image, read_mask_raw
-from common.masks import MaskOptions, read_mask
+from common.masks import MaskOptions, read_ground_truth
 from common.sources import Record
 
 
 @dataclass
 class Prediction:
-    """One image's result: ``probs`` (C, H, W) at the original size, or ``error``."""
+    """One image's result: ``probs`` (C, H, W) at the original size, or ``error``.
+
+    ``net_probs`` keeps the maps at the network's size when the image was resized for
+    the network (None for full-resolution tiles): the release writes its 8-bit maps from
+    those (see :meth:`levels`).
+    """
 
     index: int
     record: Record
@@ -33,6 +46,16 @@ class Prediction:
     image: np.ndarray | None = None
     error: str | None = None
     skipped: bool = False  # not run: the caller said its output already exists
+    net_probs: np.ndarray | None = None
+    label: int = -1  # image-level ground truth under the desensitised policy
+
+    def levels(self, channel_map: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """8-bit map at the original size of ``channel_map(probs)`` (e.g. the
+        manipulated map or one class), written as the release writes its maps."""
+        assert self.probs is not None
+        if self.net_probs is None:
+            return to_png_levels(channel_map(self.probs))
+        return release_levels(channel_map(self.net_probs), self.probs.shape[-2:])
 
 
 class _InferenceItems(Dataset):
@@ -55,26 +78,22 @@ class _InferenceItems(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _mask(self, rec: Record, shape: tuple[int, int] | None) -> np.ndarray | None:
-        if rec.label <= 0 or rec.mask is None:
-            return None
-        if shape is None:  # image not decoded: take the mask's own size
-            shape = read_mask_raw(rec.mask).shape[:2]
-        mask, _ = read_mask(
-            rec.mask, shape, self.masks.nclass, self.masks.threshold, self.masks.size_policy
-        )
-        return mask
+    def _truth(self, rec: Record, shape: tuple[int, int] | None) -> dict[str, Any]:
+        if shape is None and rec.label > 0 and rec.mask is not None:
+            shape = read_mask_raw(rec.mask).shape[:2]  # image not decoded: the mask's size
+        mask, label = read_ground_truth(rec.label, rec.mask, shape or (0, 0), self.masks)
+        return {"mask": mask, "label": label}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         try:
             if self.skip(index):
-                return {"index": index, "skipped": True, "mask": self._mask(rec, None)}
+                return {"index": index, "skipped": True, **self._truth(rec, None)}
             image = read_image(rec.image)
             item: dict[str, Any] = {
                 "index": index,
                 "size": image.shape[:2],
-                "mask": self._mask(rec, image.shape[:2]),
+                **self._truth(rec, image.shape[:2]),
                 "image": image if (self.keep_image or self.resize is None) else None,
             }
             if self.resize is not None:
@@ -119,16 +138,18 @@ def iter_predictions(
     for batch in loader:
         ready = [b for b in batch if "input" in b]
         probs_by_index: dict[int, np.ndarray] = {}
+        net_by_index: dict[int, np.ndarray] = {}
         if ready:
             probs = forward_probs(model, torch.stack([b["input"] for b in ready]), opts).numpy()
             for b, p in zip(ready, probs, strict=True):
                 probs_by_index[b["index"]] = resize_map(p, tuple(b["size"]))
+                net_by_index[b["index"]] = p
         for b in batch:
             rec = records[b["index"]]
             if "error" in b:
                 yield Prediction(b["index"], rec, error=b["error"])
             elif b.get("skipped"):
-                yield Prediction(b["index"], rec, mask=b["mask"], skipped=True)
+                yield Prediction(b["index"], rec, mask=b["mask"], skipped=True, label=b["label"])
             else:
                 probs_i = probs_by_index.get(b["index"])
                 if probs_i is None:  # tiled, full resolution
@@ -138,5 +159,11 @@ def iter_predictions(
                         yield Prediction(b["index"], rec, error=f"{type(exc).__name__}: {exc}")
                         continue
                 yield Prediction(
-                    b["index"], rec, probs_i, b["mask"], b["image"] if keep_image else None
+                    b["index"],
+                    rec,
+                    probs_i,
+                    b["mask"],
+                    b["image"] if keep_image else None,
+                    net_probs=net_by_index.get(b["index"]),
+                    label=b["label"],
                 )

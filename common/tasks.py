@@ -6,12 +6,14 @@ The engine (:mod:`common.engine`) never special-cases a task; it calls these met
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from common.classify import Window, strongest_crop
+from common.inference import ensure_min_side
 from common.losses import MVSSLoss, ThreeClassLoss
 from common.metrics import ClassificationEvaluator, LocalizationEvaluator, ThreeClassEvaluator
 from models import get_mvss, get_mvss_cls
@@ -26,7 +28,22 @@ def _build(factory: Any, cfg: dict[str, Any], **kwargs: Any) -> nn.Module:
         )
 
 
-class LocalizationTask:
+Forward = Callable[[torch.Tensor], Any]
+
+
+class _Validation:
+    """How a task validates: on the whole image resized to the training size."""
+
+    def eval_size(self, cfg: dict[str, Any]) -> int | None:
+        """Validation input size (None: the image as it is, one image per batch)."""
+        return cfg["size"]
+
+    def val_outputs(self, forward: Forward, batch: dict[str, Any]) -> Any:
+        """Model outputs for a validation batch (``forward`` runs the model)."""
+        return forward(batch["image"])
+
+
+class LocalizationTask(_Validation):
     """Binary localisation with MVSS-Net's multi-view multi-scale loss."""
 
     name = "localization"
@@ -53,7 +70,7 @@ class LocalizationTask:
         evaluator.update(probs, batch["mask"][:, 0], batch["label"])
 
 
-class ThreeClassTask:
+class ThreeClassTask(_Validation):
     """Three-class localisation (0 pristine, 1 tampered, 2 desensitised), the seed's loss."""
 
     name = "three_class"
@@ -78,14 +95,21 @@ class ThreeClassTask:
         evaluator.update(torch.softmax(outputs[1].float(), dim=1), batch["mask"])
 
 
-class ClassificationTask:
+class ClassificationTask(_Validation):
     """get_mvss_cls on crops: Dice on seg and edge for manipulated crops, and an image
-    loss for all (BCE on the pooled score, or cross-entropy with the linear head)."""
+    loss for all (BCE on the pooled score, or cross-entropy with the linear head).
+
+    With ``crop: true`` validation scores whole images the way ``infer_mvss_cls.py``
+    does: crops of ``size`` at stride ``size``, the image represented by its most
+    manipulated crop, so ``best.pt`` is picked on the regime the model is used in.
+    """
 
     name = "classification"
     nclass = 1
 
     def __init__(self, cfg: dict[str, Any]) -> None:
+        self.crop = cfg["size"] if cfg["crop"] else None
+        self.crops_per_forward = cfg["batch_size"]
         self.head = cfg["head"]
         self.num_image_classes = cfg["num_image_classes"]
         self.criterion = MVSSLoss(alpha=cfg["alpha"], beta=cfg["beta"])
@@ -110,14 +134,42 @@ class ClassificationTask:
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         edge, seg, cls = outputs
-        parts = self.criterion(edge, seg, batch["mask"], batch["edge"], batch["label"])
-        if self.head == "linear":
-            ce = F.cross_entropy(cls.float(), self.image_target(batch).to(cls.device))
-            c = self.criterion
-            gamma = 1.0 - c.alpha - c.beta
-            parts["clf"] = ce
-            parts["loss"] = c.alpha * parts["seg"] + c.beta * ce + gamma * parts["edge"]
-        return parts
+        linear = self.head == "linear"
+        return self.criterion(
+            edge,
+            seg,
+            batch["mask"],
+            batch["edge"],
+            batch["label"],
+            image_logits=cls if linear else None,
+            image_target=self.image_target(batch) if linear else None,
+        )
+
+    def eval_size(self, cfg: dict[str, Any]) -> int | None:
+        return None if self.crop else cfg["size"]
+
+    def val_outputs(self, forward: Forward, batch: dict[str, Any]) -> Any:
+        if self.crop is None:
+            return forward(batch["image"])
+        rows = []
+        for image in batch["image"]:
+            image = ensure_min_side(image)
+            h, w = image.shape[-2:]
+
+            def crops_of(windows: list[Window], image: torch.Tensor = image) -> torch.Tensor:
+                return torch.stack([image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in windows])
+
+            best, _ = strongest_crop(
+                lambda x: forward(x)[2],
+                crops_of,
+                h,
+                w,
+                self.crop,
+                self.crop,
+                self.crops_per_forward,
+            )
+            rows.append(best)
+        return None, None, torch.stack(rows)
 
     def new_evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator()

@@ -7,6 +7,7 @@ Nothing here unpickles arbitrary objects: ``.pth``/``.pt`` go through
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,7 +102,36 @@ def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
     if len(tensors) != len(state):
         bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:_MAX_NAMES]
         raise WeightsError(f"{path}: entries that are not tensors: {', '.join(map(str, bad))}")
-    return {_strip_prefixes(k): v for k, v in tensors.items()}
+    return drop_stage_aliases({_strip_prefixes(k): v for k, v in tensors.items()}, path)
+
+
+# The seed's ResNet wrapper also lists the four stages in an nn.ModuleList ``blocks``, so
+# its checkpoints hold every stage twice: ``[noise_extractor.]blocks.i.*`` next to
+# ``[noise_extractor.]model.layer{i+1}.*``.
+_STAGE_ALIAS = re.compile(r"^((?:noise_extractor\.)?)blocks\.([0-3])\.(.+)$")
+
+
+def drop_stage_aliases(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Remove the seed's ``blocks.*`` alias keys after checking that each equals the stage
+    tensor it aliases (an alias alone is renamed to its stage key). A real difference is
+    an error naming the key: the file is then not what it claims to be."""
+    out = {}
+    for key, value in state.items():
+        match = _STAGE_ALIAS.match(key)
+        if match is None:
+            out.setdefault(key, value)
+            continue
+        prefix, index, rest = match.groups()
+        target = f"{prefix}model.layer{int(index) + 1}.{rest}"
+        original = state.get(target)
+        if original is None:
+            out[target] = value
+        elif original.shape != value.shape or not torch.equal(original, value):
+            raise WeightsError(
+                f"{path}: {key} should be a copy of {target} (the seed's stage alias) but "
+                "differs from it; the file is inconsistent"
+            )
+    return out
 
 
 def _strip_prefixes(key: str) -> str:

@@ -15,6 +15,7 @@ import infer_mvss_cls
 from common.inference import RunOptions, predict, predict_tiled, tile_windows
 from common.reports import EXIT_SOME_FAILED
 from common.transforms import normalize_bgr
+from models import get_mvss, load_weights
 from tests.helpers import make_tiny_checkpoint, make_tiny_dataset, run_three_class_inference
 
 
@@ -170,6 +171,43 @@ def test_infer_calmetrics_end_to_end(tiny_data):
     assert resumed["pixel_f1"] == pytest.approx(summary["pixel_f1"])
 
 
+def test_written_maps_equal_the_releases_bit_for_bit(tiny_data, tmp_path):
+    """The release floors sigmoid·255 to uint8 at the network's size and resizes that
+    uint8 map back; resizing the float map first differs by a level here and there."""
+    root, list_file, ckpt = tiny_data
+    code = infer_mvss_calmetrics.main(
+        [
+            "--model_path",
+            str(ckpt),
+            "--test_file",
+            str(list_file),
+            "--save_dir",
+            str(tmp_path),
+            "--resize",
+            "96",
+            "--workers",
+            "0",
+        ]
+    )
+    assert code == EXIT_SOME_FAILED
+    net = get_mvss(backbone="resnet18")
+    load_weights(net, ckpt)
+    net.eval()
+    float_first_differs = False
+    for i in range(5):
+        image = cv2.imread(str(root / "data" / f"img_{i:02d}.png"))
+        net_in = cv2.resize(image, (96, 96), interpolation=cv2.INTER_LINEAR)
+        with torch.inference_mode():
+            prob = torch.sigmoid(net(normalize_bgr(net_in)[None])[1])[0, 0]
+        uint8_at_net = prob.mul(255).byte().numpy()  # ToPILImage's conversion
+        release = cv2.resize(uint8_at_net, (88, 72))  # cv2's default: bilinear
+        written = cv2.imread(str(tmp_path / "test" / "tiny" / "pred" / f"img_{i:02d}.png"), 0)
+        np.testing.assert_array_equal(written, release)
+        float_first = np.floor(cv2.resize(prob.numpy(), (88, 72)) * 255).astype(np.uint8)
+        float_first_differs |= not np.array_equal(float_first, release)
+    assert float_first_differs  # the test can tell the two orders apart
+
+
 def test_infer_all_good_exit_zero_and_tiled(tiny_data, tmp_path):
     _, _, ckpt = tiny_data
     good = make_tiny_dataset(tmp_path / "good", corrupt=False)
@@ -212,6 +250,19 @@ def test_three_class_script(tmp_path):
     for key in ("f1_tampered", "f1_desensitised", "miou", "pixel_accuracy", "merged_pixel_f1"):
         assert key in summary
     assert summary["num_images"] == 5 and summary["num_failed"] == 1
+    assert summary["empty_f1_rule"] == "seed"  # the script's default: the seed's tables
+    # the per-image CSV, the seed's 3kinds_metric.csv and the summary agree
+    rows = [r for r in _rows(out / "per_image.csv") if r["status"] == "ok"]
+    with open(out / "3kinds_metric.csv") as fh:
+        seed = list(csv.reader(fh))
+    assert seed[0][:4] == ["img", "gt", "f1-1", "iou-1"] and seed[-1][0] == "END"
+    assert seed[-2][:2] == ["Average", "5"] and len(seed) == 5 + 3
+    columns = seed[0]
+    for key, column in (("f1_tampered", "f1-1"), ("miou", "miou"), ("auc_desensitised", "auc-2")):
+        per_image = [float(r[key]) for r in rows]
+        assert summary[key] == pytest.approx(np.mean(per_image))
+        assert float(seed[-2][columns.index(column)]) == pytest.approx(summary[key])
+        assert [float(x[columns.index(column)]) for x in seed[1:-2]] == pytest.approx(per_image)
 
 
 @pytest.mark.parametrize("crop", ["64", "none"])
@@ -242,3 +293,35 @@ def test_classification_script(tmp_path, crop):
         assert all(int(r["crops"]) == 4 for r in ok)  # 72×88 at 64/24 → 2 × 2 crops
     summary = json.loads((tmp_path / "o" / "test" / "cls" / "summary.json").read_text())
     assert summary["num_images"] == 5 and len(summary["confusion_matrix"]) == 2
+
+
+def test_pred_dir_finds_maps_by_the_writers_and_the_releases_names(tmp_path):
+    """Colliding stems carry our writer's hash suffix; the release names a map by the
+    file name up to its first dot. Each map is the image's own mask, so pixel-F1 = 1 only
+    if every image is matched to its own map."""
+    from common.evaluation import EvalSettings, run_pred_dir_evaluation
+    from common.reports import unique_names
+    from common.sources import read_list_file
+
+    rows = []
+    images = ["one/a.png", "two/a.png", "b.v2.png"]
+    for i, rel in enumerate(images):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((16, 16, 3), 80, np.uint8))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[i * 4 : i * 4 + 4, :] = 255  # a different region for each image
+        cv2.imwrite(str(tmp_path / f"m{i}.png"), mask)
+        rows.append(f"{rel} m{i}.png 1")
+    (tmp_path / "l.txt").write_text("\n".join(rows) + "\n")
+    records, _ = read_list_file(tmp_path / "l.txt")
+    names = unique_names([r.image for r in records])
+    assert names[0] != names[1] and names[0].startswith("a_")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i, name in enumerate([names[0], names[1], "b"]):  # "b": the release's name
+        cv2.imwrite(str(maps / f"{name}.png"), cv2.imread(str(tmp_path / f"m{i}.png"), 0))
+    out = tmp_path / "eval"
+    assert run_pred_dir_evaluation(records, [], maps, out, EvalSettings()) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pixel_f1"] == 1.0 and summary["num_images"] == 3

@@ -171,13 +171,20 @@ def test_merge_equals_single_pass(batch):
         assert ra[key] == pytest.approx(ro[key])
 
 
-def test_three_class_against_sklearn():
+def _three_class_case():
     rng = np.random.default_rng(1)
-    n, h, w = 5, 12, 12
+    n, h, w = 6, 12, 12
     target = rng.integers(0, 3, (n, h, w))
     logits = rng.normal(size=(n, 3, h, w)) + 2.0 * np.eye(3)[target].transpose(0, 3, 1, 2)
+    target[4] = 0  # only pristine pixels: classes 1 and 2 empty in the truth
+    logits[4, 0] += 10.0  # … and in the prediction: the seed's F1 = 0, IoU = 0, AUC = 0
+    target[5] = 1  # tampered everywhere: AUC of class 1 undefined
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    target[4] = 0  # an image with only pristine pixels
+    return target, probs
+
+
+def test_three_class_micro_against_sklearn():
+    target, probs = _three_class_case()
     ev = ThreeClassEvaluator()
     ev.update(probs[:2], target[:2])
     ev.update(probs[2:], target[2:])
@@ -186,22 +193,65 @@ def test_three_class_against_sklearn():
     t, p = target.ravel(), pred.ravel()
     for c, name in ((1, "tampered"), (2, "desensitised")):
         assert r[f"f1_{name}_micro"] == pytest.approx(f1_score(t == c, p == c))
-        assert r[f"iou_{name}"] == pytest.approx(jaccard_score(t == c, p == c))
-        assert r[f"mcc_{name}"] == pytest.approx(matthews_corrcoef(t == c, p == c))
-        assert r[f"auc_{name}"] == pytest.approx(
+        assert r[f"iou_{name}_micro"] == pytest.approx(jaccard_score(t == c, p == c))
+        assert r[f"mcc_{name}_micro"] == pytest.approx(matthews_corrcoef(t == c, p == c))
+        assert r[f"auc_{name}_micro"] == pytest.approx(
             roc_auc_score(t == c, probs[:, c].ravel()), abs=2e-3
         )
         fp = np.sum((p == c) & (t != c))
         tn = np.sum((p != c) & (t != c))
-        assert r[f"fpr_{name}"] == pytest.approx(fp / (fp + tn))
-        per_image = [
-            f1_score((target[i] == c).ravel(), (pred[i] == c).ravel(), zero_division=1.0)
-            for i in range(n)
-        ]
-        assert r[f"f1_{name}"] == pytest.approx(np.mean(per_image))
-    assert r["miou"] == pytest.approx(jaccard_score(t, p, average="macro"))
-    assert r["pixel_accuracy"] == pytest.approx(np.mean(t == p))
-    assert r["mean_pixel_accuracy"] == pytest.approx(recall_score(t, p, average="macro"))
+        assert r[f"fpr_{name}_micro"] == pytest.approx(fp / (fp + tn))
+    assert r["miou_micro"] == pytest.approx(jaccard_score(t, p, average="macro"))
+    assert r["pixel_accuracy_micro"] == pytest.approx(np.mean(t == p))
+    assert r["mean_pixel_accuracy_micro"] == pytest.approx(recall_score(t, p, average="macro"))
+
+
+def _seed_reference(target, probs, empty_f1=0.0):
+    """A straightforward per-image reference of the seed's definitions."""
+    rows = []
+    for truth, prob in zip(target, probs, strict=True):
+        pred = prob.argmax(0)
+        row = {}
+        for c, name in ((1, "tampered"), (2, "desensitised")):
+            g, q = truth == c, pred == c
+            tp, fp = float(np.sum(g & q)), float(np.sum(~g & q))
+            fn, tn = float(np.sum(g & ~q)), float(np.sum(~g & ~q))
+            row[f"f1_{name}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else empty_f1
+            row[f"iou_{name}"] = tp / (tp + fp + fn) if tp + fp + fn else 0.0
+            row[f"fpr_{name}"] = fp / (fp + tn) if fp + tn else 0.0
+            den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) + 1e-5
+            row[f"mcc_{name}"] = (tp * tn - fp * fn) / den
+            levels = np.floor(prob[c] * 255) / 255  # the 8-bit map as written
+            both = 0 < g.sum() < g.size
+            row[f"auc_{name}"] = roc_auc_score(g.ravel(), levels.ravel()) if both else 0.0
+        labels = [0, 1, 2]
+        present = [k for k in labels if np.any(truth == k) or np.any(pred == k)]
+        row["miou"] = np.mean(
+            [jaccard_score(truth.ravel() == k, pred.ravel() == k) for k in present]
+        )
+        row["pixel_accuracy"] = float(np.mean(truth == pred))
+        in_truth = [k for k in labels if np.any(truth == k)]
+        row["mean_pixel_accuracy"] = np.mean([np.mean(pred[truth == k] == k) for k in in_truth])
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("rule", ["seed", "release"])
+def test_three_class_per_image_seed_definitions(rule):
+    target, probs = _three_class_case()
+    ev = ThreeClassEvaluator(empty_f1=rule)
+    rows = ev.update(probs[:3], target[:3]) + ev.update(probs[3:], target[3:])
+    reference = _seed_reference(target, probs, empty_f1=1.0 if rule == "release" else 0.0)
+    assert len(rows) == len(reference) == 6
+    for got, want in zip(rows, reference, strict=True):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert rows[4]["f1_tampered"] == (1.0 if rule == "release" else 0.0)
+    assert rows[4]["auc_tampered"] == 0.0 and rows[5]["auc_tampered"] == 0.0
+    r = ev.compute()
+    for key in reference[0]:
+        assert r[key] == pytest.approx(np.mean([row[key] for row in reference]), abs=1e-9)
+    assert any("auc_tampered: 2 image(s)" in note for note in r["notes"])
 
 
 def test_classification_metrics():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -214,3 +215,53 @@ def test_image_class_from_crop_content(tmp_path):
         assert item["image_class"].item() == want
         seen.add(want)
     assert seen == {0, 1, 2}
+
+
+def test_three_class_config_defaults_to_the_seeds_augmentation_recipe():
+    import albumentations as A
+    import yaml
+
+    from common.transforms import VarianceGaussNoise
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "train_demo_nclass3.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    aug = AugmentConfig.from_config({**cfg, "size": 64})
+    ops = build_train_transform(aug).transforms
+    # Resize → OneOf(flips, rot90, brightness/contrast, HSV; p 0.5) → median blur p 0.3 →
+    # noise with variance 25–900 p 0.3 → JPEG 60–100 p 0.5
+    assert [type(op).__name__ for op in ops] == [
+        "Resize",
+        "OneOf",
+        "MedianBlur",
+        "VarianceGaussNoise",
+        "ImageCompression",
+    ]
+    one_of = ops[1]
+    assert one_of.p == 0.5 and [type(t).__name__ for t in one_of.transforms] == [
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "RandomBrightnessContrast",
+        "HueSaturationValue",
+    ]
+    assert ops[2].p == 0.3 and tuple(ops[2].blur_limit) == (3, 7)
+    assert isinstance(ops[3], VarianceGaussNoise) and ops[3].var_limit == (25.0, 900.0)
+    assert ops[3].p == 0.3 and ops[4].p == 0.5 and tuple(ops[4].quality_range) == (60, 100)
+    assert isinstance(ops[0], A.Resize)
+
+
+def test_noise_variance_is_drawn_uniformly():
+    """Mean noise variance over many draws from 25–900 is 462.5 when the variance is
+    uniform (the seed's albumentations); a uniform standard deviation would give 358."""
+    from common.transforms import VarianceGaussNoise
+
+    noise = VarianceGaussNoise(var_limit=(25.0, 900.0), p=1.0)
+    noise.set_random_seed(0)
+    grey = np.full((48, 48, 3), 128, np.uint8)
+    variances = [
+        float(np.var(noise(image=grey)["image"].astype(np.float64) - 128)) for _ in range(400)
+    ]
+    assert 425 < np.mean(variances) < 500
+    assert min(variances) > 20 and max(variances) < 950
+    with pytest.raises(ValueError, match="one_of: unknown"):
+        AugmentConfig(one_of=("mixup",))

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 import yaml
@@ -330,3 +331,51 @@ def test_a_loss_that_misses_parameters_fails_clearly(data, tmp_path, monkeypatch
     monkeypatch.setattr(task, "loss", image_term_only)
     with pytest.raises(RuntimeError, match=r"trainable parameters got no gradient.*erb_db_1"):
         Trainer(cfg, task).fit()
+
+
+def test_classifier_validation_scores_crops_as_inference_does(tmp_path):
+    """best.pt of train_demo_cls is chosen on whole images scored over crops, as
+    infer_mvss_cls.py scores them: both give the same numbers for the same weights."""
+    import infer_mvss_cls
+
+    data = make_tiny_dataset(tmp_path / "d", n_tampered=3, n_authentic=3, corrupt=False)
+    out = tmp_path / "cls"
+    argv = ["--train_list", str(data), "--val_list", str(data), "--epochs", "1"]
+    train_demo_cls.main([*argv, "--out_dir", str(out), *TINY])
+    val = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["val"]
+    inference = ["--model_path", str(out / "checkpoints" / "last.pt"), "--test_file", str(data)]
+    crops = ["--crop", "64", "--crop-stride", "64", "--workers", "0"]
+    code = infer_mvss_cls.main([*inference, "--save_dir", str(tmp_path / "inf"), *crops])
+    assert code == 0
+    inferred = json.loads((tmp_path / "inf" / "test" / "last" / "summary.json").read_text())
+    assert val["num_images"] == inferred["num_images"] == 6
+    for key in ("auc", "accuracy", "fpr"):
+        assert val[key] == pytest.approx(inferred[key], abs=1e-9), key
+
+
+def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
+    """Per image: the validation output of train_demo_cls's task is the crop that
+    infer_mvss_cls.py's score_image picks, not a resized whole image."""
+    from common.classify import manipulated_score, score_image
+    from common.engine import _dataset
+    from common.inference import RunOptions
+
+    data = make_tiny_dataset(tmp_path / "d", n_tampered=2, n_authentic=1, corrupt=False)
+    cfg, _ = read_defaults(ROOT / "configs" / "train_demo_cls.yaml")
+    cfg.update(backbone="resnet18", size=64, batch_size=2)
+    task = ClassificationTask(cfg)
+    torch.manual_seed(0)
+    model = task.build_model(cfg).eval()
+    ds = _dataset(str(data), cfg, 1, train=False, eval_size=task.eval_size(cfg))
+    assert ds.transform is None  # whole images
+    opts = RunOptions(tile_batch=2)
+    for i in range(len(ds)):
+        item = ds[i]
+        with torch.inference_mode():
+            _, _, cls = task.val_outputs(model, {"image": item["image"][None]})
+            resized = model(torch.nn.functional.interpolate(item["image"][None], size=(64, 64)))
+        image = cv2.imread(item["path"])
+        want, crops = score_image(model, image, opts, crop=64, stride=64, resize=None)
+        assert crops == 4  # 72×88 in 64-px crops
+        assert float(manipulated_score(cls)[0]) == pytest.approx(want, abs=1e-6)
+        assert float(resized[2][0]) != pytest.approx(want, abs=1e-6)

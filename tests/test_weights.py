@@ -165,3 +165,37 @@ def test_random_init_warns():
 
     with pytest.warns(UserWarning, match="randomly initialised"):
         get_mvss(backbone="resnet18")
+
+
+def _with_seed_aliases(state):
+    """A state dict as the seed's models save it: every backbone stage also under the
+    ``blocks`` ModuleList alias (blocks.i = model.layer{i+1}), noise branch included."""
+    out = dict(state)
+    for key, value in state.items():
+        for prefix in ("", "noise_extractor."):
+            head = f"{prefix}model.layer"
+            if key.startswith(head):
+                stage, rest = key[len(head) :].split(".", 1)
+                out[f"{prefix}blocks.{int(stage) - 1}.{rest}"] = value.clone()
+    return out
+
+
+def test_seed_checkpoint_with_stage_aliases_loads_strict(tmp_path, source):
+    state = _with_seed_aliases(source.state_dict())
+    assert any(k.startswith("blocks.3.") for k in state)
+    assert any(k.startswith("noise_extractor.blocks.0.") for k in state)
+    path = tmp_path / "seed.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    target = build(backbone="resnet18", nclass=1)
+    load_weights(target, path, strict=True)
+    _assert_same(source, target)
+
+
+def test_seed_alias_that_differs_is_refused_by_name(tmp_path, source):
+    state = _with_seed_aliases(source.state_dict())
+    key = next(k for k in state if k.startswith("noise_extractor.blocks.2.") and "weight" in k)
+    state[key] = state[key] + 1
+    path = tmp_path / "bad_seed.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=rf"{key.replace('.', '[.]')} should be a copy of"):
+        load_weights(build(backbone="resnet18", nclass=1), path, strict=True)
