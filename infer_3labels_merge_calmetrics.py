@@ -2,7 +2,8 @@
 
 Crops of --tile (512) at --tile-stride (256) are predicted and their softmax maps averaged
 (the seed's method); writes class probability maps, index and colour maps, the merged
-"manipulated" map, a per-image CSV and summary.json. Exit code 3 when some images failed.
+"manipulated" map, a per-image CSV and summary.json. Exit code 3 when some images failed,
+2 for a user error (one line on stderr; --debug shows its traceback).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
+    add_threshold_arg,
+    check_outputs,
     eval_settings,
     load_inputs,
     load_model,
@@ -22,29 +25,35 @@ from common.cli import (
 )
 from common.evaluation import output_dir
 from common.evaluation_3class import run_three_class_evaluation
+from common.usage import Parser, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     add_io_args(parser, default_resize="none", empty_f1="seed")
     add_model_args(parser, nclass=3)
     add_run_args(parser, tile=512, stride=256)
-    parser.add_argument("--th", type=float, default=0.5, help="threshold of the merged map")
+    add_threshold_arg(parser, "threshold in (0, 1) of the merged map (default 0.5)")
     args = parser.parse_args(argv)
     if not args.test_file or not args.model_path:
         parser.error("--test_file and --model_path are required")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
     args = parse_args(argv)
+    check_outputs(args)
     source, records, problems = load_inputs(args)
     settings = eval_settings(args, nclass=3)
     opts = run_options(args, blend="average")
-    model = load_model(args, opts.device)
+    model = load_model(args, opts.device, required_nclass=3)
     out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_three_class_evaluation(model, records, problems, out, opts, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

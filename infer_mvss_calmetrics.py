@@ -2,7 +2,8 @@
 
 Drop-in for the release's script: --model_path, --test_file, --save_dir, --resize, --th
 (dashed spellings work too). With --pred-dir, evaluates maps already on disk instead.
-Exit code: 0 when every image was processed, 3 when some failed (listed in the CSV).
+Exit code: 0 when every image was processed, 3 when some failed (listed in the CSV),
+2 for a user error (one line on stderr; --debug shows its traceback).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
+    add_threshold_arg,
+    check_outputs,
     eval_settings,
     load_inputs,
     load_model,
@@ -25,16 +28,15 @@ from common.evaluation import (
     run_model_evaluation,
     run_pred_dir_evaluation,
 )
+from common.usage import Parser, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     add_io_args(parser, desensitised="positive")
     add_model_args(parser)
     add_run_args(parser)
-    parser.add_argument(
-        "--th", type=float, default=0.5, help="pixel threshold (default 0.5, p > th)"
-    )
+    add_threshold_arg(parser, "pixel threshold in (0, 1) (default 0.5, p > th)")
     parser.add_argument("--overlay", action="store_true", help="also write map-over-image overlays")
     parser.add_argument(
         "--pred-dir",
@@ -50,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
     args = parse_args(argv)
+    check_outputs(args)
     source, records, problems = load_inputs(args)
     settings = eval_settings(args)
     if args.pred_dir:
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_model_evaluation(model, records, problems, out, opts, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Large images are cut into crops (--crop 512, --crop-stride 512); an image is manipulated
 when any crop's score exceeds --th. --crop none scores the whole image (resized with
 --resize). Writes per_image.csv and summary.json (AUC, accuracy, precision, recall, F1,
-MCC, FPR, confusion matrix). Exit code 3 when some images failed.
+MCC, FPR, confusion matrix). Exit code 3 when some images failed, 2 for a user error (one
+line on stderr; --debug shows its traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
+    add_threshold_arg,
+    check_outputs,
+    check_stride,
     load_inputs,
     load_model,
     mask_options,
@@ -24,10 +28,11 @@ from common.cli import (
     run_options,
 )
 from common.evaluation import output_dir
+from common.usage import Parser, positive_int, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     add_io_args(parser, desensitised="negative")
     add_model_args(parser)
     add_run_args(parser)
@@ -37,8 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=512,
         help="crop size, or 'none' for the whole image (default 512)",
     )
-    parser.add_argument("--crop-stride", dest="crop_stride", type=int, default=512)
-    parser.add_argument("--th", type=float, default=0.5, help="image threshold (score > th)")
+    parser.add_argument(
+        "--crop-stride",
+        "--crop_stride",
+        dest="crop_stride",
+        type=positive_int,
+        default=512,
+        help="crop stride, at most --crop (default 512)",
+    )
+    add_threshold_arg(parser, "image threshold in (0, 1) (default 0.5, score > th)")
     parser.add_argument(
         "--label-from-name",
         "--label_from_name",
@@ -59,8 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
     args = parse_args(argv)
+    check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
+    check_outputs(args)
     source, records, problems = load_inputs(args)
     if args.label_from_name:
         records = [seed_name_label(r) for r in records]
@@ -80,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         args.th,
         mask_options(args),
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

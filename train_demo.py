@@ -14,16 +14,22 @@ from common.cli import setup_logging
 from common.config import parse_config, read_defaults
 from common.engine import train
 from common.tasks import LocalizationTask
+from common.usage import run_cli
 
 DEFAULTS = Path(__file__).resolve().parent / "configs" / "train_demo.yaml"
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
     setup_logging()
     defaults, comments = read_defaults(DEFAULTS)
     cfg = parse_config(defaults, __doc__.splitlines()[0], argv, comments)
-    train(cfg, LocalizationTask(cfg))
+    train(cfg, LocalizationTask)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit code 0 when training finished, 2 for a user error (one line on stderr)."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 
 import torch
@@ -19,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from bench.common_bench import interleaved_medians, write_result
 from common.engine import _freeze_unused
 from common.losses import MVSSLoss
-from models import get_mvss
+from common.usage import Parser, UsageError, at_least, positive_int, run_cli
+from models import BACKBONES, get_mvss
 
 
 def make_step(find_unused: bool, args: argparse.Namespace, device: torch.device):
@@ -50,15 +52,18 @@ def make_step(find_unused: bool, args: argparse.Namespace, device: torch.device)
     return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--batch", type=int, default=2, help="per process")
-    p.add_argument("--runs", type=int, default=7)
-    args = p.parse_args()
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="resnet50", choices=BACKBONES)
+    p.add_argument("--size", type=at_least(64), default=256)
+    p.add_argument("--batch", type=positive_int, default=2, help="per process")
+    p.add_argument("--runs", type=positive_int, default=7)
+    args = p.parse_args(argv)
     if "WORLD_SIZE" not in os.environ:
-        raise SystemExit("error: run under torchrun, e.g. torchrun --nproc_per_node 2 ...")
+        raise UsageError(
+            "needs several processes",
+            hint="run it under torchrun: torchrun --nproc_per_node 2 -m bench.bench_ddp",
+        )
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
@@ -83,6 +88,12 @@ def main() -> None:
         )
     dist.destroy_process_group()
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

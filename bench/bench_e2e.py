@@ -9,7 +9,7 @@ Writes bench/results/e2e.json.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,15 +22,16 @@ from common.evaluation import EvalSettings, run_model_evaluation
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, forward_probs
 from common.sources import scan_images
+from common.usage import Parser, non_negative_int, positive_int, run_cli
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=positive_int, default=64)
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--fast", action="store_true", help="bf16 fast path (else fp32 eager)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     base = calibrated_model()
     model = optimize_for_inference(base, torch.bfloat16, True) if args.fast else base
     opts = RunOptions(amp="off")
@@ -68,6 +69,12 @@ def main() -> None:
         },
     )
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,7 +9,7 @@ Writes bench/results/inference.json.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import numpy as np
@@ -25,6 +25,8 @@ from bench.common_bench import (
 )
 from common.fast import WINOGRAD_MIN_CHANNELS, optimize_for_inference
 from common.transforms import normalize_bgr_batch
+from common.usage import Parser, at_least, non_negative_int, positive_int, run_cli
+from models import BACKBONES
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -36,20 +38,23 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--runs", type=int, default=5)
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=at_least(64), default=512)
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
+    p.add_argument("--runs", type=positive_int, default=5)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to build)")
-    p.add_argument("--accuracy-images", type=int, default=8)
-    p.add_argument("--backbone", default="resnet50")
+    p.add_argument("--accuracy-images", type=positive_int, default=8)
+    p.add_argument("--backbone", default="resnet50", choices=BACKBONES)
     p.add_argument("--weights", help="checkpoint to time and compare (default: random init)")
     p.add_argument(
-        "--winograd-min-channels", type=int, default=WINOGRAD_MIN_CHANNELS, help="see fast.py"
+        "--winograd-min-channels",
+        type=non_negative_int,
+        default=WINOGRAD_MIN_CHANNELS,
+        help="see fast.py",
     )
     p.add_argument("--calibrate", action="store_true", help="BatchNorm statistics from photos")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     def make():
         return calibrated_model(args.backbone, args.size, 0, args.calibrate, args.weights)
@@ -73,13 +78,13 @@ def main() -> None:
     base_cl.load_state_dict(base.state_dict())
 
     def autocast_run(net, cl):
-        def run(x):
+        def forward(x):
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return net(x)
 
-        return run
+        return forward
 
     paths["bf16 autocast"] = autocast_run(base, False)
     paths["bf16 autocast + channels_last"] = autocast_run(base_cl, True)
@@ -160,7 +165,13 @@ def main() -> None:
         },
     )
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
     np.set_printoptions(precision=3)
-    main()
+    sys.exit(main())

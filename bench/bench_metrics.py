@@ -7,7 +7,7 @@ numbers. Writes bench/results/metrics.json.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import numpy as np
@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench.common_bench import write_result
 from common.metrics import LocalizationEvaluator
+from common.usage import Parser, at_least, positive_int, run_cli
 
 
 def make_data(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +61,13 @@ def ours(maps: np.ndarray, masks: np.ndarray, batch: int) -> dict[str, float]:
     return {k: r[k] for k in ("pixel_f1", "pixel_iou", "pixel_auc")}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--batch", type=int, default=50)
-    args = p.parse_args()
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=positive_int, default=1000)
+    p.add_argument("--size", type=at_least(64), default=512)
+    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument("--batch", type=positive_int, default=50)
+    args = p.parse_args(argv)
     maps, masks = make_data(args.n, args.size)
     ref_t, our_t = [], []
     ref = got = {}
@@ -98,6 +99,12 @@ def main() -> None:
         },
     )
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

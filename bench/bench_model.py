@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from models import get_mvss  # noqa: E402
+from common.usage import Parser, at_least, non_negative_int, positive_int, run_cli  # noqa: E402
+from models import BACKBONES, get_mvss  # noqa: E402
 
 
 def _model(backbone: str, device: str, channels_last: bool) -> torch.nn.Module:
@@ -83,13 +84,13 @@ def time_one(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+def run(argv: list[str]) -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet50", choices=BACKBONES)
+    parser.add_argument("--size", type=at_least(64), default=512)
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 4])
+    parser.add_argument("--runs", type=positive_int, default=5)
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "model.json")
     # internal: run one configuration and print its JSON
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -97,10 +98,10 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(time_one(args)))
-        return
+        return 0
 
     net = _model(args.backbone, "cpu", False)
     params = sum(p.numel() for p in net.parameters())
@@ -154,6 +155,12 @@ def main() -> None:
     args.json.write_text(json.dumps(result, indent=2))
     print(f"written {args.json}")
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

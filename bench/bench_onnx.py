@@ -12,7 +12,7 @@ Writes bench/results/onnx.json.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 import warnings
@@ -30,6 +30,8 @@ from bench.common_bench import (
 )
 from common.fast import optimize_for_inference
 from common.transforms import normalize_bgr_batch
+from common.usage import Parser, UsageError, at_least, positive_int, run_cli
+from models import BACKBONES
 
 
 def _session(path: Path):
@@ -75,22 +77,23 @@ def _quantise(fp32_path: Path, out_dir: Path, calibration: np.ndarray, input_nam
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--backbone", default="resnet50")
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=at_least(64), default=512)
+    p.add_argument("--backbone", default="resnet50", choices=BACKBONES)
     p.add_argument("--weights", help="checkpoint to compare (default: random init)")
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--accuracy-images", type=int, default=4)
-    p.add_argument("--calibration-images", type=int, default=4)
+    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument("--accuracy-images", type=positive_int, default=4)
+    p.add_argument("--calibration-images", type=positive_int, default=4)
     p.add_argument("--no-int8", action="store_true", help="skip the int8 model")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(
-            f"needs the optional packages: pip install -r requirements-onnx.txt ({exc})"
+        raise UsageError(
+            f"needs the optional packages onnxruntime and onnxscript ({exc})",
+            hint="pip install -r requirements-onnx.txt",
         ) from None
 
     base = calibrated_model(args.backbone, args.size, 0, False, args.weights)
@@ -161,6 +164,12 @@ def main() -> None:
         },
     )
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

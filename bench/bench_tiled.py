@@ -16,9 +16,10 @@ import time
 import cv2
 import torch
 
-from bench.common_bench import ROOT, calibrated_model, synthetic_images, write_result
+from bench.common_bench import ROOT, calibrated_model, int_pair, synthetic_images, write_result
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, predict_tiled, tile_windows
+from common.usage import Parser, UsageError, at_least, run_cli
 
 
 def one(width: int, height: int, fast: bool, tile: int, stride: int) -> dict:
@@ -41,18 +42,23 @@ def one(width: int, height: int, fast: bool, tile: int, stride: int) -> dict:
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["2000x1500", "4000x3000"])
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--stride", type=int, default=384)
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", type=int_pair, default=["2000x1500", "4000x3000"])
+    p.add_argument("--tile", type=at_least(64), default=512)
+    p.add_argument("--stride", type=at_least(1), default=384)
     p.add_argument("--fast", action="store_true")
-    p.add_argument("--one", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    p.add_argument("--one", type=int_pair, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.stride > args.tile:
+        raise UsageError(
+            f"--stride {args.stride} is larger than --tile {args.tile}: pixels would be missed",
+            "--stride",
+        )
     if args.one:
         w, h = (int(v) for v in args.one.split("x"))
         print(json.dumps(one(w, h, args.fast, args.tile, args.stride)))
-        return
+        return 0
     rows = []
     for spec in args.sizes:
         cmd = [
@@ -77,6 +83,12 @@ def main() -> None:
         )
     write_result("tiled", {"rows": rows, "fast": args.fast})
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,15 +7,16 @@ Writes bench/results/train.json."""
 
 from __future__ import annotations
 
-import argparse
 import resource
+import sys
 import warnings
 
 import torch
 
-from bench.common_bench import interleaved_medians, write_result
+from bench.common_bench import int_pair, interleaved_medians, write_result
 from common.losses import MVSSLoss
-from models import get_mvss
+from common.usage import Parser, positive_int, run_cli
+from models import BACKBONES, get_mvss
 
 
 def make_step(size: int, batch: int, bf16: bool, backbone: str, fused: bool = True):
@@ -47,13 +48,15 @@ def make_step(size: int, batch: int, bf16: bool, backbone: str, fused: bool = Tr
     return step
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="resnet50")
-    p.add_argument("--configs", nargs="+", default=["256x2", "256x8", "512x2", "512x8"])
-    p.add_argument("--runs", type=int, default=5)
+def run(argv: list[str]) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="resnet50", choices=BACKBONES)
+    p.add_argument(
+        "--configs", nargs="+", type=int_pair, default=["256x2", "256x8", "512x2", "512x8"]
+    )
+    p.add_argument("--runs", type=positive_int, default=5)
     p.add_argument("--loop-adam", action="store_true", help="also time per-tensor CPU Adam")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     rows = []
     for spec in args.configs:
         size, batch = (int(v) for v in spec.split("x"))
@@ -94,6 +97,12 @@ def main() -> None:
         )
     write_result("train", {"backbone": args.backbone, "runs": args.runs, "rows": rows})
 
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -18,6 +19,7 @@ if str(ROOT) not in sys.path:
 
 from common.synthetic import SyntheticConfig, bundled_photos, make_sample  # noqa: E402
 from common.transforms import normalize_bgr_batch  # noqa: E402
+from common.usage import UsageError, require_file  # noqa: E402
 from models import get_mvss  # noqa: E402
 
 
@@ -27,6 +29,15 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     cfg = SyntheticConfig(size=size, authentic_ratio=0.3)
     return np.stack([make_sample(photos, cfg, rng).image for _ in range(n)])
+
+
+def int_pair(text: str) -> str:
+    """An option value ``AxB`` of two positive integers (a size, or size×batch), kept as
+    text for the subprocess command lines it goes into."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected AxB with two positive integers, got {text!r}")
+    return text.lower()
 
 
 def calibrated_model(
@@ -44,9 +55,16 @@ def calibrated_model(
         warnings.simplefilter("ignore")
         net = get_mvss(backbone=backbone)
     if weights:
-        from models import load_weights
+        from models import WeightsError, load_weights
 
-        load_weights(net, weights)
+        require_file(weights, "checkpoint", "--weights")
+        try:
+            load_weights(net, weights)
+        except WeightsError as exc:
+            reason = str(exc).removeprefix(f"{weights}: ")
+            raise UsageError(
+                f"cannot use this checkpoint: {reason}", f"--weights {weights}"
+            ) from exc
         return net.eval()
     if not calibrate:
         return net.eval()

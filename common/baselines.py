@@ -16,6 +16,7 @@ import numpy as np
 from common.io import read_mask_raw
 from common.masks import read_mask
 from common.sources import read_list_file
+from common.usage import Parser, UsageError, require_file, run_cli
 
 
 def all_ones_pixel_f1(list_file: str | Path, threshold: int = 127) -> float:
@@ -52,7 +53,24 @@ def report(list_file: str | Path, summary_path: str | Path) -> str:
     return "\n".join(lines)
 
 
+def run(argv: list[str]) -> int:
+    parser = Parser(prog="python -m common.baselines", description=__doc__.splitlines()[0])
+    parser.add_argument("list_file", help="the test list the summary was computed on")
+    parser.add_argument("summary_json", help="summary.json written by infer_mvss_calmetrics")
+    args = parser.parse_args(argv)
+    require_file(args.list_file, "list file", "LIST_FILE")
+    require_file(args.summary_json, "summary", "SUMMARY_JSON")
+    try:
+        json.loads(Path(args.summary_json).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError("not a JSON summary", f"SUMMARY_JSON {args.summary_json}") from exc
+    print(report(args.list_file, args.summary_json))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m common.baselines LIST_FILE SUMMARY_JSON")
-    print(report(sys.argv[1], sys.argv[2]))
+    sys.exit(main())

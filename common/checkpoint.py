@@ -10,6 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.weights import WeightsError, load_torch_file
+
+# What every checkpoint the Trainer writes holds (last.pt and best.pt alike).
+_TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "rng")
+
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write with torch.save to a temp file in the same folder, then rename over ``path``,
@@ -22,14 +27,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load one of our checkpoints safely (no arbitrary unpickling)."""
+    """Load one of our training checkpoints safely (no arbitrary unpickling); a file that
+    is missing, unreadable, or not ours is a :class:`~models.weights.WeightsError`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a training checkpoint of this toolkit (no 'model' entry)")
-    return state
+        raise WeightsError(f"{path}: checkpoint not found")
+    state = load_torch_file(path)
+    missing = [k for k in _TRAINING_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise WeightsError(
+            f"{path}: not a training checkpoint of this toolkit (no {', '.join(missing)}; "
+            "weights alone go to --init)"
+        )
+    return state  # type: ignore[return-value]
 
 
 def rng_state() -> dict[str, Any]:

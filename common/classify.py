@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from common.evaluation import BatchRun
 from common.inference import RunOptions, resize_input, tile_windows
 from common.io import BadInputError, read_image
 from common.masks import MaskOptions, read_ground_truth
 from common.metrics import ClassificationEvaluator
+from common.progress import progress
 from common.runtime import autocast, to_memory_format
 from common.sources import Problem, Record
 from common.transforms import normalize_bgr_batch
@@ -145,7 +145,7 @@ def run_classification(
     model.eval()
     run = BatchRun(out, CSV_FIELDS, problems)
     evaluator = ClassificationEvaluator(threshold=threshold)
-    for rec in tqdm(records, unit="img", desc="classifying"):
+    for rec in progress(records, unit="img", desc="classifying"):
         try:
             image = read_image(rec.image)
             _, label = read_ground_truth(rec.label, rec.mask, image.shape[:2], masks)

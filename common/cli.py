@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,6 +13,7 @@ from torch import nn
 from common.evaluation import EvalSettings
 from common.fast import optimize_for_inference
 from common.inference import RunOptions
+from common.io import BadInputError, read_image
 from common.masks import (
     DEFAULT_EDGE_THICKNESS,
     DEFAULT_MASK_THRESHOLD,
@@ -21,9 +21,26 @@ from common.masks import (
     MASK_SIZE_POLICIES,
     MaskOptions,
 )
-from common.runtime import AMP_MODES, resolve_device
+from common.runtime import AMP_MODES, device_of
 from common.sources import Problem, Record, load_source
-from models import BACKBONES, get_mvss, get_mvss_cls, load_weights, read_checkpoint_config
+from common.usage import (
+    UsageError,
+    at_least,
+    non_negative_int,
+    open_unit_interval,
+    positive_int,
+    require_dir,
+    require_file,
+    require_writable_dir,
+)
+from models import (
+    BACKBONES,
+    WeightsError,
+    get_mvss,
+    get_mvss_cls,
+    load_weights,
+    read_checkpoint_config,
+)
 
 log = logging.getLogger("mvss")
 
@@ -39,6 +56,18 @@ def parse_resize(text: str) -> int | None:
     if value < 64:
         raise argparse.ArgumentTypeError(f"size must be at least 64 (or 'none'), got {value}")
     return value
+
+
+def mask_threshold(text: str) -> int:
+    """Grey masks: pixel > this is manipulated, 0..254."""
+    value = non_negative_int(text)
+    if value > 254:
+        raise argparse.ArgumentTypeError(f"must be in 0..254, got {text}")
+    return value
+
+
+def add_threshold_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--th", type=open_unit_interval, default=0.5, help=help_text)
 
 
 def add_io_args(
@@ -82,7 +111,7 @@ def add_io_args(
         "--mask-threshold",
         "--mask_threshold",
         dest="mask_threshold",
-        type=int,
+        type=mask_threshold,
         default=DEFAULT_MASK_THRESHOLD,
         help="binary masks: pixel > this is tampered (default 127; 0 = the release)",
     )
@@ -151,26 +180,45 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
         help="with --fast: the head's wide 3×3 convolutions by Winograd F(2×2, 3×3), "
         "2.25× fewer multiply-adds there; maps within bf16 rounding (see README, Performance)",
     )
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=4)
-    g.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=4)
     g.add_argument(
-        "--tile", type=int, default=tile, help=f"tile size for --resize none (default {tile})"
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        help="decoding worker processes (default 2)",
+    )
+    g.add_argument(
+        "--tile",
+        type=at_least(64),
+        default=tile,
+        help=f"tile size for --resize none (default {tile})",
     )
     g.add_argument(
         "--tile-stride",
         dest="tile_stride",
-        type=int,
+        type=positive_int,
         default=stride,
         help=f"tile stride (default {stride})",
     )
 
 
+def check_stride(stride: int, size: int | None, option: str, size_option: str) -> None:
+    if size is not None and stride > size:
+        raise UsageError(
+            f"stride {stride} is larger than the window {size}: parts of the image would "
+            "never be seen",
+            option,
+            f"use a stride ≤ {size_option}",
+        )
+
+
 def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:
     if getattr(args, "winograd", False) and not getattr(args, "fast", False):
-        raise SystemExit("error: --winograd is part of the fast path: add --fast")
+        raise UsageError("--winograd is part of the fast path", "--winograd", "add --fast")
+    check_stride(args.tile_stride, args.tile, "--tile-stride", "--tile")
     fast_bf16 = getattr(args, "fast", False) and args.amp == "bf16"
     return RunOptions(
-        device=resolve_device(args.device),
+        device=device_of(args.device, args.amp),
         amp="off" if fast_bf16 else args.amp,  # the fast path stores bf16 weights itself
         channels_last=args.channels_last,
         tile=args.tile,
@@ -191,15 +239,26 @@ def mask_options(args: argparse.Namespace, nclass: int = 1) -> MaskOptions:
 
 
 def load_model(
-    args: argparse.Namespace, device: torch.device, classifier: bool = False, **kwargs: object
+    args: argparse.Namespace,
+    device: torch.device,
+    classifier: bool = False,
+    required_nclass: int | None = None,
+    **kwargs: object,
 ) -> nn.Module:
-    """Build the network the checkpoint needs and load it (strict)."""
+    """Build the network the checkpoint needs and load it (strict); a checkpoint that is
+    missing, unreadable, unsafe, of another network, or with other than
+    ``required_nclass`` map classes is a :class:`UsageError`."""
     if not args.model_path:
-        raise SystemExit("error: --model_path is required")
-    path = Path(args.model_path)
+        raise UsageError("a checkpoint is required", "--model_path")
+    path = require_file(args.model_path, "checkpoint", "--model_path")
     config = read_checkpoint_config(path).get("model", {})
     backbone = args.backbone or config.get("backbone", "resnet50")
     nclass = int(config.get("nclass", args.nclass))
+    if required_nclass is not None and nclass != required_nclass:
+        raise UsageError(
+            f"this checkpoint gives {nclass}-class maps; this script needs {required_nclass}",
+            f"--model_path {path}",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-init warning: weights follow
         if classifier:
@@ -210,7 +269,13 @@ def load_model(
             )
         else:
             net = get_mvss(backbone=backbone, nclass=nclass)
-    load_weights(net, path, strict=True)
+    try:
+        load_weights(net, path, strict=True)
+    except WeightsError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise UsageError(
+            f"cannot use this checkpoint: {reason[:300]}", f"--model_path {path}"
+        ) from exc
     net.eval().to(device)
     if getattr(args, "fast", False):
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
@@ -226,10 +291,46 @@ def setup_logging() -> None:
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[str | list[str], list[Record], list[Problem]]:
-    """The ``--test_file`` source (one path, or several paths/globs) and its records."""
+    """The ``--test_file`` source (one path, or several paths/globs) and its records.
+
+    A path that does not exist (and matches nothing as a glob), and a source without a
+    single usable image, are :class:`UsageError`; single bad rows are problems, recorded
+    in the CSV as failures while the others run."""
+    if not args.test_file:
+        raise UsageError("no inputs given", "--test_file")
     source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
     records, problems = load_source(source)
+    missing = [p for p in problems if p.reason == "no such file, folder or glob match"]
+    if missing:
+        raise UsageError("no such file, folder or glob match", f"--test_file {missing[0].where}")
+    if not records:
+        what = "no images" if not problems else f"no usable rows ({len(problems)} bad)"
+        first = f"first: {problems[0]}" if problems else "an empty list or folder"
+        raise UsageError(what, f"--test_file {source}", first)
+    if not getattr(args, "pred_dir", None):  # scoring saved maps reads no image
+        _require_one_readable(records, f"--test_file {source}")
     return source, records, problems
+
+
+def _require_one_readable(records: list[Record], where: str) -> None:
+    """At least one image decodes (usually the first: one decode), or a UsageError."""
+    first_error = ""
+    for rec in records:
+        try:
+            read_image(rec.image)
+            return
+        except BadInputError as exc:
+            first_error = first_error or f"{exc.path}: {exc.reason}"
+        except OSError as exc:
+            first_error = first_error or f"{rec.image}: {exc.strerror or exc}"
+    raise UsageError(f"none of the {len(records)} images can be read", where, first_error)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--save_dir`` (and ``--pred-dir`` when given) fit before any work starts."""
+    require_writable_dir(args.save_dir, "--save_dir")
+    if getattr(args, "pred_dir", None):
+        require_dir(args.pred_dir, "map folder", "--pred-dir")
 
 
 def eval_settings(args: argparse.Namespace, nclass: int = 1) -> EvalSettings:

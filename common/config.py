@@ -16,9 +16,11 @@ from typing import Any
 
 import yaml
 
+from common.usage import Parser, UsageError
 
-class ConfigError(ValueError):
-    """A config file or option that cannot be used."""
+
+class ConfigError(UsageError):
+    """A config file or option that cannot be used (a user error: one line, exit 2)."""
 
 
 def _closest(key: str, valid: Sequence[str]) -> str:
@@ -31,11 +33,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: config file not found") from exc
+        raise ConfigError("config file not found", f"--config {path}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
+        raise ConfigError(f"not valid YAML: {first}", f"--config {path}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of option: value")
+        raise ConfigError("expected a mapping of option: value", f"--config {path}")
     return data
 
 
@@ -45,7 +48,7 @@ def merge(defaults: Mapping[str, Any], override: Mapping[str, Any], where: str) 
     for key, value in override.items():
         norm = key.replace("-", "_")
         if norm not in defaults:
-            raise ConfigError(f"{where}: unknown option {key!r}{_closest(norm, list(defaults))}")
+            raise ConfigError(f"unknown option {key!r}{_closest(norm, list(defaults))}", where)
         out[norm] = value
     return out
 
@@ -77,8 +80,9 @@ def _parse_value(text: str, default: Any) -> Any:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose unknown-option errors suggest the closest names."""
+class _Parser(Parser):
+    """A :class:`~common.usage.Parser` whose unknown-option errors suggest the closest
+    names."""
 
     valid: list[str]
 
@@ -86,7 +90,7 @@ class _Parser(argparse.ArgumentParser):
         if "unrecognized arguments" in message:
             bad = message.split(":", 1)[1].split()
             first = next((b for b in bad if b.startswith("--")), "")
-            message += _closest(first, self.valid)
+            raise UsageError(f"unknown option {first or bad[0]}{_closest(first, self.valid)}")
         super().error(message)
 
 
@@ -97,7 +101,7 @@ def parse_config(
     comments: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Resolve defaults ← ``--config`` YAML ← command-line options."""
-    parser = _Parser(description=description)
+    parser = _Parser(description=description, allow_abbrev=False)
     parser.valid = [f"--{k}" for k in defaults]
     parser.add_argument("--config", help="YAML file of options (command line wins)")
     for key, default in defaults.items():
@@ -115,7 +119,7 @@ def parse_config(
     config_file = args.pop("config", None)
     resolved = dict(defaults)
     if config_file:
-        resolved = merge(resolved, load_yaml(config_file), str(config_file))
+        resolved = merge(resolved, load_yaml(config_file), f"--config {config_file}")
     return merge(resolved, args, "command line")
 
 

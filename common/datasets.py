@@ -88,6 +88,21 @@ class ForgeryDataset(Dataset):
                 notes.append(note)
         return image, classes, edge, notes
 
+    def first_readable(self) -> tuple[int | None, str]:
+        """The first sample that decodes (index, ""), or (None, the first failure): one
+        decode for a usable dataset, so an unusable one is known before training starts."""
+        first_error = ""
+        for index in range(len(self.records)):
+            try:
+                self.load(index)
+            except BadInputError as exc:
+                first_error = first_error or f"{exc.path}: {exc.reason}"
+            except (OSError, ValueError) as exc:
+                first_error = first_error or f"{self.records[index].image}: {exc}"
+            else:
+                return index, ""
+        return None, first_error
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         try:

@@ -15,7 +15,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,18 +25,21 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 from common import distributed as dist
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from common.config import save_yaml
 from common.datasets import ForgeryDataset, collate_samples
 from common.masks import MaskOptions
+from common.progress import progress
 from common.reports import CsvLog
 from common.runtime import autocast, to_memory_format
 from common.sources import load_source
+from common.train_checks import check_config, check_values
 from common.transforms import AugmentConfig, build_eval_transform, build_train_transform
-from models import load_weights, unwrap_model
+from common.usage import UsageError
+from models import WeightsError, load_weights, unwrap_model
+from models.weights import compare_state_dicts
 
 log = logging.getLogger("mvss.train")
 
@@ -63,16 +67,24 @@ class NonFiniteLossError(RuntimeError):
 def _dataset(
     source: str, cfg: dict[str, Any], nclass: int, train: bool, eval_size: int | None = None
 ) -> ForgeryDataset:
+    option = "--train_list" if train else "--val_list"
     records, problems = load_source(source)
-    for p in problems[:20]:
-        log.warning("skipping %s", p)
-    if len(problems) > 20:
-        log.warning("… and %d more problems in %s", len(problems) - 20, source)
+    if not records:
+        first = f"first: {problems[0]}" if problems else "the list or folder is empty"
+        what = f"no usable samples ({len(problems)} bad rows)" if problems else "no samples"
+        raise UsageError(what, f"{option} {source}", first)
     unlabelled = [r.image for r in records if r.label < 0]
     if unlabelled:
-        raise ValueError(f"{source}: {len(unlabelled)} rows have no label (e.g. {unlabelled[0]})")
-    if not records:
-        raise ValueError(f"{source}: no usable samples")
+        raise UsageError(
+            f"{len(unlabelled)} rows have no label (e.g. {unlabelled[0]})",
+            f"{option} {source}",
+            "training needs 'image mask label' rows (label 0 = authentic)",
+        )
+    if dist.is_main():
+        for p in problems[:20]:
+            log.warning("skipping %s", p)
+        if len(problems) > 20:
+            log.warning("… and %d more problems in %s", len(problems) - 20, source)
     masks = MaskOptions(
         nclass=nclass,
         threshold=cfg["mask_threshold"],
@@ -81,17 +93,23 @@ def _dataset(
         # binary tasks only: the three-class task keeps the classes
         desensitised=cfg.get("desensitised", "positive"),
     )
-    if not train:
-        return ForgeryDataset(records, build_eval_transform(eval_size), masks)
-    aug = AugmentConfig.from_config(cfg)
-    # training labels follow what the crop/resize kept of the manipulated region
-    return ForgeryDataset(
-        records,
-        build_train_transform(aug),
-        masks,
-        labels_from_content=True,
-        min_region_pixels=cfg["min_region_pixels"],
-    )
+    if train:
+        # training labels follow what the crop/resize kept of the manipulated region
+        dataset = ForgeryDataset(
+            records,
+            build_train_transform(AugmentConfig.from_config(cfg)),
+            masks,
+            labels_from_content=True,
+            min_region_pixels=cfg["min_region_pixels"],
+        )
+    else:
+        dataset = ForgeryDataset(records, build_eval_transform(eval_size), masks)
+    index, first_error = dataset.first_readable()
+    if index is None:
+        raise UsageError(
+            f"none of the {len(records)} samples can be read", f"{option} {source}", first_error
+        )
+    return dataset
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -206,15 +224,16 @@ class Trainer:
         self.device = dist.init_from_env(cfg["device"])
         self.main = dist.is_main()
         self.out = Path(cfg["out_dir"])
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_yaml(self.out / "config.yaml", cfg)
+        # Everything a user can get wrong (data, weights, resume file) is read before the
+        # run folder is written, so a user error leaves nothing half-made behind.
+        self.train_ds = _dataset(cfg["train_list"], cfg, task.nclass, train=True)
+        self.val_ds = (
+            _dataset(cfg["val_list"], cfg, task.nclass, False, task.eval_size(cfg))
+            if cfg.get("val_list")
+            else None
+        )
         torch.manual_seed(cfg["seed"])  # identical initial weights on every rank
-        model = task.build_model(cfg)
-        if cfg.get("init"):
-            report = load_weights(model, cfg["init"], strict=False)
-            if self.main:
-                log.info("initialised from %s (%s)", cfg["init"], report.describe())
+        model = self._build_model()
         _freeze_unused(model)
         model.to(self.device)
         if cfg["channels_last"]:
@@ -227,12 +246,6 @@ class Trainer:
             self.model = DistributedDataParallel(
                 model, device_ids=ids, find_unused_parameters=self.find_unused
             )
-        self.train_ds = _dataset(cfg["train_list"], cfg, task.nclass, train=True)
-        self.val_ds = (
-            _dataset(cfg["val_list"], cfg, task.nclass, False, task.eval_size(cfg))
-            if cfg.get("val_list")
-            else None
-        )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = _optimizer(params, cfg)
         batches = math.ceil(len(self.train_ds) / (cfg["batch_size"] * dist.world_size()))
@@ -250,7 +263,41 @@ class Trainer:
         self.nonfinite_in_row = 0
         if cfg.get("resume"):
             self._resume(cfg["resume"])
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.out / "config.yaml", cfg)
         self.tb = self._tensorboard() if self.main else None
+
+    def _build_model(self) -> nn.Module:
+        """The task's network, from ``pretrained_base`` and ``init`` when given; weights
+        that cannot be read, or that share nothing with the network, are user errors."""
+        cfg = self.cfg
+        try:
+            model = self.task.build_model(cfg)
+        except WeightsError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise UsageError(
+                f"cannot use these ImageNet weights: {reason[:300]}",
+                f"--pretrained_base {cfg['pretrained_base']}",
+            ) from exc
+        if cfg.get("init"):
+            where = f"--init {cfg['init']}"
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the partial-load note: logged below
+                    report = load_weights(model, cfg["init"], strict=False)
+            except WeightsError as exc:
+                reason = str(exc).split(": ", 1)[-1]
+                raise UsageError(f"cannot read this checkpoint: {reason[:300]}", where) from exc
+            fitted = len(model.state_dict()) - len(report.missing) - len(report.mismatched)
+            if fitted == 0:
+                raise UsageError(
+                    "this checkpoint has no weights for this network", where, report.describe()
+                )
+            if self.main:
+                level = logging.INFO if report.ok else logging.WARNING
+                log.log(level, "initialised from %s (%s)", cfg["init"], report.describe())
+        return model
 
     def _tensorboard(self) -> Any:
         if not self.cfg["tensorboard"]:
@@ -276,14 +323,44 @@ class Trainer:
         }
 
     def _resume(self, path: str) -> None:
-        state = load_checkpoint(path)
-        unwrap_model(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = int(state["epoch"]) + 1
-        self.best_score = state.get("best_score")
-        set_rng_state(state["rng"])
+        """Continue from one of our checkpoints; one that cannot be read or that belongs
+        to another network or run setup is a user error (nothing is written yet)."""
+        where, hint = f"--resume {path}", "resume needs a last.pt of a run of this script"
+        try:
+            state = load_checkpoint(path)
+        except WeightsError as exc:
+            reason = str(exc).removeprefix(f"{path}: ")
+            raise UsageError(f"cannot resume from this checkpoint: {reason}", where) from exc
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        if saved.get("task") not in (None, self.task.name):
+            raise UsageError(
+                f"this checkpoint is of a {saved['task']!r} run, not {self.task.name!r}",
+                where,
+                hint,
+            )
+        model = unwrap_model(self.model)
+        report = compare_state_dicts(model.state_dict(), state["model"])
+        if not report.ok:
+            raise UsageError(
+                f"its weights do not fit this network: {report.describe()}",
+                where,
+                "same task, backbone and classes as the run it came from",
+            )
+        try:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.start_epoch = int(state["epoch"]) + 1
+            self.best_score = state.get("best_score")
+            set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise UsageError(
+                f"cannot resume from this checkpoint: {type(exc).__name__}: {first}",
+                where,
+                "same optimizer and options as the run it came from",
+            ) from exc
         if self.main:
             log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
@@ -306,7 +383,7 @@ class Trainer:
         seen = skipped = nonfinite = steps_done = 0
         start = time.perf_counter()
         accumulate = cfg["accumulate"]
-        bar = tqdm(
+        bar = progress(
             loader,
             total=self.batches_per_epoch,
             disable=not self.main,
@@ -409,8 +486,11 @@ class Trainer:
         skipped = 0
         # the bare model: DDP's forward may communicate, and ranks see unequal shards
         model = unwrap_model(self.model)
-        for batch in tqdm(
-            _val_loader(self.val_ds, self.cfg), disable=not self.main, desc="validation"
+        for batch in progress(
+            _val_loader(self.val_ds, self.cfg),
+            disable=not self.main,
+            desc="validation",
+            unit="batch",
         ):
             skipped += len(batch["skipped"])
             if batch["count"] == 0:
@@ -543,10 +623,13 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float) or v is None}
 
 
-def train(cfg: dict[str, Any], task: Task) -> dict[str, Any]:
-    """Train with ``cfg`` (a resolved config dict); returns the last epoch's log row."""
-    if not cfg.get("train_list"):
-        raise SystemExit("error: --train_list is required")
+def train(cfg: dict[str, Any], make_task: Callable[[dict[str, Any]], Task]) -> dict[str, Any]:
+    """Train with ``cfg`` (a resolved config dict) the task ``make_task(cfg)`` builds;
+    returns the last epoch's log row. Config values are checked before the task is built,
+    inputs and the output folder before the run starts (:class:`UsageError`)."""
+    check_values(cfg)
+    task = make_task(cfg)
+    check_config(cfg, task.new_evaluator())
     try:
         return Trainer(cfg, task).fit()
     finally:

@@ -18,13 +18,13 @@ from typing import Any
 import cv2
 import numpy as np
 from torch import nn
-from tqdm import tqdm
 
 from common.inference import RunOptions, binary_png, manipulated_map
 from common.io import BadInputError, read_mask_raw, write_png
 from common.masks import MaskOptions, read_ground_truth
 from common.metrics import LocalizationEvaluator
 from common.predictor import iter_predictions
+from common.progress import progress
 from common.reports import (
     EXIT_SOME_FAILED,
     CsvLog,
@@ -195,7 +195,7 @@ def run_model_evaluation(
     # PNG encoding runs in a thread (OpenCV releases the GIL) so it overlaps the model
     writer = ThreadPoolExecutor(max_workers=1)
     pending: list[Future[None]] = []
-    progress = tqdm(
+    bar = progress(
         iter_predictions(
             model,
             records,
@@ -211,7 +211,7 @@ def run_model_evaluation(
         unit="img",
         desc="inference",
     )
-    for pred in progress:
+    for pred in bar:
         rec, name = pred.record, names[pred.index]
         pred_path = pred_dir / f"{name}.png"
         if pred.error is not None:
@@ -239,7 +239,7 @@ def run_model_evaluation(
             )
         run.record(rec, pred.label, prob, pred.mask, "ok", str(pred_path))
         done += 1
-        progress.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
+        bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
         for finished in [f for f in pending if f.done()]:
             finished.result()  # a write error (e.g. disk full) surfaces here
         pending = [f for f in pending if not f.done()]
@@ -287,7 +287,7 @@ def run_pred_dir_evaluation(
     run = _LocalizationRun(out, settings, problems)
     written = unique_names([r.image for r in records])
     strict_size = replace(settings.masks, nclass=1, size_policy="reject")
-    for rec, name in tqdm(
+    for rec, name in progress(
         zip(records, written, strict=True), total=len(records), unit="img", desc="evaluating"
     ):
         candidates = map_candidates(rec.image, name)

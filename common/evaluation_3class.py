@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 from torch import nn
-from tqdm import tqdm
 
 from common.evaluation import BatchRun, EvalSettings
 from common.inference import RunOptions, binary_png, manipulated_map
 from common.io import write_png
 from common.metrics import LocalizationEvaluator, ThreeClassEvaluator
 from common.predictor import iter_predictions
+from common.progress import progress
 from common.reports import colour_classes, unique_names
 from common.sources import Problem, Record
 
@@ -106,7 +106,7 @@ def run_three_class_evaluation(
     predictions = iter_predictions(
         model, records, opts, settings.resize, settings.masks, settings.batch_size, settings.workers
     )
-    for pred in tqdm(predictions, total=len(records), unit="img", desc="inference"):
+    for pred in progress(predictions, total=len(records), unit="img", desc="inference"):
         rec, name = pred.record, names[pred.index]
         if pred.error is not None:
             run.fail(rec.image, pred.error)

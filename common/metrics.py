@@ -374,8 +374,11 @@ class ThreeClassEvaluator:
     def reset(self) -> None:
         self.confusion = torch.zeros(self.nclass, self.nclass, dtype=torch.float64)
         self.hist = torch.zeros(self.nclass, 2, self.bins, dtype=torch.float64)
-        self.per_image: dict[str, list[float]] = {}
-        self.auc_undefined = dict.fromkeys(CLASS_NAMES.values(), 0)
+        names = [CLASS_NAMES.get(c, str(c)) for c in range(1, self.nclass)]
+        keys = [f"{m}_{n}" for n in names for m in ("f1", "iou", "mcc", "fpr", "auc")]
+        keys += ["miou", "pixel_accuracy", "mean_pixel_accuracy"]
+        self.per_image: dict[str, list[float]] = {key: [] for key in keys}
+        self.auc_undefined = dict.fromkeys(names, 0)
         self.num_images = 0
 
     def _class_rows(self, cm: torch.Tensor, c: int) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
+from common.usage import UsageError
+
 AMP_MODES = ("off", "fp16", "bf16")
 
 
@@ -17,6 +19,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def device_of(name: str, amp: str) -> torch.device:
+    """The device an option names, checked with the mixed precision it will run: a
+    device that is not there, or fp16 on the CPU, is a user error."""
+    try:
+        device = resolve_device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(str(exc).split("\n")[0], f"--device {name}") from exc
+    if device.type == "cpu" and amp == "fp16":
+        raise UsageError("fp16 mixed precision is for CUDA", "--amp fp16", "use --amp bf16 on CPU")
     return device
 
 

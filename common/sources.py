@@ -191,10 +191,34 @@ def scan_images(paths: list[str]) -> tuple[list[Record], list[Problem]]:
 
 def load_source(spec: str | Path | list[str]) -> tuple[list[Record], list[Problem]]:
     """Any source: a ``.txt`` list, a ``.json`` list, a folder with ``images/`` (and
-    ``masks/``), a folder of images, image paths or globs."""
+    ``masks/``), a folder of images, image paths or globs. Rows naming files that do not
+    exist are problems from the start, so "nothing usable" is known before any work."""
+    records, problems = _load_any(spec)
+    present = []
+    for rec in records:
+        missing = _missing_file(rec)
+        if missing is None:
+            present.append(rec)
+        else:
+            problems.append(Problem(rec.image, missing))
+    return present, problems
+
+
+def _missing_file(rec: Record) -> str | None:
+    """Why a record cannot be used because a file it names is absent, or None."""
+    if not Path(rec.image).is_file():
+        return "image file not found"
+    if rec.mask is not None and not Path(rec.mask).is_file():
+        return f"mask file not found: {rec.mask}"
+    if rec.edge is not None and not Path(rec.edge).is_file():
+        return f"edge file not found: {rec.edge}"
+    return None
+
+
+def _load_any(spec: str | Path | list[str]) -> tuple[list[Record], list[Problem]]:
     if isinstance(spec, list):
         if len(spec) == 1:
-            return load_source(spec[0])
+            return _load_any(spec[0])
         return scan_images(spec)
     p = Path(spec)
     if p.is_file() and p.suffix.lower() == ".json":

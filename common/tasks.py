@@ -21,8 +21,8 @@ from models import get_mvss, get_mvss_cls
 
 def _build(factory: Any, cfg: dict[str, Any], **kwargs: Any) -> nn.Module:
     with warnings.catch_warnings():
-        if cfg.get("init"):
-            warnings.simplefilter("ignore")  # random init is replaced by --init weights
+        if cfg.get("init") or cfg.get("resume"):
+            warnings.simplefilter("ignore")  # random init is replaced by checkpoint weights
         return factory(
             backbone=cfg["backbone"], pretrained_base=cfg.get("pretrained_base"), **kwargs
         )

@@ -65,24 +65,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises several error types
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
     else:
-        raw = _load_torch_file(path)
+        raw = load_torch_file(path)
     return _unwrap(raw, path)
 
 
-def _load_torch_file(path: Path) -> object:
-    """``torch.load(weights_only=True)``: plain data and tensors only, no code runs."""
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (``PK``); legacy files are pickles (0x80)."""
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def load_torch_file(path: str | Path) -> object:
+    """``torch.load(weights_only=True)``: plain data and tensors only, no code runs; any
+    failure is a :class:`WeightsError` saying why in plain words."""
+    path = Path(path)
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file, not a weight file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WeightsError(
-            f"{path}: not a weight file that can be loaded safely "
-            f"(weights_only=True refused or failed: {first_line})"
-        ) from exc
+    except Exception as exc:
+        # arbitrary bytes fail in arbitrary ways (text raises KeyError inside the unpickler)
+        if not _looks_like_torch_file(path):
+            reason = "not a PyTorch weight file (neither a zip archive nor a pickle)"
+        elif isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            reason = "refused: it holds code or objects other than tensors (nothing was run)"
+        else:
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            reason = f"not a readable PyTorch weight file ({type(exc).__name__}: {first_line})"
+        raise WeightsError(f"{path}: {reason}") from exc
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
@@ -226,7 +239,7 @@ def read_checkpoint_config(path: str | Path) -> dict:
     if path.suffix == ".safetensors" or not path.is_file():
         return {}
     try:
-        raw = _load_torch_file(path)
+        raw = load_torch_file(path)
     except WeightsError:
         return {}
     config = raw.get("config") if isinstance(raw, Mapping) else None

@@ -17,6 +17,7 @@ import train_demo_nclass3
 from common.config import ConfigError, parse_config, read_defaults
 from common.engine import NonFiniteLossError, Trainer, _freeze_unused, _optimizer, lr_factor
 from common.tasks import ClassificationTask, LocalizationTask, ThreeClassTask
+from common.usage import UsageError
 from models import get_mvss_cls, load_weights
 from tests.helpers import make_tiny_dataset
 
@@ -76,8 +77,10 @@ def test_config_layers_and_suggestions(tmp_path):
     cfg_file.write_text("learning_rate: 1\n")
     with pytest.raises(ConfigError, match="unknown option 'learning_rate'"):
         parse_config(defaults, "t", ["--config", str(cfg_file)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match=r"unknown option --epoch \(did you mean --epochs"):
         parse_config(defaults, "t", ["--epoch", "x"])
+    with pytest.raises(UsageError, match="expected an integer, got 'x'"):
+        parse_config(defaults, "t", ["--epochs", "x"])
 
 
 def test_shipped_configs_parse():
