@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.batch_run import output_dir
 from common.cli import (
     add_io_args,
     add_model_args,
@@ -23,11 +24,7 @@ from common.cli import (
     load_model,
     run_options,
 )
-from common.evaluation import (
-    output_dir,
-    run_model_evaluation,
-    run_pred_dir_evaluation,
-)
+from common.evaluation import run_model_evaluation, run_pred_dir_evaluation
 from common.usage import Parser, run_cli
 
 

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.batch_run import output_dir
 from common.classify import run_classification, seed_name_label
 from common.cli import (
     add_io_args,
@@ -27,7 +28,6 @@ from common.cli import (
     parse_resize,
     run_options,
 )
-from common.evaluation import output_dir
 from common.usage import Parser, positive_int, run_cli
 
 
@@ -93,6 +93,8 @@ def run(argv: list[str]) -> int:
         args.resize,
         args.th,
         mask_options(args),
+        args.batch_size,
+        args.workers,
     )
 
 

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from bench.common_bench import interleaved_medians, write_result
-from common.engine import _freeze_unused
 from common.losses import MVSSLoss
+from common.optim import freeze_unused
 from common.usage import Parser, UsageError, at_least, positive_int, run_cli
 from models import BACKBONES, get_mvss
 
@@ -29,7 +29,7 @@ def make_step(find_unused: bool, args: argparse.Namespace, device: torch.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         net = get_mvss(backbone=args.backbone).train().to(device)
-    _freeze_unused(net)
+    freeze_unused(net)
     ddp = DistributedDataParallel(net, find_unused_parameters=find_unused)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-5, fused=True)
     g = torch.Generator().manual_seed(dist.get_rank())

@@ -18,7 +18,8 @@ import cv2
 import torch
 
 from bench.common_bench import calibrated_model, synthetic_images, write_result
-from common.evaluation import EvalSettings, run_model_evaluation
+from common.batch_run import EvalSettings
+from common.evaluation import run_model_evaluation
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, forward_probs
 from common.sources import scan_images

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from common.io import read_mask_raw
-from common.masks import read_mask
+from common.masks import DEFAULT_MASK_THRESHOLD, read_mask
 from common.sources import read_list_file
 from common.usage import Parser, UsageError, require_file, run_cli
 
 
-def all_ones_pixel_f1(list_file: str | Path, threshold: int = 127) -> float:
+def all_ones_pixel_f1(list_file: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> float:
     """Release pixel-F1 of predicting every pixel as manipulated, over tampered images."""
     records, _ = read_list_file(list_file)
     scores = []

@@ -8,35 +8,24 @@ whole image at once (optionally resized).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.evaluation import BatchRun
-from common.inference import RunOptions, resize_input, tile_windows
-from common.io import BadInputError, read_image
-from common.masks import MaskOptions, read_ground_truth
+from common.batch_run import BatchRun
+from common.inference import RunOptions, resize_input, run_model, tile_windows
+from common.masks import MaskOptions
 from common.metrics import ClassificationEvaluator
+from common.predictor import iter_decoded
 from common.progress import progress
-from common.runtime import autocast, to_memory_format
 from common.sources import Problem, Record
 from common.transforms import normalize_bgr_batch
 
 CSV_FIELDS = ("path", "status", "reason", "score", "prediction", "label", "crops")
-TABLE_KEYS = (
-    "auc",
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "mcc",
-    "fpr",
-    "num_images",
-    "num_failed",
-)
 
 
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1
@@ -86,16 +75,29 @@ def strongest_crop(
     return best, len(windows)
 
 
-@torch.inference_mode()
-def classifier_outputs(model: nn.Module, x: torch.Tensor, opts: RunOptions) -> torch.Tensor:
-    """The classifier output (``cls``) for a normalised batch, as the options run it."""
-    with autocast(opts.device, opts.amp):
-        _, _, cls = model(to_memory_format(x.to(opts.device), opts.channels_last))
-    return cls.float()
+def _batch(images: list[np.ndarray], opts: RunOptions) -> torch.Tensor:
+    return normalize_bgr_batch(torch.from_numpy(np.stack(images)).to(opts.device))
 
 
-def _normalised(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    return normalize_bgr_batch(torch.from_numpy(np.stack(images)).to(device))
+def score_crops(
+    model: nn.Module, image: np.ndarray, opts: RunOptions, crop: int, stride: int
+) -> tuple[float, int]:
+    """(image score = the strongest crop's, number of crops) for a decoded image."""
+    image = resize_input(image, None)  # at least 64 px per side
+
+    def crops_of(windows: list[Window]) -> torch.Tensor:
+        return _batch([image[y0:y1, x0:x1] for y0, x0, y1, x1 in windows], opts)
+
+    best, n_crops = strongest_crop(
+        lambda x: run_model(model, x, opts).cls,
+        crops_of,
+        image.shape[0],
+        image.shape[1],
+        crop,
+        stride,
+        opts.tile_batch,
+    )
+    return float(manipulated_score(best[None])[0]), n_crops
 
 
 def score_image(
@@ -106,25 +108,45 @@ def score_image(
     stride: int,
     resize: int | None,
 ) -> tuple[float, int]:
-    """(image score = max over crops, number of crops)."""
-    if crop is None:
-        x = _normalised([resize_input(image, resize)], opts.device)
-        return float(manipulated_score(classifier_outputs(model, x, opts))[0]), 1
-    image = resize_input(image, None)  # at least 64 px per side
+    """(image score, number of crops) for one decoded image: over crops, or the whole
+    image resized by ``resize`` when ``crop`` is None."""
+    if crop is not None:
+        return score_crops(model, image, opts, crop, stride)
+    cls = run_model(model, _batch([resize_input(image, resize)], opts), opts).cls
+    return float(manipulated_score(cls)[0]), 1
 
-    def crops_of(windows: list[Window]) -> torch.Tensor:
-        return _normalised([image[y0:y1, x0:x1] for y0, x0, y1, x1 in windows], opts.device)
 
-    best, n_crops = strongest_crop(
-        lambda x: classifier_outputs(model, x, opts),
-        crops_of,
-        image.shape[0],
-        image.shape[1],
-        crop,
-        stride,
-        opts.tile_batch,
-    )
-    return float(manipulated_score(best[None])[0]), n_crops
+def iter_scores(
+    model: nn.Module,
+    records: Sequence[Record],
+    opts: RunOptions,
+    crop: int | None,
+    stride: int,
+    resize: int | None,
+    masks: MaskOptions,
+    batch_size: int,
+    workers: int,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, result) per record in order, from the predictor's decoding workers: a
+    result holds ``score``, ``crops`` and ``label``, or ``error``. Whole images
+    (``crop=None``) go through the model ``batch_size`` at a time."""
+    model.eval()
+    for batch in iter_decoded(records, None if crop else resize, masks, batch_size, workers):
+        scores: dict[int, float] = {}
+        ready = [b for b in batch if "input" in b]
+        if ready:
+            x = normalize_bgr_batch(torch.stack([b["input"] for b in ready]).to(opts.device))
+            values = manipulated_score(run_model(model, x, opts).cls)
+            scores = {b["index"]: float(v) for b, v in zip(ready, values, strict=True)}
+        for b in batch:
+            if "error" in b:
+                yield b["index"], {"error": b["error"]}
+            elif b["index"] in scores:
+                yield b["index"], {"score": scores[b["index"]], "crops": 1, "label": b["label"]}
+            else:
+                assert crop is not None
+                score, n_crops = score_crops(model, b["image"], opts, crop, stride)
+                yield b["index"], {"score": score, "crops": n_crops, "label": b["label"]}
 
 
 def run_classification(
@@ -138,21 +160,21 @@ def run_classification(
     resize: int | None,
     threshold: float,
     masks: MaskOptions | None = None,
+    batch_size: int = 4,
+    workers: int = 2,
 ) -> int:
     """Score every image; labels follow ``masks.desensitised`` (default ``negative``, the
     seed's classifier: an image whose mask shows only desensitised regions is authentic)."""
     masks = masks or MaskOptions(desensitised="negative")
-    model.eval()
     run = BatchRun(out, CSV_FIELDS, problems)
     evaluator = ClassificationEvaluator(threshold=threshold)
-    for rec in progress(records, unit="img", desc="classifying"):
-        try:
-            image = read_image(rec.image)
-            _, label = read_ground_truth(rec.label, rec.mask, image.shape[:2], masks)
-        except BadInputError as exc:
-            run.fail(exc.path, exc.reason)
+    results = iter_scores(model, records, opts, crop, stride, resize, masks, batch_size, workers)
+    for index, result in progress(results, total=len(records), unit="img", desc="classifying"):
+        rec = records[index]
+        if "error" in result:
+            run.fail(rec.image, result["error"])
             continue
-        score, n_crops = score_image(model, image, opts, crop, stride, resize)
+        score, label = result["score"], result["label"]
         if label >= 0:
             evaluator.update([score], [label])
         run.csv.write(
@@ -162,7 +184,7 @@ def run_classification(
                 "score": score,
                 "prediction": int(score > threshold),
                 "label": label,
-                "crops": n_crops,
+                "crops": result["crops"],
             }
         )
-    return run.finish(evaluator.compute(), TABLE_KEYS)
+    return run.finish(evaluator.compute(), ClassificationEvaluator.TABLE_KEYS)

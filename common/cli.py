@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch import nn
 
-from common.evaluation import EvalSettings
+from common.batch_run import EvalSettings
 from common.fast import optimize_for_inference
 from common.inference import RunOptions
 from common.io import BadInputError, read_image

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,14 @@ import cv2
 import numpy as np
 from torch import nn
 
+from common.batch_run import BatchRun, EvalSettings
 from common.inference import RunOptions, binary_png, manipulated_map
 from common.io import BadInputError, read_mask_raw, write_png
-from common.masks import MaskOptions, read_ground_truth
+from common.masks import read_ground_truth
 from common.metrics import LocalizationEvaluator
 from common.predictor import iter_predictions
 from common.progress import progress
-from common.reports import (
-    EXIT_SOME_FAILED,
-    CsvLog,
-    format_table,
-    overlay,
-    unique_names,
-    write_json,
-)
+from common.reports import overlay, unique_names
 from common.sources import Problem, Record
 
 CSV_FIELDS = (
@@ -42,55 +36,9 @@ CSV_FIELDS = (
     "score",
     "label",
     "type",
-    "pixel_f1",
-    "pixel_iou",
-    "pixel_fpr",
+    *LocalizationEvaluator.ROW_KEYS,
     "pred",
 )
-SUMMARY_KEYS = (
-    "pixel_f1",
-    "pixel_iou",
-    "pixel_f1_best_threshold",
-    "pixel_auc",
-    "pixel_f1_micro",
-    "pixel_fpr_authentic",
-    "image_auc",
-    "image_accuracy",
-    "image_sensitivity",
-    "image_specificity",
-    "image_f1",
-    "image_f1_precision_recall",
-    "com_f1",
-    "num_images",
-    "num_failed",
-)
-
-
-@dataclass
-class EvalSettings:
-    threshold: float = 0.5
-    resize: int | None = 512
-    batch_size: int = 4
-    workers: int = 2
-    skip_existing: bool = False
-    save_overlay: bool = False
-    empty_f1: str = "release"
-    masks: MaskOptions = field(default_factory=MaskOptions)
-
-
-def _source_name(test_file: Sequence[str] | str | None) -> str:
-    if not test_file:
-        return "inputs"
-    first = test_file if isinstance(test_file, str) else test_file[0]
-    if (isinstance(test_file, list) and len(test_file) > 1) or any(c in first for c in "*?["):
-        return "inputs"  # several sources, or a glob: no one name fits
-    return Path(first.rstrip("/")).stem or "inputs"
-
-
-def output_dir(
-    save_dir: str | Path, test_file: Sequence[str] | str | None, model_name: str
-) -> Path:
-    return Path(save_dir) / _source_name(test_file) / model_name
 
 
 def _score(
@@ -101,33 +49,6 @@ def _score(
     else:  # authentic, unlabelled, or a map whose size differs (the release's rule)
         rows = evaluator.update(prob[None], None, [label], scores=[float(prob.max())])
     return rows[0]
-
-
-class BatchRun:
-    """Bookkeeping of a batch job: the per-image CSV, the failures, the summary JSON."""
-
-    def __init__(self, out: Path, fields: Sequence[str], problems: Sequence[Problem]) -> None:
-        self.out = out
-        self.failures: list[dict[str, str]] = []
-        self.csv = CsvLog(out / "per_image.csv", fields)
-        for p in problems:
-            self.fail(p.where, p.reason)
-
-    def fail(self, path: str, reason: str) -> None:
-        self.failures.append({"path": path, "reason": reason})
-        self.csv.write({"path": path, "status": "failed", "reason": reason})
-
-    def finish(self, metrics: dict[str, Any], table_keys: Sequence[str]) -> int:
-        """Write summary.json, print the table; the exit code says whether all went well."""
-        self.csv.close()
-        metrics.update(num_failed=len(self.failures), failures=self.failures)
-        write_json(self.out / "summary.json", metrics)
-        print(format_table(metrics, table_keys))
-        print(f"\nper-image results: {self.csv.path}\nsummary: {self.out / 'summary.json'}")
-        if self.failures:
-            print(f"{len(self.failures)} input(s) failed; see the CSV (status=failed)")
-            return EXIT_SOME_FAILED
-        return 0
 
 
 class _LocalizationRun(BatchRun):
@@ -164,7 +85,7 @@ class _LocalizationRun(BatchRun):
     def done(self, extra: dict[str, Any]) -> int:
         metrics = self.evaluator.compute()
         metrics.update(threshold=self.settings.threshold, **extra)
-        return self.finish(metrics, SUMMARY_KEYS)
+        return self.finish(metrics, LocalizationEvaluator.TABLE_KEYS)
 
 
 def _read_saved_map(path: Path) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from common.evaluation import BatchRun, EvalSettings
+from common.batch_run import BatchRun, EvalSettings
 from common.inference import RunOptions, binary_png, manipulated_map
 from common.io import write_png
 from common.metrics import LocalizationEvaluator, ThreeClassEvaluator
@@ -27,22 +27,6 @@ from common.progress import progress
 from common.reports import colour_classes, unique_names
 from common.sources import Problem, Record
 
-# The seed's per-image table (its 3kinds_metric.csv), under our names.
-SEED_KEYS = (
-    "f1_tampered",
-    "iou_tampered",
-    "mcc_tampered",
-    "auc_tampered",
-    "fpr_tampered",
-    "f1_desensitised",
-    "iou_desensitised",
-    "mcc_desensitised",
-    "auc_desensitised",
-    "fpr_desensitised",
-    "miou",
-    "pixel_accuracy",
-    "mean_pixel_accuracy",
-)
 # Our key → the seed's column in 3kinds_metric.csv (its "mauc" column is always 0 there:
 # written empty here).
 SEED_COLUMNS = {
@@ -61,18 +45,10 @@ SEED_COLUMNS = {
     "pixel_accuracy": "pa",
     "mean_pixel_accuracy": "mpa",
 }
+SEED_KEYS = ThreeClassEvaluator.ROW_KEYS
+MERGED_TABLE_KEYS = ("merged_pixel_f1", "merged_image_auc", "merged_com_f1")
 CSV_FIELDS = ("path", "status", "reason", "score", "label", *SEED_KEYS, "pixel_f1_manipulated")
-TABLE_KEYS = (
-    *SEED_KEYS,
-    "f1_tampered_micro",
-    "f1_desensitised_micro",
-    "miou_micro",
-    "merged_pixel_f1",
-    "merged_image_auc",
-    "merged_com_f1",
-    "num_images",
-    "num_failed",
-)
+TABLE_KEYS = (*ThreeClassEvaluator.TABLE_KEYS, *MERGED_TABLE_KEYS, "num_images")
 
 
 def write_seed_table(path: Path, rows: Sequence[dict], means: dict) -> None:

@@ -27,6 +27,7 @@ from common.winograd import WinogradConv2d, winograd_convs
 from models.attention import ChannelAttention, DAHead, PositionAttention
 from models.backbone import BasicBlock, Bottleneck, ResNet
 from models.edge import ERB
+from models.outputs import ModelOutput, cast_output
 
 # Winograd is applied to the dual-attention head (ResNet-50: 4096→2048 merged and
 # 1024→1024 twice, 58 % of the FLOPs), and only to convolutions at least this wide on both
@@ -112,12 +113,11 @@ class _CastIO(nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.net(x)
-        return tuple(o.float() for o in out)
+        return cast_output(self.net(x), torch.float32)
 
 
 def optimize_for_inference(

@@ -18,6 +18,7 @@ from torch import nn
 
 from common.runtime import autocast, to_memory_format
 from common.transforms import normalize_bgr_batch
+from models.outputs import ModelOutput, cast_output
 
 MIN_SIDE = 64  # the network needs at least this many pixels per side
 
@@ -35,15 +36,6 @@ class RunOptions:
     blend: str = "weighted"  # "weighted" (ramped seams) or "average" (the seed's)
 
 
-def seg_logits_of(output: object) -> torch.Tensor:
-    """The seg logits of any of our models' outputs ((edge, seg) or (edge, seg, cls))."""
-    if isinstance(output, tuple | list):
-        return output[1]
-    if isinstance(output, dict):
-        return output["seg"]
-    return output  # type: ignore[return-value]
-
-
 def probabilities(seg_logits: torch.Tensor) -> torch.Tensor:
     """Sigmoid for one channel, softmax over classes otherwise (fp32)."""
     seg_logits = seg_logits.float()
@@ -53,13 +45,20 @@ def probabilities(seg_logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def run_model(model: nn.Module, x: torch.Tensor, opts: RunOptions) -> ModelOutput:
+    """A normalised batch (N, 3, H, W) through any of our networks (plain, ``--fast``,
+    classifier) as ``opts`` says: device, memory format, mixed precision. The one place
+    inference calls a model; outputs come back in fp32, on the model's device."""
+    x = to_memory_format(x.to(opts.device, non_blocking=True), opts.channels_last)
+    with autocast(opts.device, opts.amp):
+        out = model(x)
+    return cast_output(out, torch.float32)
+
+
 def forward_probs(model: nn.Module, images: torch.Tensor, opts: RunOptions) -> torch.Tensor:
     """uint8 BGR batch (N, H, W, 3) → probabilities (N, C, H, W) float32 on the CPU."""
     x = normalize_bgr_batch(images.to(opts.device, non_blocking=True))
-    x = to_memory_format(x, opts.channels_last)
-    with autocast(opts.device, opts.amp):
-        logits = seg_logits_of(model(x))
-    return probabilities(logits).cpu()
+    return probabilities(run_model(model, x, opts).seg).cpu()
 
 
 def _ensure_min_side(image: np.ndarray) -> np.ndarray:

@@ -108,6 +108,11 @@ class MVSSLoss:
     beta: float = 0.04
     pixel_bce: float = 0.0
 
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The keys :meth:`__call__` returns (a training log's ``train_<key>`` columns)."""
+        return ("loss", "seg", "clf", "edge") + (("pixel_bce",) if self.pixel_bce > 0 else ())
+
     def __post_init__(self) -> None:
         if not (0 <= self.alpha <= 1 and 0 <= self.beta <= 1 and self.alpha + self.beta <= 1):
             raise ValueError(f"need 0 ≤ α, β and α + β ≤ 1; got α={self.alpha}, β={self.beta}")
@@ -168,6 +173,11 @@ class ThreeClassLoss:
     seg_weight: float = 0.2
     edge_weight: float = 0.8
     ce_weight: float = 0.0
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The keys :meth:`__call__` returns (a training log's ``train_<key>`` columns)."""
+        return ("loss", "seg", "edge") + (("ce",) if self.ce_weight > 0 else ())
 
     def __call__(
         self,

@@ -157,7 +157,38 @@ class LocalizationEvaluator:
     (label 0) add their per-image pixel false-positive rate (the share of their pixels
     above ``threshold``), averaged as ``pixel_fpr_authentic``: the false alarms
     practitioners care about, which the release's pixel-F1 never sees.
+
+    Where the values go: ``summary.json`` gets all of :meth:`compute`; the printed table
+    ``TABLE_KEYS``; the per-image CSV ``ROW_KEYS`` (what :meth:`update` returns per
+    image); a training run's ``log.csv`` ``LOG_KEYS`` (as ``val_<key>``).
     """
+
+    TABLE_KEYS = (
+        "pixel_f1",
+        "pixel_iou",
+        "pixel_f1_best_threshold",
+        "pixel_auc",
+        "pixel_f1_micro",
+        "pixel_fpr_authentic",
+        "image_auc",
+        "image_accuracy",
+        "image_sensitivity",
+        "image_specificity",
+        "image_f1",
+        "image_f1_precision_recall",
+        "com_f1",
+        "num_images",
+    )
+    ROW_KEYS = ("pixel_f1", "pixel_iou", "pixel_fpr")
+    LOG_KEYS = (
+        "pixel_f1",
+        "pixel_iou",
+        "pixel_auc",
+        "pixel_fpr_authentic",
+        "image_auc",
+        "image_f1",
+        "com_f1",
+    )
 
     def __init__(
         self,
@@ -361,7 +392,36 @@ class ThreeClassEvaluator:
       (the FCN definitions of the seed's own metric code).
 
     The same quantities from the dataset's summed counts carry a ``_micro`` suffix.
+    Where the values go: as :class:`LocalizationEvaluator` says (``TABLE_KEYS``,
+    ``ROW_KEYS``, ``LOG_KEYS``; ``summary.json`` gets all).
     """
+
+    # The seed's per-image table (its 3kinds_metric.csv), under our names.
+    ROW_KEYS = (
+        "f1_tampered",
+        "iou_tampered",
+        "mcc_tampered",
+        "auc_tampered",
+        "fpr_tampered",
+        "f1_desensitised",
+        "iou_desensitised",
+        "mcc_desensitised",
+        "auc_desensitised",
+        "fpr_desensitised",
+        "miou",
+        "pixel_accuracy",
+        "mean_pixel_accuracy",
+    )
+    TABLE_KEYS = (*ROW_KEYS, "f1_tampered_micro", "f1_desensitised_micro", "miou_micro")
+    LOG_KEYS = (
+        "miou",
+        "f1_tampered",
+        "iou_tampered",
+        "f1_desensitised",
+        "iou_desensitised",
+        "pixel_accuracy",
+        "mean_pixel_accuracy",
+    )
 
     def __init__(self, nclass: int = 3, bins: int = DEFAULT_BINS, empty_f1: str = "seed") -> None:
         if empty_f1 not in EMPTY_F1_RULES:
@@ -511,7 +571,13 @@ class ThreeClassEvaluator:
 
 class ClassificationEvaluator:
     """Image-level classification: AUC, accuracy, precision, recall, F1, MCC, FPR and the
-    confusion matrix. Binary scores (N,) or class probabilities (N, K)."""
+    confusion matrix. Binary scores (N,) or class probabilities (N, K). Where the
+    values go: as :class:`LocalizationEvaluator` says (no per-image metrics: the
+    classifier's CSV rows hold the score and the decision)."""
+
+    TABLE_KEYS = ("auc", "accuracy", "precision", "recall", "f1", "mcc", "fpr", "num_images")
+    ROW_KEYS: tuple[str, ...] = ()
+    LOG_KEYS = ("auc", "accuracy", "precision", "recall", "f1", "mcc")
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold

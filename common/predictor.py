@@ -109,6 +109,32 @@ def _passthrough(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
+def iter_decoded(
+    records: Sequence[Record],
+    resize: int | None,
+    masks: MaskOptions | None = None,
+    batch_size: int = 4,
+    workers: int = 2,
+    keep_image: bool = False,
+    skip: Callable[[int], bool] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Batches of decoded records, in order, from ``workers`` processes: each item has
+    ``index`` and either ``error``, or ``skipped``, or the ground truth (``mask``,
+    ``label``), ``size``, the network ``input`` (uint8, resized; with ``resize``) and the
+    decoded ``image`` (without ``resize``, or with ``keep_image``)."""
+    items = _InferenceItems(
+        records, resize, masks or MaskOptions(), keep_image, skip or (lambda _: False)
+    )
+    yield from DataLoader(
+        items,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_passthrough,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
 def iter_predictions(
     model: nn.Module,
     records: Sequence[Record],
@@ -124,18 +150,7 @@ def iter_predictions(
     resolution. ``skip(index)`` marks images whose outputs already exist (their masks are
     still read, so metrics stay complete)."""
     model.eval()
-    items = _InferenceItems(
-        records, resize, masks or MaskOptions(), keep_image, skip or (lambda _: False)
-    )
-    loader = DataLoader(
-        items,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_passthrough,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )
-    for batch in loader:
+    for batch in iter_decoded(records, resize, masks, batch_size, workers, keep_image, skip):
         ready = [b for b in batch if "input" in b]
         probs_by_index: dict[int, np.ndarray] = {}
         net_by_index: dict[int, np.ndarray] = {}

@@ -5,9 +5,10 @@ The engine (:mod:`common.engine`) never special-cases a task; it calls these met
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -16,7 +17,24 @@ from common.classify import Window, strongest_crop
 from common.inference import ensure_min_side
 from common.losses import MVSSLoss, ThreeClassLoss
 from common.metrics import ClassificationEvaluator, LocalizationEvaluator, ThreeClassEvaluator
-from models import get_mvss, get_mvss_cls
+from common.usage import UsageError
+from models import MVSSClsOutput, WeightsError, get_mvss, get_mvss_cls, load_weights
+
+
+class Task(Protocol):
+    """What a training script supplies (see :mod:`common.tasks`)."""
+
+    name: str
+    nclass: int
+    criterion: Any  # a loss from common.losses; its ``terms`` name the log's columns
+
+    def build_model(self, cfg: dict[str, Any]) -> nn.Module: ...
+    def model_config(self, cfg: dict[str, Any]) -> dict[str, Any]: ...
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def new_evaluator(self) -> Any: ...
+    def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None: ...
+    def eval_size(self, cfg: dict[str, Any]) -> int | None: ...
+    def val_outputs(self, forward: Any, batch: dict[str, Any]) -> Any: ...
 
 
 def _build(factory: Any, cfg: dict[str, Any], **kwargs: Any) -> nn.Module:
@@ -59,14 +77,15 @@ class LocalizationTask(_Validation):
         return {"backbone": cfg["backbone"], "nclass": 1}
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        edge, seg = outputs[0], outputs[1]
-        return self.criterion(edge, seg, batch["mask"], batch["edge"], batch["label"])
+        return self.criterion(
+            outputs.edge, outputs.seg, batch["mask"], batch["edge"], batch["label"]
+        )
 
     def new_evaluator(self) -> LocalizationEvaluator:
         return LocalizationEvaluator()
 
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
-        probs = torch.sigmoid(outputs[1].float())[:, 0]
+        probs = torch.sigmoid(outputs.seg.float())[:, 0]
         evaluator.update(probs, batch["mask"][:, 0], batch["label"])
 
 
@@ -86,13 +105,15 @@ class ThreeClassTask(_Validation):
         return {"backbone": cfg["backbone"], "nclass": 3}
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.criterion(outputs[0], outputs[1], batch["mask"], batch["edge"], batch["label"])
+        return self.criterion(
+            outputs.edge, outputs.seg, batch["mask"], batch["edge"], batch["label"]
+        )
 
     def new_evaluator(self) -> ThreeClassEvaluator:
         return ThreeClassEvaluator()
 
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
-        evaluator.update(torch.softmax(outputs[1].float(), dim=1), batch["mask"])
+        evaluator.update(torch.softmax(outputs.seg.float(), dim=1), batch["mask"])
 
 
 class ClassificationTask(_Validation):
@@ -133,7 +154,7 @@ class ClassificationTask(_Validation):
         return batch["label"]
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        edge, seg, cls = outputs
+        edge, seg, cls = outputs.edge, outputs.seg, outputs.cls
         linear = self.head == "linear"
         return self.criterion(
             edge,
@@ -160,7 +181,7 @@ class ClassificationTask(_Validation):
                 return torch.stack([image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in windows])
 
             best, _ = strongest_crop(
-                lambda x: forward(x)[2],
+                lambda x: forward(x).cls,
                 crops_of,
                 h,
                 w,
@@ -169,13 +190,44 @@ class ClassificationTask(_Validation):
                 self.crops_per_forward,
             )
             rows.append(best)
-        return None, None, torch.stack(rows)
+        return MVSSClsOutput(None, None, torch.stack(rows))  # the image outputs only
 
     def new_evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator()
 
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
-        cls = outputs[2].float()
+        cls = outputs.cls.float()
         if self.head == "linear":
             cls = torch.softmax(cls, dim=1)
         evaluator.update(cls, self.image_target(batch))
+
+
+def initial_model(task: Task, cfg: dict[str, Any], log: logging.Logger | None) -> nn.Module:
+    """The task's network, from ``pretrained_base`` and ``init`` when given; weights
+    that cannot be read, or that share nothing with the network, are user errors."""
+    try:
+        model = task.build_model(cfg)
+    except WeightsError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        raise UsageError(
+            f"cannot use these ImageNet weights: {reason[:300]}",
+            f"--pretrained_base {cfg['pretrained_base']}",
+        ) from exc
+    if cfg.get("init"):
+        where = f"--init {cfg['init']}"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the partial-load note: logged below
+                report = load_weights(model, cfg["init"], strict=False)
+        except WeightsError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise UsageError(f"cannot read this checkpoint: {reason[:300]}", where) from exc
+        fitted = len(model.state_dict()) - len(report.missing) - len(report.mismatched)
+        if fitted == 0:
+            raise UsageError(
+                "this checkpoint has no weights for this network", where, report.describe()
+            )
+        if log is not None:
+            level = logging.INFO if report.ok else logging.WARNING
+            log.log(level, "initialised from %s (%s)", cfg["init"], report.describe())
+    return model

@@ -137,25 +137,24 @@ def _integer(text: str) -> int:
 # ----------------------------------------------------------------------------- checks
 
 
-def require_file(path: str | Path, what: str, option: str | None = None) -> Path:
-    """An existing regular file, or a UsageError naming it."""
+def _require(path: str | Path, what: str, option: str | None, folder: bool) -> Path:
     p = Path(path)
     where = f"{option} {p}" if option else p
     if not p.exists():
         raise UsageError(f"{what} not found", where)
-    if not p.is_file():
-        raise UsageError(f"{what} is not a file", where)
+    if p.is_dir() != folder:
+        raise UsageError(f"{what} is not a {'folder' if folder else 'file'}", where)
     return p
+
+
+def require_file(path: str | Path, what: str, option: str | None = None) -> Path:
+    """An existing file, or a UsageError naming it (and the option that gave it)."""
+    return _require(path, what, option, folder=False)
 
 
 def require_dir(path: str | Path, what: str, option: str | None = None) -> Path:
-    p = Path(path)
-    where = f"{option} {p}" if option else p
-    if not p.exists():
-        raise UsageError(f"{what} not found", where)
-    if not p.is_dir():
-        raise UsageError(f"{what} is not a folder", where)
-    return p
+    """An existing folder, or a UsageError naming it (and the option that gave it)."""
+    return _require(path, what, option, folder=True)
 
 
 def require_writable_dir(path: str | Path, option: str) -> Path:

@@ -3,6 +3,7 @@
 from models.backbone import BACKBONES, build_resnet
 from models.classifier import MVSSNetCls, get_mvss_cls, manipulation_score
 from models.mvssnet import MVSSNet, get_mvss
+from models.outputs import ModelOutput, MVSSClsOutput, MVSSOutput
 from models.weights import (
     LoadReport,
     WeightsError,
@@ -15,8 +16,11 @@ from models.weights import (
 __all__ = [
     "BACKBONES",
     "LoadReport",
+    "MVSSClsOutput",
     "MVSSNet",
     "MVSSNetCls",
+    "MVSSOutput",
+    "ModelOutput",
     "WeightsError",
     "build_resnet",
     "get_mvss",

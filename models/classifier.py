@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.mvssnet import MVSSNet
+from models.outputs import MVSSClsOutput
 from models.weights import init_backbones_from_imagenet
 
 CLS_HEADS = ("max", "linear")
@@ -52,13 +53,13 @@ class MVSSNetCls(MVSSNet):
                 raise ValueError(f"num_image_classes must be 2 or 3, got {num_image_classes}")
             self.image_head = nn.Linear(self.head.inter_channels, num_image_classes)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> MVSSClsOutput:  # type: ignore[override]
         out = self.forward_features(x)
         if self.head_type == "linear":
             cls = self.image_head(out["fused"].mean(dim=(2, 3)))
         else:
             cls = manipulation_score(out["seg"])
-        return out["edge"], out["seg"], cls
+        return MVSSClsOutput(out["edge"], out["seg"], cls)
 
 
 def get_mvss_cls(

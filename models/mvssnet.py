@@ -10,13 +10,14 @@ from models.attention import DAHead
 from models.backbone import BACKBONES, build_resnet
 from models.edge import edge_forward, edge_modules
 from models.noise import BayarConv2d, NoiseExtractor, rgb_to_gray
+from models.outputs import MVSSOutput
 from models.weights import init_backbones_from_imagenet
 
 EDGE_CHANNELS = 1  # edges of the union of manipulated classes, whatever nclass is
 
 
 class MVSSNet(nn.Module):
-    """The full network. ``forward(x)`` returns ``(edge_logits, seg_logits)``.
+    """The full network. ``forward(x)`` returns :class:`MVSSOutput` ``(edge, seg)`` logits.
 
     ``x`` is a normalised BGR batch (see README, input convention). Edge logits are at
     1/4 of the input size, seg logits at the input size; no sigmoid is applied.
@@ -72,9 +73,9 @@ class MVSSNet(nn.Module):
                 )
         return result
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> MVSSOutput:
         out = self.forward_features(x)
-        return out["edge"], out["seg"]
+        return MVSSOutput(out["edge"], out["seg"])
 
 
 def get_mvss(

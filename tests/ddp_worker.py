@@ -55,7 +55,7 @@ def run(scenario: dict) -> None:
         if model is None and self.model.training:  # a training forward
             step, calls["n"] = calls["n"], calls["n"] + 1
             if dist.rank() == scenario.get("nan_rank") and step == scenario.get("nan_step"):
-                outputs = tuple(o * float("nan") for o in outputs)
+                outputs = type(outputs)(*(o * float("nan") for o in outputs))
         return outputs
 
     Trainer.fit = fit_and_record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ import infer_mvss_cls
 from common.inference import RunOptions, predict, predict_tiled, tile_windows
 from common.reports import EXIT_SOME_FAILED
 from common.transforms import normalize_bgr
-from models import get_mvss, load_weights
+from models import MVSSOutput, get_mvss, load_weights
 from tests.helpers import make_tiny_checkpoint, make_tiny_dataset, run_three_class_inference
 
 
@@ -52,7 +53,7 @@ class _PointwiseNet(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 1, 1)
 
     def forward(self, x):
-        return None, self.conv(x)
+        return MVSSOutput(None, self.conv(x))
 
 
 @pytest.mark.parametrize("blend", ["weighted", "average"])
@@ -295,11 +296,51 @@ def test_classification_script(tmp_path, crop):
     assert summary["num_images"] == 5 and len(summary["confusion_matrix"]) == 2
 
 
+@pytest.mark.parametrize("crop", ["64", "none"])
+def test_classification_runs_the_shared_inference_path(tmp_path, crop):
+    """The classifier goes through the predictor's decoding workers and ``run_model``:
+    the fast path and batching change no score beyond fp32 rounding."""
+    data = make_tiny_dataset(tmp_path / "d")
+    ckpt = make_tiny_checkpoint(tmp_path / "cls.pt", cls_head="max")
+    base = ["--model_path", str(ckpt), "--test_file", str(data), "--crop", crop]
+    base += ["--crop-stride", "32", "--resize", "64"]
+    scores = {}
+    for name, extra in {
+        "plain": ["--workers", "0", "--batch-size", "1"],
+        "fast": ["--workers", "2", "--batch-size", "3", "--fast"],
+    }.items():
+        out = tmp_path / name
+        assert infer_mvss_cls.main([*base, "--save_dir", str(out), *extra]) == EXIT_SOME_FAILED
+        rows = _rows(out / "test" / "cls" / "per_image.csv")
+        scores[name] = {r["path"]: float(r["score"]) for r in rows if r["status"] == "ok"}
+    assert scores["plain"].keys() == scores["fast"].keys() and len(scores["plain"]) == 5
+    for path, value in scores["plain"].items():
+        assert scores["fast"][path] == pytest.approx(value, abs=1e-4)
+
+
+def test_model_outputs_are_named():
+    from models import MVSSClsOutput, get_mvss_cls
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_mvss(backbone="resnet18").eval()
+        cls_net = get_mvss_cls(backbone="resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out, cls_out = net(x), cls_net(x)
+    assert isinstance(out, MVSSOutput) and isinstance(cls_out, MVSSClsOutput)
+    edge, seg = out  # the release's unpacking still works
+    assert edge is out.edge and seg is out.seg and seg.shape == (1, 1, 64, 64)
+    assert cls_out.cls.shape == (1,) and cls_out.seg.shape == seg.shape
+
+
 def test_pred_dir_finds_maps_by_the_writers_and_the_releases_names(tmp_path):
     """Colliding stems carry our writer's hash suffix; the release names a map by the
     file name up to its first dot. Each map is the image's own mask, so pixel-F1 = 1 only
     if every image is matched to its own map."""
-    from common.evaluation import EvalSettings, run_pred_dir_evaluation
+    from common.batch_run import EvalSettings
+    from common.evaluation import run_pred_dir_evaluation
     from common.reports import unique_names
     from common.sources import read_list_file
 

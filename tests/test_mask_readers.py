@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from common.baselines import all_ones_pixel_f1
+from common.batch_run import EvalSettings
 from common.datasets import ForgeryDataset
-from common.evaluation import EvalSettings, run_pred_dir_evaluation
+from common.evaluation import run_pred_dir_evaluation
 from common.masks import MaskOptions
 from common.predictor import _InferenceItems
 from common.sources import read_list_file

@@ -15,7 +15,8 @@ import train_demo
 import train_demo_cls
 import train_demo_nclass3
 from common.config import ConfigError, parse_config, read_defaults
-from common.engine import NonFiniteLossError, Trainer, _freeze_unused, _optimizer, lr_factor
+from common.engine import NonFiniteLossError, Trainer
+from common.optim import build_optimizer, freeze_unused, lr_factor
 from common.tasks import ClassificationTask, LocalizationTask, ThreeClassTask
 from common.usage import UsageError
 from models import get_mvss_cls, load_weights
@@ -92,13 +93,13 @@ def test_shipped_configs_parse():
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_optimizers_are_fused_on_cpu(name):
     params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
-    opt = _optimizer(params, {"optimizer": name, "lr": 0.1, "weight_decay": 0.0})
+    opt = build_optimizer(params, {"optimizer": name, "lr": 0.1, "weight_decay": 0.0})
     assert opt.defaults["fused"] is True
     sum(p.sum() for p in params).backward()
     opt.step()
     assert all((p < 1).all() for p in params)  # the fused step moved every parameter
     with pytest.raises(ValueError, match="adam, adamw or sgd"):
-        _optimizer(params, {"optimizer": "lamb", "lr": 0.1, "weight_decay": 0.0})
+        build_optimizer(params, {"optimizer": "lamb", "lr": 0.1, "weight_decay": 0.0})
 
 
 def test_lr_schedule():
@@ -132,6 +133,8 @@ def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
             "1",
             "--out_dir",
             str(out),
+            "--pixel_bce",
+            "0.5",
             *TINY,
         ]
     )
@@ -142,7 +145,12 @@ def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
     row = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert row["skipped_samples"] == 1  # the corrupt image, counted
     assert row["val"]["num_images"] == 6 and "com_f1" in row["val"]
-    assert "train_loss" in (out / "log.csv").read_text().splitlines()[0]
+    header, values = (line.split(",") for line in (out / "log.csv").read_text().splitlines())
+    logged = dict(zip(header, values, strict=True))
+    # every loss term and every LOG_KEYS metric reaches log.csv with a value
+    for key in ("train_loss", "train_pixel_bce", "val_pixel_iou", "val_pixel_auc", "val_com_f1"):
+        assert logged[key] != "", key
+    assert float(logged["train_pixel_bce"]) == pytest.approx(row["train_pixel_bce"], rel=1e-4)
 
 
 class _KilledError(Exception):
@@ -291,7 +299,7 @@ def test_every_parameter_gets_a_gradient_from_an_authentic_only_batch(name):
     task = task_cls(cfg)
     torch.manual_seed(0)
     model = task.build_model(cfg)
-    _freeze_unused(model)
+    freeze_unused(model)
     model.train()
     n = 2
     batch = {
@@ -360,8 +368,8 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
     """Per image: the validation output of train_demo_cls's task is the crop that
     infer_mvss_cls.py's score_image picks, not a resized whole image."""
     from common.classify import manipulated_score, score_image
-    from common.engine import _dataset
     from common.inference import RunOptions
+    from common.training_data import build_dataset
 
     data = make_tiny_dataset(tmp_path / "d", n_tampered=2, n_authentic=1, corrupt=False)
     cfg, _ = read_defaults(ROOT / "configs" / "train_demo_cls.yaml")
@@ -369,7 +377,7 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
     task = ClassificationTask(cfg)
     torch.manual_seed(0)
     model = task.build_model(cfg).eval()
-    ds = _dataset(str(data), cfg, 1, train=False, eval_size=task.eval_size(cfg))
+    ds = build_dataset(str(data), cfg, 1, train=False, eval_size=task.eval_size(cfg))
     assert ds.transform is None  # whole images
     opts = RunOptions(tile_batch=2)
     for i in range(len(ds)):

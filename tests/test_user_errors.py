@@ -93,6 +93,10 @@ def _one_line_error(module, argv, capsys, root: Path) -> str:
     return lines[0]
 
 
+def _flatten(options: dict[str, object]) -> list[object]:
+    return [part for pair in options.items() for part in pair]
+
+
 # ----------------------------------------------------------------------------- inference
 
 
@@ -101,10 +105,7 @@ def _infer_argv(w, kind: str, **over: object) -> list[object]:
     lst = w["list3"] if kind == "three" else w["list"]
     opts = {"--model_path": ck, "--test_file": lst, "--save_dir": w["root"] / "out"}
     opts.update({k: v for k, v in over.items() if v is not None})
-    argv: list[object] = ["--workers", "0"]
-    for key, value in opts.items():
-        argv += [key, value]
-    return argv
+    return ["--workers", "0", *_flatten(opts)]
 
 
 INFERENCE_CASES = {
@@ -200,10 +201,7 @@ def _train_argv(w, kind: str, out: Path, **over: object) -> list[object]:
         "--out_dir": out,
     }
     opts.update(over)
-    argv: list[object] = []
-    for key, value in opts.items():
-        argv += [key, value]
-    return argv
+    return _flatten(opts)
 
 
 TRAINING_CASES = {
