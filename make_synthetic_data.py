@@ -1,7 +1,7 @@
 """Generate a synthetic forgery dataset (images, masks, list files, contact sheet).
 
 Photos come from --photos DIR, or by default from those bundled with installed packages
-(scikit-image; matplotlib's grace_hopper.jpg when installed). Deterministic from --seed.
+(scikit-image's nine). Deterministic from --seed.
 Exit code 2 for a user error (one line on stderr; --debug shows its traceback).
 """
 

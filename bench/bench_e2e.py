@@ -3,8 +3,9 @@
 64 synthetic JPEGs of 1024×768 are decoded, resized to 512, run through the model, and
 their maps resized back and written as PNGs with a CSV, by the same pipeline
 infer_mvss_calmetrics.py uses; the model-only rate runs the same model on pre-resized
-inputs. The target: end-to-end images/s ≥ 90 % of the model-only rate.
-Writes bench/results/e2e.json.
+inputs. The target: end-to-end images/s ≥ 90 % of the model-only rate. With --perturb
+KIND:LEVEL the end-to-end side is benchmark.py's path instead: the degradation applied in
+the data-loading workers, then the maps written. Writes bench/results/e2e[_<perturb>].json.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import torch
 
 from bench.common_bench import calibrated_model, synthetic_images, write_result
 from common.batch_run import EvalSettings
-from common.evaluation import run_model_evaluation
+from common.evaluation import predict_maps, run_model_evaluation
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, forward_probs
+from common.perturb import parse_sweep
+from common.reports import unique_names
 from common.sources import scan_images
-from common.usage import Parser, non_negative_int, positive_int, run_cli
+from common.usage import Parser, UsageError, non_negative_int, positive_int, run_cli
 
 
 def run(argv: list[str]) -> int:
@@ -31,10 +34,22 @@ def run(argv: list[str]) -> int:
     p.add_argument("--n", type=positive_int, default=64)
     p.add_argument("--batch", type=positive_int, default=4)
     p.add_argument("--workers", type=non_negative_int, default=2)
-    p.add_argument("--fast", action="store_true", help="bf16 fast path (else fp32 eager)")
+    p.add_argument("--fast", action="store_true", help="the fast path (else fp32 eager)")
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="fast path weights (bf16 needs AVX-512 BF16/AMX to be fast)",
+    )
+    p.add_argument("--perturb", help="time benchmark.py's path with this degradation")
     args = p.parse_args(argv)
+    try:
+        perturb = parse_sweep(args.perturb)[0] if args.perturb else None
+    except ValueError as exc:
+        raise UsageError(str(exc), "--perturb") from exc
     base = calibrated_model()
-    model = optimize_for_inference(base, torch.bfloat16, True) if args.fast else base
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    model = optimize_for_inference(base, dtype, True) if args.fast else base
     opts = RunOptions(amp="off")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
@@ -51,15 +66,22 @@ def run(argv: list[str]) -> int:
         model_rate = args.n / (time.perf_counter() - start)
         settings = EvalSettings(resize=512, batch_size=args.batch, workers=args.workers)
         start = time.perf_counter()
-        run_model_evaluation(model, records, [], Path(tmp) / "out", opts, settings)
+        if perturb is None:
+            run_model_evaluation(model, records, [], Path(tmp) / "out", opts, settings)
+        else:
+            names = unique_names([r.image for r in records])
+            out = Path(tmp) / "out"
+            predict_maps(model, records, names, out, opts, settings, perturb)
         e2e_rate = args.n / (time.perf_counter() - start)
     ratio = e2e_rate / model_rate
     print(
         f"model only {model_rate:.3f} img/s, end to end {e2e_rate:.3f} img/s → {100 * ratio:.1f} %"
     )
     write_result(
-        "e2e",
+        f"e2e_{perturb.name}" if perturb else "e2e",
         {
+            "perturb": perturb.name if perturb else None,
+            "precision": args.precision,
             "model_img_s": model_rate,
             "e2e_img_s": e2e_rate,
             "ratio": ratio,

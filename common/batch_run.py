@@ -23,6 +23,7 @@ class EvalSettings:
     """How a localisation run predicts, scores and writes (the scripts' shared options)."""
 
     threshold: float = 0.5
+    image_threshold: float = 0.5
     resize: int | None = 512
     batch_size: int = 4
     workers: int = 2
@@ -30,6 +31,7 @@ class EvalSettings:
     save_overlay: bool = False
     empty_f1: str = "release"
     masks: MaskOptions = field(default_factory=MaskOptions)
+    quiet: bool = False  # no table printed (a benchmark prints its own)
 
 
 def _source_name(test_file: Sequence[str] | str | None) -> str:
@@ -62,15 +64,17 @@ class BatchRun:
         self.failures.append({"path": path, "reason": reason})
         self.csv.write({"path": path, "status": "failed", "reason": reason})
 
-    def finish(self, metrics: dict[str, Any], table_keys: Sequence[str]) -> int:
+    def finish(
+        self, metrics: dict[str, Any], table_keys: Sequence[str], quiet: bool = False
+    ) -> int:
         """Write summary.json (all of ``metrics``), print the table (``table_keys`` and
         the failure count); the exit code says whether all went well."""
         self.csv.close()
         metrics.update(num_failed=len(self.failures), failures=self.failures)
         write_json(self.out / "summary.json", metrics)
-        print(format_table(metrics, [*table_keys, "num_failed"]))
-        print(f"\nper-image results: {self.csv.path}\nsummary: {self.out / 'summary.json'}")
-        if self.failures:
-            print(f"{len(self.failures)} input(s) failed; see the CSV (status=failed)")
-            return EXIT_SOME_FAILED
-        return 0
+        if not quiet:
+            print(format_table(metrics, [*table_keys, "num_failed"]))
+            print(f"\nper-image results: {self.csv.path}\nsummary: {self.out / 'summary.json'}")
+            if self.failures:
+                print(f"{len(self.failures)} input(s) failed; see the CSV (status=failed)")
+        return EXIT_SOME_FAILED if self.failures else 0

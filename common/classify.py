@@ -8,7 +8,7 @@ whole image at once (optionally resized).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from common.batch_run import BatchRun
 from common.inference import RunOptions, resize_input, run_model, tile_windows
 from common.masks import MaskOptions
 from common.metrics import ClassificationEvaluator
-from common.predictor import iter_decoded
+from common.predictor import Perturb, iter_decoded
 from common.progress import progress
 from common.sources import Problem, Record
 from common.transforms import normalize_bgr_batch
@@ -126,12 +126,16 @@ def iter_scores(
     masks: MaskOptions,
     batch_size: int,
     workers: int,
+    perturb: Perturb | None = None,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(index, result) per record in order, from the predictor's decoding workers: a
     result holds ``score``, ``crops`` and ``label``, or ``error``. Whole images
-    (``crop=None``) go through the model ``batch_size`` at a time."""
+    (``crop=None``) go through the model ``batch_size`` at a time; ``perturb`` degrades
+    each image first."""
     model.eval()
-    for batch in iter_decoded(records, None if crop else resize, masks, batch_size, workers):
+    size = None if crop else resize
+    decoded = iter_decoded(records, size, masks, batch_size, workers, perturb=perturb)
+    for batch in decoded:
         scores: dict[int, float] = {}
         ready = [b for b in batch if "input" in b]
         if ready:
@@ -166,10 +170,24 @@ def run_classification(
     """Score every image; labels follow ``masks.desensitised`` (default ``negative``, the
     seed's classifier: an image whose mask shows only desensitised regions is authentic)."""
     masks = masks or MaskOptions(desensitised="negative")
+    results = iter_scores(model, records, opts, crop, stride, resize, masks, batch_size, workers)
+    scored = progress(results, total=len(records), unit="img", desc="classifying")
+    return report_classification(records, scored, problems, out, threshold)
+
+
+def report_classification(
+    records: Sequence[Record],
+    results: Iterable[tuple[int, dict[str, Any]]],
+    problems: Sequence[Problem],
+    out: Path,
+    threshold: float,
+    quiet: bool = False,
+) -> int:
+    """Write the per-image CSV and summary of (index, result) pairs (from
+    :func:`iter_scores`, or gathered from several processes) in the order given."""
     run = BatchRun(out, CSV_FIELDS, problems)
     evaluator = ClassificationEvaluator(threshold=threshold)
-    results = iter_scores(model, records, opts, crop, stride, resize, masks, batch_size, workers)
-    for index, result in progress(results, total=len(records), unit="img", desc="classifying"):
+    for index, result in results:
         rec = records[index]
         if "error" in result:
             run.fail(rec.image, result["error"])
@@ -187,4 +205,4 @@ def run_classification(
                 "crops": result["crops"],
             }
         )
-    return run.finish(evaluator.compute(), ClassificationEvaluator.TABLE_KEYS)
+    return run.finish(evaluator.compute(), ClassificationEvaluator.TABLE_KEYS, quiet)

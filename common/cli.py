@@ -75,24 +75,29 @@ def add_io_args(
     default_resize: str = "512",
     desensitised: str | None = None,
     empty_f1: str = "release",
+    sources: bool = True,
+    save_dir: str = "outputs",
 ) -> None:
     """The shared input/output options; ``desensitised`` (binary tasks) adds
-    ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default."""
+    ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default;
+    ``sources=False`` leaves out ``--test_file`` and ``--skip-existing`` (the benchmark
+    names its sets, and always reuses its maps)."""
     g = parser.add_argument_group("inputs and outputs")
-    g.add_argument(
-        "--test_file",
-        "--test-file",
-        dest="test_file",
-        nargs="+",
-        help="list file (image mask label), JSON list, folder (images/ + masks/ or plain), "
-        "image paths or globs",
-    )
+    if sources:
+        g.add_argument(
+            "--test_file",
+            "--test-file",
+            dest="test_file",
+            nargs="+",
+            help="list file (image mask label), JSON list, folder (images/ + masks/ or "
+            "plain), image paths or globs",
+        )
     g.add_argument(
         "--save_dir",
         "--save-dir",
         dest="save_dir",
-        default="outputs",
-        help="output root (default: outputs)",
+        default=save_dir,
+        help=f"output root (default: {save_dir})",
     )
     g.add_argument(
         "--resize",
@@ -100,13 +105,14 @@ def add_io_args(
         default=parse_resize(default_resize),
         help=f"network input size, or 'none': full resolution in tiles (default {default_resize})",
     )
-    g.add_argument(
-        "--skip-existing",
-        "--skip_existing",
-        dest="skip_existing",
-        action="store_true",
-        help="reuse maps already in the output folder (resume an interrupted run)",
-    )
+    if sources:
+        g.add_argument(
+            "--skip-existing",
+            "--skip_existing",
+            dest="skip_existing",
+            action="store_true",
+            help="reuse maps already in the output folder (resume an interrupted run)",
+        )
     g.add_argument(
         "--mask-threshold",
         "--mask_threshold",
@@ -340,7 +346,7 @@ def eval_settings(args: argparse.Namespace, nclass: int = 1) -> EvalSettings:
         resize=args.resize,
         batch_size=args.batch_size,
         workers=args.workers,
-        skip_existing=args.skip_existing,
+        skip_existing=getattr(args, "skip_existing", True),
         save_overlay=getattr(args, "overlay", False),
         empty_f1=args.empty_f1,
         masks=mask_options(args, nclass=nclass),

@@ -9,7 +9,7 @@ Outputs keep the release's layout, ``<save_dir>/<list name>/<model name>/pred/<s
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +24,7 @@ from common.inference import RunOptions, binary_png, manipulated_map
 from common.io import BadInputError, read_mask_raw, write_png
 from common.masks import read_ground_truth
 from common.metrics import LocalizationEvaluator
-from common.predictor import iter_predictions
+from common.predictor import Perturb, Prediction, iter_predictions
 from common.progress import progress
 from common.reports import overlay, unique_names
 from common.sources import Problem, Record
@@ -56,7 +56,9 @@ class _LocalizationRun(BatchRun):
         super().__init__(out, CSV_FIELDS, problems)
         self.settings = settings
         self.evaluator = LocalizationEvaluator(
-            threshold=settings.threshold, empty_f1=settings.empty_f1
+            threshold=settings.threshold,
+            image_threshold=settings.image_threshold,
+            empty_f1=settings.empty_f1,
         )
 
     def record(
@@ -85,14 +87,79 @@ class _LocalizationRun(BatchRun):
     def done(self, extra: dict[str, Any]) -> int:
         metrics = self.evaluator.compute()
         metrics.update(threshold=self.settings.threshold, **extra)
-        return self.finish(metrics, LocalizationEvaluator.TABLE_KEYS)
+        return self.finish(metrics, LocalizationEvaluator.TABLE_KEYS, self.settings.quiet)
 
 
-def _read_saved_map(path: Path) -> np.ndarray:
+def read_saved_map(path: Path) -> np.ndarray:
+    """An 8-bit map on disk as probabilities (levels / 255), as the metrics score it."""
     raw = read_mask_raw(path)
     if raw.ndim == 3:
         raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
     return raw.astype(np.float32) / 255.0
+
+
+def _written_maps(
+    model: nn.Module,
+    records: Sequence[Record],
+    names: Sequence[str],
+    out: Path,
+    opts: RunOptions,
+    settings: EvalSettings,
+    perturb: Perturb | None = None,
+) -> Iterator[tuple[Prediction, np.ndarray | None, str]]:
+    """Predict ``records`` and write ``pred/`` (the release's 8-bit maps), ``bin/`` and
+    (optionally) ``overlay/`` under ``out``; yields (prediction, the map as scored — the
+    8-bit levels / 255 — or None after an error, status). Maps already written are reused
+    with ``settings.skip_existing`` (status ``existing``)."""
+    pred_dir, bin_dir, ov_dir = out / "pred", out / "bin", out / "overlay"
+
+    def exists(i: int) -> bool:
+        return settings.skip_existing and (pred_dir / f"{names[i]}.png").is_file()
+
+    # PNG encoding runs in a thread (OpenCV releases the GIL) so it overlaps the model
+    writer = ThreadPoolExecutor(max_workers=1)
+    pending: list[Future[None]] = []
+    predictions = iter_predictions(
+        model,
+        records,
+        opts,
+        settings.resize,
+        settings.masks,
+        settings.batch_size,
+        settings.workers,
+        keep_image=settings.save_overlay,
+        skip=exists,
+        perturb=perturb,
+    )
+    try:
+        for pred in predictions:
+            pred_path = pred_dir / f"{names[pred.index]}.png"
+            if pred.error is not None:
+                yield pred, None, pred.error
+                continue
+            if pred.skipped:
+                try:
+                    yield pred, read_saved_map(pred_path), "existing"
+                except BadInputError as exc:
+                    reason = f"existing map unreadable ({exc.reason}); rerun without reusing maps"
+                    yield pred, None, reason
+                continue
+            levels = pred.levels(manipulated_map)
+            pending.append(writer.submit(write_png, pred_path, levels))
+            binary = binary_png(levels, settings.threshold)
+            pending.append(writer.submit(write_png, bin_dir / pred_path.name, binary))
+            prob = levels.astype(np.float32) / 255.0
+            if settings.save_overlay and pred.image is not None:
+                picture = overlay(pred.image, prob)
+                pending.append(writer.submit(write_png, ov_dir / pred_path.name, picture))
+            yield pred, prob, "ok"
+            for finished in [f for f in pending if f.done()]:
+                finished.result()  # a write error (e.g. disk full) surfaces here
+            pending = [f for f in pending if not f.done()]
+    finally:
+        writer.shutdown(wait=True)
+    for f in pending:
+        f.result()
 
 
 def run_model_evaluation(
@@ -105,74 +172,49 @@ def run_model_evaluation(
 ) -> int:
     """Predict, write maps as the release does, score, and report. Returns the exit code."""
     names = unique_names([r.image for r in records])
-    pred_dir, bin_dir, ov_dir = out / "pred", out / "bin", out / "overlay"
-
-    def exists(i: int) -> bool:
-        return settings.skip_existing and (pred_dir / f"{names[i]}.png").is_file()
-
     run = _LocalizationRun(out, settings, problems)
     start = time.perf_counter()
     done = 0
-    # PNG encoding runs in a thread (OpenCV releases the GIL) so it overlaps the model
-    writer = ThreadPoolExecutor(max_workers=1)
-    pending: list[Future[None]] = []
-    bar = progress(
-        iter_predictions(
-            model,
-            records,
-            opts,
-            settings.resize,
-            settings.masks,
-            settings.batch_size,
-            settings.workers,
-            keep_image=settings.save_overlay,
-            skip=exists,
-        ),
-        total=len(records),
-        unit="img",
-        desc="inference",
-    )
-    for pred in bar:
-        rec, name = pred.record, names[pred.index]
-        pred_path = pred_dir / f"{name}.png"
-        if pred.error is not None:
-            run.fail(rec.image, pred.error)
+    maps = _written_maps(model, records, names, out, opts, settings)
+    bar = progress(maps, total=len(records), unit="img", desc="inference")
+    for pred, prob, status in bar:
+        rec, path = pred.record, str(out / "pred" / f"{names[pred.index]}.png")
+        if prob is None:
+            run.fail(rec.image, status)
             continue
-        if pred.skipped:
-            try:
-                prob = _read_saved_map(pred_path)
-            except BadInputError as exc:
-                run.fail(
-                    rec.image,
-                    f"existing map unreadable ({exc.reason}); rerun without --skip-existing",
-                )
-                continue
-            run.record(rec, pred.label, prob, pred.mask, "existing", str(pred_path))
-            continue
-        levels = pred.levels(manipulated_map)
-        binary = binary_png(levels, settings.threshold)
-        pending.append(writer.submit(write_png, pred_path, levels))
-        pending.append(writer.submit(write_png, bin_dir / f"{name}.png", binary))
-        prob = levels.astype(np.float32) / 255.0
-        if settings.save_overlay and pred.image is not None:
-            pending.append(
-                writer.submit(write_png, ov_dir / f"{name}.png", overlay(pred.image, prob))
-            )
-        run.record(rec, pred.label, prob, pred.mask, "ok", str(pred_path))
-        done += 1
-        bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
-        for finished in [f for f in pending if f.done()]:
-            finished.result()  # a write error (e.g. disk full) surfaces here
-        pending = [f for f in pending if not f.done()]
-    writer.shutdown(wait=True)
-    for f in pending:
-        f.result()
+        run.record(rec, pred.label, prob, pred.mask, status, path)
+        if status == "ok":
+            done += 1
+            bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
     return run.done(
         {
             "resize": settings.resize,
             "images_per_second": done / max(time.perf_counter() - start, 1e-9),
         }
     )
+
+
+def predict_maps(
+    model: nn.Module,
+    records: Sequence[Record],
+    names: Sequence[str],
+    out: Path,
+    opts: RunOptions,
+    settings: EvalSettings,
+    perturb: Perturb | None = None,
+    desc: str = "inference",
+    show_progress: bool = True,
+) -> dict[str, str]:
+    """Write the maps of ``records`` (one shard of a set, say) without scoring them;
+    returns the failures, image path → reason. :func:`run_pred_dir_evaluation` scores
+    the maps afterwards, exactly as a single pass would."""
+    failures: dict[str, str] = {}
+    maps = _written_maps(model, records, names, out, opts, settings, perturb)
+    bar = progress(maps, total=len(records), unit="img", desc=desc, disable=not show_progress)
+    for pred, prob, status in bar:
+        if prob is None:
+            failures[pred.record.image] = status
+    return failures
 
 
 _MAP_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -202,15 +244,20 @@ def run_pred_dir_evaluation(
     pred_dir: Path,
     out: Path,
     settings: EvalSettings,
+    failures: dict[str, str] | None = None,
 ) -> int:
     """Score probability maps already on disk (8-bit, named as :func:`map_candidates`
-    says: ours, or the release's)."""
+    says: ours, or the release's). ``failures`` (image path → reason) are images whose
+    map could not be made: recorded as failed with that reason."""
     run = _LocalizationRun(out, settings, problems)
     written = unique_names([r.image for r in records])
     strict_size = replace(settings.masks, nclass=1, size_policy="reject")
     for rec, name in progress(
         zip(records, written, strict=True), total=len(records), unit="img", desc="evaluating"
     ):
+        if failures and rec.image in failures:
+            run.fail(rec.image, failures[rec.image])
+            continue
         candidates = map_candidates(rec.image, name)
         path = _find_map(pred_dir, candidates)
         if path is None:
@@ -218,7 +265,7 @@ def run_pred_dir_evaluation(
             run.fail(rec.image, f"no map named {tried} in {pred_dir}")
             continue
         try:
-            prob = _read_saved_map(path)
+            prob = read_saved_map(path)
             mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict_size)
         except BadInputError as exc:
             if "mask is" in exc.reason:  # size differs: image level only (the release's rule)

@@ -29,6 +29,9 @@ from common.io import BadInputError, read_image, read_mask_raw
 from common.masks import MaskOptions, read_ground_truth
 from common.sources import Record
 
+# Degrades a decoded BGR image, given its path (see common.perturb.Perturbation).
+Perturb = Callable[[np.ndarray, str], np.ndarray]
+
 
 @dataclass
 class Prediction:
@@ -68,12 +71,14 @@ class _InferenceItems(Dataset):
         masks: MaskOptions,
         keep_image: bool,
         skip: Callable[[int], bool],
+        perturb: Perturb | None = None,
     ) -> None:
         self.records = records
         self.resize = resize
         self.masks = masks
         self.keep_image = keep_image
         self.skip = skip
+        self.perturb = perturb
 
     def __len__(self) -> int:
         return len(self.records)
@@ -90,10 +95,13 @@ class _InferenceItems(Dataset):
             if self.skip(index):
                 return {"index": index, "skipped": True, **self._truth(rec, None)}
             image = read_image(rec.image)
+            size = image.shape[:2]  # maps are scored at the original size
+            if self.perturb is not None:
+                image = self.perturb(image, rec.image)
             item: dict[str, Any] = {
                 "index": index,
-                "size": image.shape[:2],
-                **self._truth(rec, image.shape[:2]),
+                "size": size,
+                **self._truth(rec, size),
                 "image": image if (self.keep_image or self.resize is None) else None,
             }
             if self.resize is not None:
@@ -117,13 +125,15 @@ def iter_decoded(
     workers: int = 2,
     keep_image: bool = False,
     skip: Callable[[int], bool] | None = None,
+    perturb: Perturb | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of decoded records, in order, from ``workers`` processes: each item has
     ``index`` and either ``error``, or ``skipped``, or the ground truth (``mask``,
-    ``label``), ``size``, the network ``input`` (uint8, resized; with ``resize``) and the
-    decoded ``image`` (without ``resize``, or with ``keep_image``)."""
+    ``label``), the original ``size``, the network ``input`` (uint8, resized; with
+    ``resize``) and the decoded ``image`` (without ``resize``, or with ``keep_image``).
+    ``perturb(image, path)`` degrades the decoded image (not the mask) in the worker."""
     items = _InferenceItems(
-        records, resize, masks or MaskOptions(), keep_image, skip or (lambda _: False)
+        records, resize, masks or MaskOptions(), keep_image, skip or (lambda _: False), perturb
     )
     yield from DataLoader(
         items,
@@ -145,12 +155,15 @@ def iter_predictions(
     workers: int = 2,
     keep_image: bool = False,
     skip: Callable[[int], bool] | None = None,
+    perturb: Perturb | None = None,
 ) -> Iterator[Prediction]:
     """Predict every record, yielding results in order. ``resize=None`` → tiled, full
     resolution. ``skip(index)`` marks images whose outputs already exist (their masks are
-    still read, so metrics stay complete)."""
+    still read, so metrics stay complete). ``perturb`` degrades each image first; maps
+    come back at the original size either way."""
     model.eval()
-    for batch in iter_decoded(records, resize, masks, batch_size, workers, keep_image, skip):
+    decoded = iter_decoded(records, resize, masks, batch_size, workers, keep_image, skip, perturb)
+    for batch in decoded:
         ready = [b for b in batch if "input" in b]
         probs_by_index: dict[int, np.ndarray] = {}
         net_by_index: dict[int, np.ndarray] = {}
@@ -170,6 +183,8 @@ def iter_predictions(
                 if probs_i is None:  # tiled, full resolution
                     try:
                         probs_i = predict_tiled(model, b["image"], opts)
+                        if probs_i.shape[-2:] != tuple(b["size"]):  # a resized image
+                            probs_i = resize_map(probs_i, tuple(b["size"]))
                     except (RuntimeError, MemoryError) as exc:
                         yield Prediction(b["index"], rec, error=f"{type(exc).__name__}: {exc}")
                         continue

@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 INTERVAL_ENV = "MVSS_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 30.0
-LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
+LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\r")
 
 
@@ -39,6 +39,14 @@ class _Lines:
 
     def flush(self) -> None:
         self.stream.flush()
+
+
+class _LogBar(tqdm):
+    """Off a terminal: ``set_postfix`` updates the values shown but waits for the next
+    periodic line instead of printing one per call."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
 
 
 def _interval() -> float:
@@ -70,7 +78,7 @@ def progress(
     if _is_terminal(out):
         return tqdm(iterable, desc=desc, unit=unit, total=total, disable=disable, file=out)
     interval = _interval()
-    return tqdm(
+    return _LogBar(
         iterable,
         desc=desc,
         unit=unit,

@@ -40,21 +40,13 @@ _BUNDLED = (
 
 
 def bundled_photos() -> list[np.ndarray]:
-    """Photographs that installed packages ship (scikit-image's wheel, and matplotlib's
-    grace_hopper.jpg when matplotlib is installed): BGR uint8. Nothing is downloaded."""
+    """The photographs scikit-image's wheel ships (BGR uint8; nothing is downloaded).
+    A fixed set, whatever else is installed, so synthetic data depend on the seed only."""
     import skimage.data as data
 
     photos = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in _BUNDLED]
     left, right, _ = data.stereo_motorcycle()
     photos += [cv2.cvtColor(left, cv2.COLOR_RGB2BGR), cv2.cvtColor(right, cv2.COLOR_RGB2BGR)]
-    try:
-        import matplotlib.cbook as cbook
-
-        with cbook.get_sample_data("grace_hopper.jpg") as fh:
-            buf = np.frombuffer(fh.read(), np.uint8)
-        photos.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
-    except Exception:  # matplotlib is optional; any failure just means one photo fewer
-        pass
     return photos
 
 

@@ -43,3 +43,13 @@ def test_disabled_writes_nothing():
     out = io.StringIO()
     assert sum(progress(range(3), desc="x", stream=out, disable=True)) == 3
     assert out.getvalue() == ""
+
+
+def test_postfix_updates_wait_for_the_next_line(monkeypatch):
+    monkeypatch.delenv("MVSS_PROGRESS_INTERVAL", raising=False)
+    out = io.StringIO()
+    bar = progress(range(200), desc="epoch 1/1", unit="batch", stream=out)
+    for i in bar:
+        bar.set_postfix(loss=f"{i:.1f}")
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 3 and lines[-1].endswith("loss=199.0]")

@@ -1,0 +1,273 @@
+"""Benchmark a checkpoint on several test sets and under degradations, in one run.
+
+Per set and level (clean "none", then each perturbation) the outputs infer_mvss_calmetrics.py
+writes, under <save_dir>/<model>/<set>/<level>/; at <save_dir>/<model>/ one combined table
+(benchmark.md/.csv/.json: sets as columns) and, per perturbation kind, tables and a plot.
+Under torchrun the images are shared out between the processes; the numbers are those of
+one process. Maps already written are reused, so an interrupted run resumes. Exit code 3
+when some images failed (named in the CSVs), 2 for a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from common import distributed as dist
+from common.bench_tables import (
+    CLASSIFIER_AT_THRESHOLD,
+    CLASSIFIER_CURVES,
+    CLASSIFIER_ROWS,
+    LOCALIZATION_AT_THRESHOLD,
+    LOCALIZATION_CURVES,
+    LOCALIZATION_ROWS,
+    combined_table,
+    robustness_tables,
+)
+from common.benchmark import (
+    ClassifierSettings,
+    LoadedSet,
+    choose_classifier_threshold,
+    choose_localization_thresholds,
+    level_name,
+    load_sets,
+    parse_sets,
+    read_sets_file,
+    rescore_at,
+    rescore_classifier_at,
+    run_classifier_level,
+    run_localization_level,
+)
+from common.cli import (
+    add_io_args,
+    add_model_args,
+    add_run_args,
+    add_threshold_arg,
+    check_stride,
+    eval_settings,
+    load_model,
+    parse_resize,
+    run_options,
+)
+from common.perturb import PRESETS, Perturbation, parse_sweep, preset
+from common.reports import EXIT_SOME_FAILED
+from common.usage import (
+    Parser,
+    UsageError,
+    non_negative_int,
+    positive_int,
+    require_writable_dir,
+    run_cli,
+)
+from models import read_checkpoint_config
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = Parser(description=__doc__.splitlines()[0])
+    g = parser.add_argument_group("benchmark")
+    g.add_argument("--sets", nargs="+", default=[], help="NAME=LIST (list, JSON, folder, glob)")
+    g.add_argument("--sets-file", "--sets_file", dest="sets_file", help="YAML: NAME: LIST")
+    g.add_argument(
+        "--perturb",
+        nargs="+",
+        default=[],
+        help="sweeps KIND:LEVEL,… with KIND jpeg (quality), blur (odd kernel), noise "
+        "(std, 8-bit levels), resize (factor); e.g. jpeg:50,70,90 blur:3,7",
+    )
+    g.add_argument("--preset", choices=sorted(PRESETS), help="benco: IMDL-BenCo's sweeps")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="perturbation seed")
+    g.add_argument(
+        "--th-from",
+        "--th_from",
+        dest="th_from",
+        help="choose the thresholds that maximise F1 on this set; report the others there",
+    )
+    g.add_argument(
+        "--task",
+        choices=("auto", "localization", "classification"),
+        default="auto",
+        help="auto: classification for checkpoints of train_demo_cls.py, else localization",
+    )
+    g.add_argument("--crop", type=parse_resize, default=512, help="classifier crops (512)")
+    g.add_argument("--crop-stride", dest="crop_stride", type=positive_int, default=512)
+    add_io_args(parser, desensitised="positive", sources=False, save_dir="outputs/benchmark")
+    add_model_args(parser)
+    add_run_args(parser)
+    add_threshold_arg(parser, "threshold in (0, 1) (default 0.5)")
+    args = parser.parse_args(argv)
+    if not args.model_path:
+        raise UsageError("a checkpoint is required", "--model_path")
+    return args
+
+
+def _perturbations(args: argparse.Namespace) -> list[Perturbation]:
+    out: list[Perturbation] = []
+    try:
+        for spec in args.perturb:
+            out += parse_sweep(spec, args.seed)
+        if args.preset:
+            out += preset(args.preset, args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc), "--perturb" if args.perturb else "--preset") from exc
+    return list(dict.fromkeys(out))  # a level asked twice runs once
+
+
+def _task(args: argparse.Namespace) -> str:
+    if args.task != "auto":
+        return args.task
+    config = read_checkpoint_config(args.model_path)
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    classifier = config.get("task") == "classification" or "head" in model
+    return "classification" if classifier else "localization"
+
+
+def run(argv: list[str]) -> int:
+    args = parse_args(argv)
+    sets = parse_sets(args.sets) if args.sets else []
+    if args.sets_file:
+        sets += read_sets_file(args.sets_file)
+    if not sets:
+        raise UsageError("no test sets", "--sets", "give NAME=LIST items or --sets-file")
+    names = [s.name for s in sets]
+    if args.th_from and args.th_from not in names:
+        raise UsageError(f"no set named {args.th_from!r} (sets: {', '.join(names)})", "--th-from")
+    if args.th_from and len(sets) < 2:
+        raise UsageError("needs another set to report at the chosen thresholds", "--th-from")
+    perturbations = _perturbations(args)
+    task = _task(args)
+    if task == "classification" and not any(a.startswith("--desensitised") for a in argv):
+        args.desensitised = "negative"  # the classifier's default, as infer_mvss_cls.py
+    check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
+    require_writable_dir(args.save_dir, "--save_dir")
+    loaded = load_sets(sets)
+    opts = run_options(args)  # validates device and precision before the group starts
+    try:
+        opts = replace(opts, device=dist.init_from_env(args.device))
+        model = load_model(args, opts.device, classifier=task == "classification")
+        out = Path(args.save_dir) / Path(args.model_path).stem
+        if task == "classification":
+            failed = _classification(args, model, loaded, perturbations, out, opts)
+        else:
+            failed = _localization(args, model, loaded, perturbations, out, opts)
+    finally:
+        dist.shutdown()
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def _localization(
+    args: argparse.Namespace,
+    model: Any,
+    loaded: list[LoadedSet],
+    perturbations: list[Perturbation],
+    out: Path,
+    opts: Any,
+) -> bool:
+    settings = replace(eval_settings(args), quiet=True)
+    results: dict[str, dict[str, Any]] = {}
+    clean_failures: dict[str, dict[str, str]] = {}
+    for data in loaded:
+        results[data.name] = {}
+        for p in [None, *perturbations]:
+            level_out = out / data.name / level_name(p)
+            summary, failures = run_localization_level(model, data, p, level_out, opts, settings)
+            results[data.name][level_name(p)] = summary
+            if p is None:
+                clean_failures[data.name] = failures
+    if not dist.is_main():
+        return False
+    chosen, rescored = None, None
+    if args.th_from:
+        source = next(d for d in loaded if d.name == args.th_from)
+        pred_dir = out / source.name / "none" / "pred"
+        chosen = choose_localization_thresholds(
+            source, pred_dir, settings, clean_failures[source.name]
+        )
+        rescored = {
+            d.name: rescore_at(d, out / d.name / "none", settings, chosen, clean_failures[d.name])
+            for d in loaded
+            if d.name != args.th_from
+        }
+    clean = {name: levels["none"] for name, levels in results.items()}
+    _report(out, clean, LOCALIZATION_ROWS, LOCALIZATION_AT_THRESHOLD, chosen, rescored)
+    _report_robustness(out, perturbations, results, LOCALIZATION_CURVES)
+    return _any_failed(results)
+
+
+def _classification(
+    args: argparse.Namespace,
+    model: Any,
+    loaded: list[LoadedSet],
+    perturbations: list[Perturbation],
+    out: Path,
+    opts: Any,
+) -> bool:
+    settings = eval_settings(args)
+    cls = ClassifierSettings(
+        args.crop, args.crop_stride, args.resize, args.th, args.batch_size, args.workers
+    )
+    results: dict[str, dict[str, Any]] = {}
+    clean_scores = {}
+    for data in loaded:
+        results[data.name] = {}
+        for p in [None, *perturbations]:
+            level_out = out / data.name / level_name(p)
+            summary, scores = run_classifier_level(model, data, p, level_out, opts, cls, settings)
+            results[data.name][level_name(p)] = summary
+            if p is None:
+                clean_scores[data.name] = scores
+    if not dist.is_main():
+        return False
+    chosen, rescored = None, None
+    if args.th_from:
+        source = next(d for d in loaded if d.name == args.th_from)
+        chosen = choose_classifier_threshold(source, clean_scores[source.name])
+        rescored = {
+            d.name: rescore_classifier_at(
+                d, out / d.name / "none", clean_scores[d.name], chosen, args.th
+            )
+            for d in loaded
+            if d.name != args.th_from
+        }
+    clean = {name: levels["none"] for name, levels in results.items()}
+    _report(out, clean, CLASSIFIER_ROWS, CLASSIFIER_AT_THRESHOLD, chosen, rescored)
+    _report_robustness(out, perturbations, results, CLASSIFIER_CURVES)
+    return _any_failed(results)
+
+
+def _report(
+    out: Path,
+    clean: dict[str, Any],
+    rows: tuple[str, ...],
+    at_threshold: tuple[str, ...],
+    chosen: dict[str, Any] | None,
+    rescored: dict[str, Any] | None,
+) -> None:
+    md = combined_table(out, clean, rows, at_threshold, chosen, rescored)
+    print(md)
+    print(f"\ntables: {out / 'benchmark.md'} (.csv, .json)")
+
+
+def _report_robustness(
+    out: Path,
+    perturbations: list[Perturbation],
+    results: dict[str, dict[str, Any]],
+    metrics: tuple[str, ...],
+) -> None:
+    if perturbations:
+        files = robustness_tables(out, perturbations, results, metrics)
+        print("robustness: " + ", ".join(str(f) for f in files if f.suffix == ".png"))
+
+
+def _any_failed(results: dict[str, dict[str, Any]]) -> bool:
+    return any(s and s.get("num_failed") for levels in results.values() for s in levels.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

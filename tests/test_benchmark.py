@@ -1,0 +1,245 @@
+"""benchmark.py: perturbations that do what they say, tables and plots, threshold transfer,
+resume, and a 2-process run giving exactly the single-process numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from helpers import make_tiny_checkpoint, make_tiny_dataset
+
+import benchmark
+from common.inference import RunOptions
+from common.perturb import Perturbation, parse_sweep, preset
+from common.predictor import iter_predictions
+from common.sources import load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _textured(seed: int = 0, size: tuple[int, int] = (96, 128)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (size[0] // 8, size[1] // 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    _, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+# ----------------------------------------------------------------------------- perturbations
+
+
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_jpeg_is_that_quality(quality):
+    image = _textured()
+    out = Perturbation("jpeg", quality)(image, "a.png")
+    assert np.array_equal(out, _jpeg(image, quality))
+    assert not np.array_equal(out, _jpeg(image, quality - 5))
+
+
+def test_benco_jpeg_draws_q_minus_one_or_q_per_image():
+    image = _textured()
+    p = Perturbation("jpeg_benco", 70)
+    seen = set()
+    for i in range(12):
+        out = p(image, f"img_{i}.png")
+        match = [q for q in (69, 70) if np.array_equal(out, _jpeg(image, q))]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == {69, 70}
+
+
+@pytest.mark.parametrize("kernel", [3, 7, 23])
+def test_blur_kernel_and_sigma(kernel):
+    image = _textured()
+    out = Perturbation("blur", kernel)(image, "a.png")
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8  # OpenCV's (and albumentations') rule
+    k = cv2.getGaussianKernel(kernel, sigma)
+    want = cv2.sepFilter2D(image, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(out.astype(int) - want.astype(int)).max() <= 1
+    assert np.abs(out.astype(int) - image.astype(int)).mean() > 1
+
+
+@pytest.mark.parametrize(("kind", "level", "std"), [("noise", 8, 8.0), ("noise_var", 25, 5.0)])
+def test_noise_standard_deviation(kind, level, std):
+    flat = np.full((256, 256, 3), 128, np.uint8)
+    out = Perturbation(kind, level)(flat, "a.png").astype(np.float64) - 128
+    assert out.std() == pytest.approx(std, rel=0.03)
+    assert abs(out.mean()) < 0.1
+
+
+def test_perturbations_are_deterministic_per_image():
+    image = _textured()
+    a = Perturbation("noise", 5, seed=1)
+    assert np.array_equal(a(image, "x.png"), Perturbation("noise", 5, seed=1)(image, "x.png"))
+    assert not np.array_equal(a(image, "x.png"), a(image, "y.png"))
+    assert not np.array_equal(a(image, "x.png"), Perturbation("noise", 5, seed=2)(image, "x.png"))
+
+
+def test_resize_round_trip_maps_come_back_at_the_original_size(tmp_path, tiny_model):
+    list_file = make_tiny_dataset(tmp_path / "d", corrupt=False)  # 72×88 images
+    records, _ = load_source(str(list_file))
+    p = Perturbation("resize", 0.5)
+    assert p(_textured(size=(72, 88)), "a").shape[:2] == (36, 44)
+    for resize in (64, None):
+        opts = RunOptions(tile=64, tile_stride=48)
+        preds = list(iter_predictions(tiny_model, records, opts, resize, workers=0, perturb=p))
+        assert all(pr.probs.shape[-2:] == (72, 88) for pr in preds)
+        assert all(pr.mask is None or pr.mask.shape == (72, 88) for pr in preds)
+
+
+def test_sweeps_parse_and_presets():
+    assert [p.name for p in parse_sweep("jpeg:50,70")] == ["jpeg_50", "jpeg_70"]
+    with pytest.raises(ValueError, match="odd"):
+        parse_sweep("blur:4")
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        parse_sweep("sharpen:2")
+    benco = preset("benco")
+    assert [p.level for p in benco if p.kind == "blur"] == [3, 7, 11, 15, 19, 23]
+    assert [p.level for p in benco if p.kind == "noise_var"] == [3, 7, 11, 15, 19, 23]
+    assert [p.level for p in benco if p.kind == "jpeg_benco"] == [50, 60, 70, 80, 90, 100]
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+@pytest.fixture(scope="module")
+def bench_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    a = make_tiny_dataset(root / "a", n_tampered=3, n_authentic=2)  # + a corrupt row: 6 rows
+    b = make_tiny_dataset(root / "b", n_tampered=2, n_authentic=1, corrupt=False)  # 3 rows
+    return {
+        "root": root,
+        "a": a,
+        "b": b,
+        "ck": make_tiny_checkpoint(root / "tiny.pt"),
+        "ckcls": make_tiny_checkpoint(root / "cls.pt", cls_head="max"),
+    }
+
+
+def _argv(w, out: Path, *extra: str, ck: str = "ck") -> list[str]:
+    return [
+        "--model_path",
+        str(w[ck]),
+        "--sets",
+        f"a={w['a']}",
+        f"b={w['b']}",
+        "--save_dir",
+        str(out),
+        "--resize",
+        "64",
+        "--workers",
+        "0",
+        "--perturb",
+        "jpeg:70",
+        "resize:0.5",
+        *extra,
+    ]
+
+
+def _metrics(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("pred_dir", "failures")}
+
+
+def test_benchmark_tables_plots_and_per_set_outputs(bench_world, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert benchmark.main(_argv(bench_world, out, "--th-from", "b")) == 3  # a corrupt image
+    root = out / "tiny"
+    for name in ("benchmark.md", "benchmark.csv", "benchmark.json"):
+        assert (root / name).is_file()
+    for kind in ("jpeg", "resize"):
+        assert (root / f"robustness_{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "| none |" in (root / f"robustness_{kind}.md").read_text()
+    for level in ("none", "jpeg_70", "resize_0.5"):
+        level_dir = root / "a" / level
+        summary = json.loads((level_dir / "summary.json").read_text())
+        assert summary["num_images"] == 5 and summary["num_failed"] == 1
+        assert len(list((level_dir / "pred").glob("*.png"))) == 5
+        assert (level_dir / "per_image.csv").read_text().count("failed") == 1
+    table = json.loads((root / "benchmark.json").read_text())
+    assert set(table["sets"]) == {"a", "b"}
+    assert table["thresholds"]["chosen_on"] == "b"
+    assert set(table["at_chosen_thresholds"]) == {"a"}  # never on the set it was chosen on
+    md = (root / "benchmark.md").read_text()
+    assert "pixel_f1 @ th from b" in md and "(chosen here)" in md
+
+
+def test_benchmark_resumes_from_maps_on_disk(bench_world, tmp_path):
+    out = tmp_path / "o"
+    assert benchmark.main(_argv(bench_world, out)) == 3
+    pred = out / "tiny" / "b" / "jpeg_70" / "pred"
+    maps = sorted(pred.glob("*.png"))
+    stamps = {p: p.stat().st_mtime_ns for p in maps}
+    first = json.loads((out / "tiny" / "benchmark.json").read_text())
+    maps[0].unlink()
+    assert benchmark.main(_argv(bench_world, out)) == 3
+    assert maps[0].is_file()  # recomputed
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in maps[1:])  # reused
+    second = json.loads((out / "tiny" / "benchmark.json").read_text())
+    assert {s: _metrics(v) for s, v in first["sets"].items()} == {
+        s: _metrics(v) for s, v in second["sets"].items()
+    }
+
+
+def test_benchmark_classifier(bench_world, tmp_path):
+    out = tmp_path / "o"
+    argv = _argv(bench_world, out, "--crop", "64", "--crop-stride", "64", ck="ckcls")
+    assert benchmark.main(argv) == 3
+    table = json.loads((out / "cls" / "benchmark.json").read_text())
+    assert table["sets"]["a"]["num_images"] == 5 and "auc" in table["sets"]["b"]
+    assert (out / "cls" / "robustness_jpeg.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--th-from", "c"], "no set named 'c'"),
+        (["--perturb", "blur:4"], "blur level 4 is not a Gaussian kernel size"),
+        (["--sets", "nameless"], "expected NAME=LIST"),
+    ],
+)
+def test_benchmark_user_errors(bench_world, tmp_path, capsys, extra, expected):
+    out = tmp_path / "o"
+    assert benchmark.main([*_argv(bench_world, out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert not out.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_single_process_numbers(bench_world, tmp_path):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert benchmark.main(_argv(bench_world, single, "--th-from", "a")) == 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), str(ROOT / "benchmark.py")]
+    cmd += _argv(bench_world, sharded, "--th-from", "a", "--device", "cpu")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # each rank exits with 3 (set a holds a corrupt image); torchrun reports it
+    assert re.search(r"exitcode\s*:\s*3", proc.stderr), proc.stderr[-3000:]
+    one = json.loads((single / "tiny" / "benchmark.json").read_text())
+    two = json.loads((sharded / "tiny" / "benchmark.json").read_text())
+    assert one["thresholds"] == two["thresholds"]
+    for key in ("sets", "at_chosen_thresholds"):
+        assert {s: _metrics(v) for s, v in one[key].items()} == {
+            s: _metrics(v) for s, v in two[key].items()
+        }
+    for kind in ("jpeg", "resize"):
+        a = (single / "tiny" / f"robustness_{kind}.csv").read_text()
+        b = (sharded / "tiny" / f"robustness_{kind}.csv").read_text()
+        assert a == b
