@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo bench serve clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,12 @@ demo: setup
 	@echo "per image:     $(DEMO_RESULTS)/per_image.csv"
 	@echo "contact sheet: $(DEMO_DATA)/contact_sheet.png"
 	@echo "training log:  $(DEMO_RUN)/log.csv"
+
+# The web app on the demo's checkpoint (or MODEL=path/to/checkpoint.pt).
+serve: setup
+	@if [ -n "$(MODEL)" ]; then $(BIN)/python serve.py --model_path "$(MODEL)"; \
+	elif [ -f $(DEMO_RUN)/checkpoints/best.pt ]; then $(BIN)/python serve.py --model_path $(DEMO_RUN)/checkpoints/best.pt; \
+	else echo "error: no checkpoint: run make demo first, or make serve MODEL=path/to/checkpoint.pt" >&2; exit 2; fi
 
 bench: setup
 	$(BIN)/python bench/bench_model.py

@@ -8,6 +8,7 @@ for any image size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -132,8 +133,15 @@ def _blend_weights(h: int, w: int, blend: str) -> np.ndarray:
     return np.outer(ramp(h), ramp(w))
 
 
-def predict_tiled(model: nn.Module, image: np.ndarray, opts: RunOptions) -> np.ndarray:
-    """Full-resolution probabilities (C, H, W) from overlapping tiles, blended."""
+def predict_tiled(
+    model: nn.Module,
+    image: np.ndarray,
+    opts: RunOptions,
+    on_tiles: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Full-resolution probabilities (C, H, W) from overlapping tiles, blended.
+    ``on_tiles(done, total)`` is called after each group of tiles (progress; it may raise
+    to abandon the image)."""
     original = image.shape[:2]
     image = _ensure_min_side(image)
     h, w = image.shape[:2]
@@ -150,6 +158,8 @@ def predict_tiled(model: nn.Module, image: np.ndarray, opts: RunOptions) -> np.n
             wts = _blend_weights(y1 - y0, x1 - x0, opts.blend)
             acc[:, y0:y1, x0:x1] += p * wts
             weight_sum[y0:y1, x0:x1] += wts
+        if on_tiles is not None:
+            on_tiles(min(start + opts.tile_batch, len(windows)), len(windows))
     assert acc is not None
     return resize_map(acc / weight_sum, original)
 

@@ -6,6 +6,7 @@ jobs can record it and go on.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _check_complete(path: str | Path, data: bytes) -> None:
         raise BadInputError(path, "truncated PNG (no IEND chunk)")
 
 
-def _decode(path: str | Path, data: bytes, flags: int) -> np.ndarray:
+def _decode(path: str | Path, data: bytes, flags: int, limit: int | None = None) -> np.ndarray:
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         image = cv2.imdecode(buffer, flags)
@@ -57,9 +58,10 @@ def _decode(path: str | Path, data: bytes, flags: int) -> np.ndarray:
         raise BadInputError(path, f"cannot decode ({str(exc).strip()[:120]})") from exc
     if image is None or image.size == 0:
         raise BadInputError(path, "not a readable image (unknown format or corrupt data)")
-    if image.shape[0] * image.shape[1] > MAX_PIXELS:
+    limit = MAX_PIXELS if limit is None else limit
+    if image.shape[0] * image.shape[1] > limit:
         raise BadInputError(
-            path, f"image too large ({image.shape[1]}×{image.shape[0]} > {MAX_PIXELS} pixels)"
+            path, f"image too large ({image.shape[1]}×{image.shape[0]} > {limit} pixels)"
         )
     return image
 
@@ -82,9 +84,33 @@ def read_image(path: str | Path) -> np.ndarray:
     Grayscale becomes 3 channels, alpha is dropped, 16-bit is scaled to 8-bit, and EXIF
     orientation is honoured (OpenCV's IMREAD_COLOR does all of this).
     """
-    data = _read_bytes(path)
-    _check_complete(path, data)
-    image = _decode(path, data, cv2.IMREAD_COLOR)
+    return decode_image(_read_bytes(path), path)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file header alone (Pillow reads headers lazily), so a
+    decompression bomb is refused before its pixels are allocated; None if unknown."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # not a format Pillow knows: OpenCV decides below
+        return None
+
+
+def decode_image(data: bytes, name: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_image` for bytes already in memory (an upload); ``name`` is what errors
+    call it. Images over ``max_pixels`` (default ``MVSS_MAX_PIXELS``) are refused from
+    their header when it can be read, before decoding."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if not data:
+        raise BadInputError(name, "empty file (0 bytes)")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > limit:
+        raise BadInputError(name, f"image too large ({size[0]}×{size[1]} > {limit} pixels)")
+    _check_complete(name, data)
+    image = _decode(name, data, cv2.IMREAD_COLOR, limit)
     return np.ascontiguousarray(to_uint8(image))
 
 

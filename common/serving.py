@@ -1,0 +1,410 @@
+"""The local web app and HTTP API that serve.py starts (FastAPI + uvicorn).
+
+One model, loaded once, runs in one worker thread off the event loop; requests wait in a
+bounded queue (``max_queue``): when it is full the answer is 503 with ``Retry-After``, so
+the server stays responsive under many clients. A request whose client goes away is
+dropped before it runs, and a full-resolution image stops between tile groups. Uploads are
+decoded in memory (nothing is written to disk); limits: ``max_upload_mb`` (413), the
+decoder's pixel limit read from the header (413), unreadable or truncated files (422 with
+the reason).
+
+Endpoints: ``GET /`` the page (plain HTML/CSS/JS from ``web/``, nothing from the internet;
+FastAPI's interactive docs, which load assets from a CDN, are off), ``POST /api/predict``,
+``POST /api/jobs`` + ``GET /api/jobs/{id}`` (the same with progress, for the page),
+``GET /api/health``, ``GET /api/model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from torch import nn
+
+from common.classify import manipulated_score
+from common.inference import (
+    RunOptions,
+    manipulated_map,
+    predict_tiled,
+    probabilities,
+    release_levels,
+    resize_input,
+    resize_map,
+    run_model,
+    to_png_levels,
+)
+from common.io import BadInputError, decode_image
+from common.transforms import normalize_bgr_batch
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+RESIZE_CHOICES = ("512", "none")
+JOB_TTL_S = 600
+
+
+class JobCancelledError(Exception):
+    """The client went away: the image is abandoned."""
+
+
+@dataclass
+class ModelInfo:
+    """What ``GET /api/model`` says."""
+
+    checkpoint: str
+    backbone: str
+    nclass: int
+    kind: str  # localization | three_class | classification
+    precision: str
+    device: str
+    fast: bool
+
+
+@dataclass
+class Analysis:
+    """One image's result, ready for JSON."""
+
+    width: int
+    height: int
+    score: float
+    levels: np.ndarray  # uint8 H×W: P(manipulated) as the release writes it
+    classes: np.ndarray | None  # uint8 H×W 0/1/2 for three-class models
+    seconds: float
+    resize: str
+
+    def as_json(self, model_name: str, threshold: float, timings: dict[str, float]) -> dict:
+        out: dict[str, Any] = {
+            "model": model_name,
+            "width": self.width,
+            "height": self.height,
+            "score": self.score,
+            "threshold": threshold,
+            "manipulated": self.score > threshold,
+            "verdict": verdict(self.score, threshold),
+            "resize": self.resize,
+            "map_png": _png_b64(self.levels),
+            "timings": {**timings, "inference_s": round(self.seconds, 4)},
+        }
+        if self.classes is not None:
+            out["classes_png"] = _png_b64(self.classes)
+            out["class_names"] = ["pristine", "tampered", "desensitised"]
+        return out
+
+
+def _png_b64(array: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def verdict(score: float, threshold: float) -> str:
+    """Plain words for the image-level score."""
+    if score > max(threshold, 0.8):
+        return "likely manipulated: the model is confident some region was altered"
+    if score > threshold:
+        return "possibly manipulated: the score is above the threshold, but not by much"
+    if score > threshold / 2:
+        return "probably authentic: no region reached the threshold"
+    return "no sign of manipulation found by this model"
+
+
+class Analyser:
+    """Runs the shared model on one decoded image (in the worker thread)."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, opts: RunOptions) -> None:
+        self.model = model.eval()
+        self.info = info
+        self.opts = opts
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        image: np.ndarray,
+        resize: int | None,
+        on_progress: Any = None,
+    ) -> Analysis:
+        start = time.perf_counter()
+        h, w = image.shape[:2]
+        score: float | None = None
+        if resize is not None:
+            x = normalize_bgr_batch(torch.from_numpy(resize_input(image, resize))[None])
+            out = run_model(self.model, x, self.opts)
+            net = probabilities(out.seg).cpu().numpy()[0]
+            levels = release_levels(manipulated_map(net), (h, w))
+            probs = resize_map(net, (h, w)) if net.shape[0] > 1 else None
+            if getattr(out, "cls", None) is not None:
+                score = float(manipulated_score(out.cls)[0])
+            if on_progress is not None:
+                on_progress(1, 1)
+        else:
+            full = predict_tiled(self.model, image, self.opts, on_progress)
+            levels = to_png_levels(manipulated_map(full))
+            probs = full if full.shape[0] > 1 else None
+        classes = probs.argmax(0).astype(np.uint8) if probs is not None else None
+        if score is None:
+            score = float(levels.max()) / 255.0  # the release's image score: the map's max
+        return Analysis(
+            w, h, score, levels, classes, time.perf_counter() - start, str(resize or "none")
+        )
+
+
+@dataclass
+class Job:
+    id: str
+    created: float = field(default_factory=time.monotonic)
+    done: int = 0
+    total: int = 1
+    state: str = "queued"  # queued | running | done | error | cancelled
+    result: dict | None = None
+    error: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class QueueFullError(Exception):
+    pass
+
+
+class Service:
+    """The model, its worker thread and the bounded queue."""
+
+    def __init__(self, analyser: Analyser, max_queue: int = 4, retry_after_s: int = 5):
+        self.analyser = analyser
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mvss-model")
+        self.lock = threading.Lock()
+        self.waiting = 0  # queued or running
+        self.jobs: dict[str, Job] = {}
+
+    def reserve(self) -> None:
+        with self.lock:
+            if self.waiting >= self.max_queue:
+                raise QueueFullError
+            self.waiting += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.waiting -= 1
+
+    def run(self, job: Job, image: np.ndarray, resize: int | None) -> Analysis:
+        """In the worker thread: skip a job cancelled while queued; report progress."""
+        try:
+            if job.cancel.is_set():
+                job.state = "cancelled"
+                raise JobCancelledError
+            job.state = "running"
+
+            def progress(done: int, total: int) -> None:
+                job.done, job.total = done, total
+                if job.cancel.is_set():
+                    raise JobCancelledError
+
+            return self.analyser(image, resize, progress)
+        finally:
+            self.release()
+
+    def prune(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, j in self.jobs.items() if now - j.created > JOB_TTL_S]:
+            self.jobs.pop(key, None)
+
+    def new_job(self) -> Job:
+        self.prune()
+        job = Job(uuid.uuid4().hex)
+        self.jobs[job.id] = job
+        return job
+
+    def shutdown(self) -> None:
+        for job in self.jobs.values():
+            job.cancel.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def parse_resize_option(text: str | None) -> int | None:
+    """``512`` (the release's) or ``none`` (full resolution in tiles)."""
+    value = (text or "512").strip().lower()
+    if value not in RESIZE_CHOICES:
+        raise ValueError(f"resize must be 512 or none, got {text!r}")
+    return None if value == "none" else 512
+
+
+def parse_threshold(text: str | None) -> float:
+    try:
+        value = float(text) if text not in (None, "") else 0.5
+    except ValueError as exc:
+        raise ValueError(f"threshold must be a number in (0, 1), got {text!r}") from exc
+    if not 0 < value < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {text}")
+    return value
+
+
+def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastAPI:
+    """The FastAPI application around a :class:`Service`."""
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        yield
+        service.shutdown()  # queued work is dropped, running tiles stop
+
+    app = FastAPI(
+        title="MVSS-Net",
+        docs_url=None,  # the interactive docs load their assets from a CDN
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    limit_bytes = int(max_upload_mb * 1024 * 1024)
+    info = service.analyser.info
+    model_name = Path(info.checkpoint).name
+
+    def error(status: int, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+    async def read_upload(upload: UploadFile) -> bytes | JSONResponse:
+        data = await upload.read(limit_bytes + 1)
+        if len(data) > limit_bytes:
+            return error(413, f"file larger than the {max_upload_mb:g} MB upload limit")
+        return data
+
+    def decode(data: bytes, name: str) -> np.ndarray | JSONResponse:
+        try:
+            return decode_image(data, name or "upload", max_pixels)
+        except BadInputError as exc:
+            status = 413 if exc.reason.startswith("image too large") else 422
+            return error(status, f"{exc.path}: {exc.reason}")
+
+    async def prepare(
+        upload: UploadFile, resize: str | None, threshold: str | None
+    ) -> tuple[np.ndarray, int | None, float, dict[str, float]] | JSONResponse:
+        start = time.perf_counter()
+        try:
+            size, th = parse_resize_option(resize), parse_threshold(threshold)
+        except ValueError as exc:
+            return error(422, str(exc))
+        data = await read_upload(upload)
+        if isinstance(data, JSONResponse):
+            return data
+        image = await asyncio.to_thread(decode, data, upload.filename or "upload")
+        if isinstance(image, JSONResponse):
+            return image
+        return image, size, th, {"decode_s": round(time.perf_counter() - start, 4)}
+
+    def busy() -> JSONResponse:
+        return error(
+            503,
+            "the server is busy with other images; try again shortly",
+            **{"Retry-After": str(service.retry_after_s)},
+        )
+
+    @app.get("/api/health")
+    async def health() -> dict:
+        return {"status": "ok", "queued": service.waiting, "max_queue": service.max_queue}
+
+    @app.get("/api/model")
+    async def model() -> dict:
+        return {**info.__dict__, "name": model_name}
+
+    @app.post("/api/predict")
+    async def predict(
+        request: Request,
+        image: UploadFile = File(...),  # noqa: B008
+        resize: str | None = Form(None),
+        threshold: str | None = Form(None),
+    ) -> Any:
+        ready = await prepare(image, resize, threshold)
+        if isinstance(ready, JSONResponse):
+            return ready
+        decoded, size, th, timings = ready
+        try:
+            service.reserve()
+        except QueueFullError:
+            return busy()
+        job = service.new_job()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(service.executor, service.run, job, decoded, size)
+        while not future.done():
+            if await request.is_disconnected():
+                job.cancel.set()
+                break
+            await asyncio.wait([future], timeout=0.25)
+        service.jobs.pop(job.id, None)
+        try:
+            analysis = await future
+        except JobCancelledError:
+            return error(499, "request cancelled")
+        except (RuntimeError, MemoryError) as exc:
+            return error(500, f"inference failed: {type(exc).__name__}: {exc}")
+        return analysis.as_json(model_name, th, timings)
+
+    @app.post("/api/jobs")
+    async def submit(
+        image: UploadFile = File(...),  # noqa: B008
+        resize: str | None = Form(None),
+        threshold: str | None = Form(None),
+    ) -> Any:
+        ready = await prepare(image, resize, threshold)
+        if isinstance(ready, JSONResponse):
+            return ready
+        decoded, size, th, timings = ready
+        try:
+            service.reserve()
+        except QueueFullError:
+            return busy()
+        job = service.new_job()
+
+        def work() -> None:
+            try:
+                analysis = service.run(job, decoded, size)
+            except JobCancelledError:
+                job.state = "cancelled"
+                return
+            except (RuntimeError, MemoryError) as exc:
+                job.state, job.error = "error", f"inference failed: {exc}"
+                return
+            job.result = analysis.as_json(model_name, th, timings)
+            job.state = "done"
+
+        asyncio.get_running_loop().run_in_executor(service.executor, work)
+        return {"id": job.id, "state": job.state}
+
+    @app.get("/api/jobs/{job_id}")
+    async def poll(job_id: str) -> Any:
+        job = service.jobs.get(job_id)
+        if job is None:
+            return error(404, "no such job (finished long ago, or never started)")
+        body: dict[str, Any] = {"id": job.id, "state": job.state}
+        body["progress"] = round(job.done / max(job.total, 1), 3)
+        if job.state == "done":
+            body["result"] = job.result
+            service.jobs.pop(job_id, None)
+        elif job.state == "error":
+            body["error"] = job.error
+            service.jobs.pop(job_id, None)
+        return body
+
+    @app.delete("/api/jobs/{job_id}")
+    async def cancel(job_id: str) -> Any:
+        job = service.jobs.pop(job_id, None)
+        if job is not None:
+            job.cancel.set()
+        return {"id": job_id, "state": "cancelled"}
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app

@@ -1,0 +1,240 @@
+"""serve.py: the page and the JSON API, limits and errors, the queue, cancellation."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_checkpoint
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+import serve
+from common.inference import (
+    RunOptions,
+    forward_probs,
+    manipulated_map,
+    release_levels,
+    resize_input,
+)
+from common.serving import JobCancelledError, create_app
+from common.usage import UsageError
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+
+
+def _png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def _photo(h: int = 80, w: int = 100) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+    img[20:50, 30:70] = 230
+    return img
+
+
+def _decode_map(b64: str) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def _app(path: Path, *extra: str):
+    args = serve.parse_args(["--model_path", str(path), "--precision", "fp32", *extra])
+    service, _ = serve.build(args)
+    return service, create_app(service, args.max_upload_mb, args.max_pixels)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    return {
+        "binary": make_tiny_checkpoint(root / "binary.pt"),
+        "three": make_tiny_checkpoint(root / "three.pt", nclass=3),
+        "cls": make_tiny_checkpoint(root / "cls.pt", cls_head="max"),
+    }
+
+
+@pytest.fixture(scope="module")
+def binary(checkpoints):
+    service, app = _app(checkpoints["binary"], "--no-fast")
+    with TestClient(app) as client:
+        yield service, client
+
+
+def test_page_and_its_assets_load_nothing_from_the_internet(binary):
+    _, client = binary
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    for name in ("app.js", "style.css"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200
+    for path in WEB.iterdir():
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path.name
+    assert client.get("/docs").status_code == 404  # CDN-based docs are off
+
+
+def test_health_and_model(binary):
+    _, client = binary
+    assert client.get("/api/health").json()["status"] == "ok"
+    model = client.get("/api/model").json()
+    assert model["kind"] == "localization" and model["backbone"] == "resnet18"
+    assert model["precision"] == "fp32" and model["name"] == "binary.pt"
+
+
+def test_predict_gives_the_release_map_and_score(binary):
+    service, client = binary
+    image = _photo()
+    r = client.post(
+        "/api/predict",
+        files={"image": ("photo.png", _png(image), "image/png")},
+        data={"resize": "512", "threshold": "0.4"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    levels = _decode_map(body["map_png"])
+    assert levels.shape == (80, 100) and levels.dtype == np.uint8
+    model = service.analyser.model
+    probs = forward_probs(model, torch.from_numpy(resize_input(image, 512))[None], RunOptions())
+    want = release_levels(manipulated_map(probs[0].numpy()), (80, 100))
+    assert np.array_equal(levels, want)  # what infer_mvss_calmetrics.py would write
+    assert body["score"] == pytest.approx(levels.max() / 255)
+    assert body["threshold"] == 0.4 and body["manipulated"] == (body["score"] > 0.4)
+    assert body["width"] == 100 and body["height"] == 80 and "inference_s" in body["timings"]
+    assert body["verdict"]
+
+
+def test_full_resolution_tiles_and_jobs_with_progress(binary):
+    _, client = binary
+    image = _photo(150, 170)
+    r = client.post(
+        "/api/jobs",
+        files={"image": ("big.png", _png(image), "image/png")},
+        data={"resize": "none"},
+    )
+    assert r.status_code == 200
+    job = r.json()["id"]
+    for _ in range(200):
+        body = client.get(f"/api/jobs/{job}").json()
+        if body["state"] == "done":
+            break
+        time.sleep(0.05)
+    assert body["state"] == "done" and body["progress"] == 1.0
+    assert _decode_map(body["result"]["map_png"]).shape == (150, 170)
+    assert client.get(f"/api/jobs/{job}").status_code == 404  # collected once
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "reason"),
+    [
+        (b"this is text, not an image", 422, "not a readable image"),
+        (b"", 422, "empty"),
+        (_png(_photo())[:-20], 422, "truncated PNG"),
+        (cv2.imencode(".jpg", _photo())[1].tobytes()[:-30], 422, "truncated JPEG"),
+    ],
+)
+def test_bad_uploads_get_a_reason(binary, content, status, reason):
+    _, client = binary
+    r = client.post("/api/predict", files={"image": ("x.png", content, "image/png")})
+    assert r.status_code == status and reason in r.json()["error"]
+
+
+def test_bad_options_are_422(binary):
+    _, client = binary
+    files = {"image": ("x.png", _png(_photo()), "image/png")}
+    assert client.post("/api/predict", files=files, data={"threshold": "2"}).status_code == 422
+    assert client.post("/api/predict", files=files, data={"resize": "300"}).status_code == 422
+
+
+def test_limits_are_413(checkpoints):
+    _, app = _app(checkpoints["binary"], "--no-fast", "--max-upload-mb", "0.001")
+    with TestClient(app) as client:
+        r = client.post("/api/predict", files={"image": ("x.png", _png(_photo()), "image/png")})
+        assert r.status_code == 413 and "upload limit" in r.json()["error"]
+    _, app = _app(checkpoints["binary"], "--no-fast", "--max-pixels", "5000")
+    with TestClient(app) as client:
+        r = client.post("/api/predict", files={"image": ("x.png", _png(_photo()), "image/png")})
+        assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+def test_full_queue_is_503_with_retry_after(checkpoints):
+    service, app = _app(checkpoints["binary"], "--no-fast", "--max-queue", "1")
+    with TestClient(app) as client:
+        service.reserve()  # someone else's image occupies the only place
+        try:
+            r = client.post("/api/predict", files={"image": ("x.png", _png(_photo()), "image/png")})
+        finally:
+            service.release()
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+        ok = client.post("/api/predict", files={"image": ("x.png", _png(_photo()), "image/png")})
+        assert ok.status_code == 200
+
+
+def test_cancelled_work_is_dropped(binary):
+    service, _ = binary
+    calls = []
+    real = service.analyser
+
+    class Spy:
+        info = real.info
+
+        def __call__(self, image, resize, on_progress=None):
+            calls.append(1)
+            return real(image, resize, on_progress)
+
+    service.analyser = Spy()
+    try:
+        queued = service.new_job()
+        queued.cancel.set()
+        service.reserve()
+        with pytest.raises(JobCancelledError):
+            service.run(queued, _photo(), 512)
+        assert calls == []  # cancelled while waiting: never run
+        running = service.new_job()
+        service.reserve()
+        timer = threading.Timer(0.0, running.cancel.set)
+        timer.start()
+        timer.join()
+        with pytest.raises(JobCancelledError):  # stops at the first tile group
+            service.run(running, _photo(300, 300), None)
+        assert service.waiting == 0
+    finally:
+        service.analyser = real
+
+
+def test_three_class_and_classifier_checkpoints(checkpoints):
+    files = {"image": ("x.png", _png(_photo()), "image/png")}
+    _, app = _app(checkpoints["three"])
+    with TestClient(app) as client:
+        body = client.post("/api/predict", files=files).json()
+        classes = _decode_map(body["classes_png"])
+        assert classes.shape == (80, 100) and set(np.unique(classes)) <= {0, 1, 2}
+        assert client.get("/api/model").json()["kind"] == "three_class"
+    _, app = _app(checkpoints["cls"])
+    with TestClient(app) as client:
+        body = client.post("/api/predict", files=files).json()
+        assert client.get("/api/model").json()["kind"] == "classification"
+        assert 0.0 <= body["score"] <= 1.0 and "map_png" in body
+
+
+def test_nothing_is_written(binary, tmp_path, monkeypatch):
+    _, client = binary
+    monkeypatch.chdir(tmp_path)
+    before = set(os.listdir(tmp_path))
+    client.post("/api/predict", files={"image": ("x.png", _png(_photo()), "image/png")})
+    assert set(os.listdir(tmp_path)) == before
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/demo here
+    with pytest.raises(UsageError, match="no checkpoint given"):
+        serve.parse_args([])
+    assert serve.main(["--model_path", str(tmp_path / "nope.pt")]) == 2
