@@ -134,7 +134,8 @@ class Card {
       const base = p ? [p[i], p[i + 1], p[i + 2]] : [128, 128, 128];
       let colour = [230, 30, 30];
       if (k && k[i] === 2) colour = [30, 90, 230];
-      const a = k ? (k[i] > 0 ? alpha : 0) : alpha * level / 255;
+      // above the threshold: full opacity; below: a faint tint that follows the probability
+      const a = k ? (k[i] > 0 ? alpha : 0) : (on ? alpha : 0.35 * alpha * level / 255);
       for (let c = 0; c < 3; c++) o.data[i + c] = Math.round(base[c] * (1 - a) + colour[c] * a);
       o.data[i + 3] = 255;
       const g = on ? 255 : 0;
