@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,25 @@ def run(argv: list[str]) -> int:
     return EXIT_SOME_FAILED if failed else 0
 
 
+LevelRunner = Callable[[LoadedSet, Perturbation | None, Path], tuple[Any, Any]]
+
+
+def _sweep(
+    loaded: list[LoadedSet], perturbations: list[Perturbation], out: Path, run_level: LevelRunner
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every set at every level: (summaries by set and level, each set's clean extra)."""
+    results: dict[str, dict[str, Any]] = {}
+    clean: dict[str, Any] = {}
+    for data in loaded:
+        results[data.name] = {}
+        for p in [None, *perturbations]:
+            summary, extra = run_level(data, p, out / data.name / level_name(p))
+            results[data.name][level_name(p)] = summary
+            if p is None:
+                clean[data.name] = extra
+    return results, clean
+
+
 def _localization(
     args: argparse.Namespace,
     model: Any,
@@ -166,33 +186,24 @@ def _localization(
     opts: Any,
 ) -> bool:
     settings = replace(eval_settings(args), quiet=True)
-    results: dict[str, dict[str, Any]] = {}
-    clean_failures: dict[str, dict[str, str]] = {}
-    for data in loaded:
-        results[data.name] = {}
-        for p in [None, *perturbations]:
-            level_out = out / data.name / level_name(p)
-            summary, failures = run_localization_level(model, data, p, level_out, opts, settings)
-            results[data.name][level_name(p)] = summary
-            if p is None:
-                clean_failures[data.name] = failures
+
+    def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
+        return run_localization_level(model, data, p, where, opts, settings)
+
+    results, failures = _sweep(loaded, perturbations, out, level)
     if not dist.is_main():
         return False
     chosen, rescored = None, None
     if args.th_from:
         source = next(d for d in loaded if d.name == args.th_from)
         pred_dir = out / source.name / "none" / "pred"
-        chosen = choose_localization_thresholds(
-            source, pred_dir, settings, clean_failures[source.name]
-        )
+        chosen = choose_localization_thresholds(source, pred_dir, settings, failures[source.name])
         rescored = {
-            d.name: rescore_at(d, out / d.name / "none", settings, chosen, clean_failures[d.name])
+            d.name: rescore_at(d, out / d.name / "none", settings, chosen, failures[d.name])
             for d in loaded
             if d.name != args.th_from
         }
-    clean = {name: levels["none"] for name, levels in results.items()}
-    _report(out, clean, LOCALIZATION_ROWS, LOCALIZATION_AT_THRESHOLD, chosen, rescored)
-    _report_robustness(out, perturbations, results, LOCALIZATION_CURVES)
+    _report(out, perturbations, results, "localization", chosen, rescored)
     return _any_failed(results)
 
 
@@ -208,56 +219,47 @@ def _classification(
     cls = ClassifierSettings(
         args.crop, args.crop_stride, args.resize, args.th, args.batch_size, args.workers
     )
-    results: dict[str, dict[str, Any]] = {}
-    clean_scores = {}
-    for data in loaded:
-        results[data.name] = {}
-        for p in [None, *perturbations]:
-            level_out = out / data.name / level_name(p)
-            summary, scores = run_classifier_level(model, data, p, level_out, opts, cls, settings)
-            results[data.name][level_name(p)] = summary
-            if p is None:
-                clean_scores[data.name] = scores
+
+    def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
+        return run_classifier_level(model, data, p, where, opts, cls, settings)
+
+    results, scores = _sweep(loaded, perturbations, out, level)
     if not dist.is_main():
         return False
     chosen, rescored = None, None
     if args.th_from:
         source = next(d for d in loaded if d.name == args.th_from)
-        chosen = choose_classifier_threshold(source, clean_scores[source.name])
+        chosen = choose_classifier_threshold(source, scores[source.name])
         rescored = {
-            d.name: rescore_classifier_at(
-                d, out / d.name / "none", clean_scores[d.name], chosen, args.th
-            )
+            d.name: rescore_classifier_at(d, out / d.name / "none", scores[d.name], chosen, args.th)
             for d in loaded
             if d.name != args.th_from
         }
-    clean = {name: levels["none"] for name, levels in results.items()}
-    _report(out, clean, CLASSIFIER_ROWS, CLASSIFIER_AT_THRESHOLD, chosen, rescored)
-    _report_robustness(out, perturbations, results, CLASSIFIER_CURVES)
+    _report(out, perturbations, results, "classification", chosen, rescored)
     return _any_failed(results)
+
+
+# task → (table rows, rows repeated at the chosen thresholds, metrics plotted per level)
+_TABLES = {
+    "localization": (LOCALIZATION_ROWS, LOCALIZATION_AT_THRESHOLD, LOCALIZATION_CURVES),
+    "classification": (CLASSIFIER_ROWS, CLASSIFIER_AT_THRESHOLD, CLASSIFIER_CURVES),
+}
 
 
 def _report(
     out: Path,
-    clean: dict[str, Any],
-    rows: tuple[str, ...],
-    at_threshold: tuple[str, ...],
+    perturbations: list[Perturbation],
+    results: dict[str, dict[str, Any]],
+    task: str,
     chosen: dict[str, Any] | None,
     rescored: dict[str, Any] | None,
 ) -> None:
-    md = combined_table(out, clean, rows, at_threshold, chosen, rescored)
-    print(md)
+    rows, at_threshold, curves = _TABLES[task]
+    clean = {name: levels["none"] for name, levels in results.items()}
+    print(combined_table(out, clean, rows, at_threshold, chosen, rescored))
     print(f"\ntables: {out / 'benchmark.md'} (.csv, .json)")
-
-
-def _report_robustness(
-    out: Path,
-    perturbations: list[Perturbation],
-    results: dict[str, dict[str, Any]],
-    metrics: tuple[str, ...],
-) -> None:
     if perturbations:
-        files = robustness_tables(out, perturbations, results, metrics)
+        files = robustness_tables(out, perturbations, results, curves)
         print("robustness: " + ", ".join(str(f) for f in files if f.suffix == ".png"))
 
 

@@ -254,6 +254,7 @@ def parse_threshold(text: str | None) -> float:
 
 def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastAPI:
     """The FastAPI application around a :class:`Service`."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         yield
@@ -317,6 +318,19 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
     async def model() -> dict:
         return {**info.__dict__, "name": model_name}
 
+    async def admit(
+        upload: UploadFile, resize: str | None, threshold: str | None
+    ) -> tuple[Job, np.ndarray, int | None, float, dict[str, float]] | JSONResponse:
+        """Options, upload and decoding checked, and a place in the queue taken."""
+        ready = await prepare(upload, resize, threshold)
+        if isinstance(ready, JSONResponse):
+            return ready
+        try:
+            service.reserve()
+        except QueueFullError:
+            return busy()
+        return (service.new_job(), *ready)
+
     @app.post("/api/predict")
     async def predict(
         request: Request,
@@ -324,15 +338,10 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         resize: str | None = Form(None),
         threshold: str | None = Form(None),
     ) -> Any:
-        ready = await prepare(image, resize, threshold)
-        if isinstance(ready, JSONResponse):
-            return ready
-        decoded, size, th, timings = ready
-        try:
-            service.reserve()
-        except QueueFullError:
-            return busy()
-        job = service.new_job()
+        admitted = await admit(image, resize, threshold)
+        if isinstance(admitted, JSONResponse):
+            return admitted
+        job, decoded, size, th, timings = admitted
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(service.executor, service.run, job, decoded, size)
         while not future.done():
@@ -355,15 +364,10 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         resize: str | None = Form(None),
         threshold: str | None = Form(None),
     ) -> Any:
-        ready = await prepare(image, resize, threshold)
-        if isinstance(ready, JSONResponse):
-            return ready
-        decoded, size, th, timings = ready
-        try:
-            service.reserve()
-        except QueueFullError:
-            return busy()
-        job = service.new_job()
+        admitted = await admit(image, resize, threshold)
+        if isinstance(admitted, JSONResponse):
+            return admitted
+        job, decoded, size, th, timings = admitted
 
         def work() -> None:
             try:
