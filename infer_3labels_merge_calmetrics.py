@@ -12,13 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.batch_run import output_dir
 from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
     add_threshold_arg,
     check_outputs,
+    checked_output_dir,
     eval_settings,
     load_inputs,
     load_model,
@@ -45,9 +45,9 @@ def run(argv: list[str]) -> int:
     check_outputs(args)
     source, records, problems = load_inputs(args)
     settings = eval_settings(args, nclass=3)
+    out = checked_output_dir(args, Path(args.model_path).stem)
     opts = run_options(args, blend="average")
     model = load_model(args, opts.device, required_nclass=3)
-    out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_three_class_evaluation(model, records, problems, out, opts, settings)
 

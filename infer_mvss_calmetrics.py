@@ -12,16 +12,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.batch_run import output_dir
 from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
     add_threshold_arg,
     check_outputs,
+    checked_output_dir,
     eval_settings,
     load_inputs,
     load_model,
+    require_maps,
     run_options,
 )
 from common.evaluation import run_model_evaluation, run_pred_dir_evaluation
@@ -56,11 +57,12 @@ def run(argv: list[str]) -> int:
     settings = eval_settings(args)
     if args.pred_dir:
         pred_dir = Path(args.pred_dir)
-        out = output_dir(args.save_dir, args.test_file, f"eval_{pred_dir.name}")
+        require_maps(records, args.pred_dir)
+        out = checked_output_dir(args, f"eval_{pred_dir.name}")
         return run_pred_dir_evaluation(records, problems, pred_dir, out, settings)
+    out = checked_output_dir(args, Path(args.model_path).stem)
     opts = run_options(args)
     model = load_model(args, opts.device)
-    out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_model_evaluation(model, records, problems, out, opts, settings)
 

@@ -13,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.batch_run import output_dir
 from common.classify import run_classification, seed_name_label
 from common.cli import (
     add_io_args,
@@ -22,6 +21,7 @@ from common.cli import (
     add_threshold_arg,
     check_outputs,
     check_stride,
+    checked_output_dir,
     load_inputs,
     load_model,
     mask_options,
@@ -78,9 +78,9 @@ def run(argv: list[str]) -> int:
     source, records, problems = load_inputs(args)
     if args.label_from_name:
         records = [seed_name_label(r) for r in records]
+    out = checked_output_dir(args, Path(args.model_path).stem)
     opts = run_options(args)
     model = load_model(args, opts.device, classifier=True, head=args.head)
-    out = output_dir(args.save_dir, args.test_file, Path(args.model_path).stem)
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_classification(
         model,

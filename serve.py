@@ -63,8 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tile", type=at_least(64), default=512, help="full-resolution tiles")
     parser.add_argument("--tile-stride", dest="tile_stride", type=positive_int, default=384)
     args = parser.parse_args(argv)
-    if args.max_upload_mb <= 0:
-        raise UsageError("must be more than 0", "--max-upload-mb")
+    if not args.max_upload_mb > 0 or args.max_upload_mb == float("inf"):  # nan fails too
+        raise UsageError(f"must be a number > 0, got {args.max_upload_mb}", "--max-upload-mb")
     if args.tile_stride > args.tile:
         raise UsageError("the tile stride is larger than the tile", "--tile-stride")
     if not args.model_path:

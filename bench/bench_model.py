@@ -22,7 +22,15 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from common.usage import Parser, at_least, non_negative_int, positive_int, run_cli  # noqa: E402
+from common.usage import (  # noqa: E402
+    Parser,
+    UsageError,
+    at_least,
+    non_negative_int,
+    positive_int,
+    require_writable_dir,
+    run_cli,
+)
 from models import BACKBONES, get_mvss  # noqa: E402
 
 
@@ -102,6 +110,9 @@ def run(argv: list[str]) -> int:
     if args.one:
         print(json.dumps(time_one(args)))
         return 0
+    require_writable_dir(args.json.parent, "--json")
+    if args.json.is_dir():
+        raise UsageError("is a folder, not a file", f"--json {args.json}")
 
     net = _model(args.backbone, "cpu", False)
     params = sum(p.numel() for p in net.parameters())

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.synthetic import SyntheticConfig, bundled_photos, make_sample  # noqa: E402
+from common.photos import bundled_photos  # noqa: E402
+from common.synthetic import SyntheticConfig, make_sample  # noqa: E402
 from common.transforms import normalize_bgr_batch  # noqa: E402
 from common.usage import UsageError, require_file  # noqa: E402
 from models import get_mvss  # noqa: E402

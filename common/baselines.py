@@ -14,28 +14,44 @@ from pathlib import Path
 import numpy as np
 
 from common.io import read_mask_raw
-from common.masks import DEFAULT_MASK_THRESHOLD, read_mask
+from common.masks import (
+    DEFAULT_MASK_THRESHOLD,
+    DESENSITISED_POLICIES,
+    IGNORE,
+    MaskOptions,
+    read_ground_truth,
+)
 from common.sources import read_list_file
 from common.usage import Parser, UsageError, require_file, run_cli
 
 
-def all_ones_pixel_f1(list_file: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> float:
-    """Release pixel-F1 of predicting every pixel as manipulated, over tampered images."""
+def all_ones_pixel_f1(
+    list_file: str | Path,
+    threshold: int = DEFAULT_MASK_THRESHOLD,
+    desensitised: str = "positive",
+) -> float:
+    """Release pixel-F1 of predicting every pixel as manipulated, over tampered images,
+    with the ground truth the evaluation used (the desensitised policy: an image that is
+    authentic under it is not scored, ignored pixels count neither way)."""
     records, _ = read_list_file(list_file)
+    options = MaskOptions(threshold=threshold, desensitised=desensitised)
     scores = []
     for rec in records:
         if rec.label <= 0 or rec.mask is None:
             continue
-        raw = read_mask_raw(rec.mask)
-        mask, _ = read_mask(rec.mask, raw.shape[:2], 1, threshold)
-        positives, total = float(mask.sum()), float(mask.size)
+        shape = read_mask_raw(rec.mask).shape[:2]
+        mask, label = read_ground_truth(rec.label, rec.mask, shape, options)
+        if label <= 0 or mask is None:
+            continue
+        positives = float((mask == 1).sum())
+        total = float((mask != IGNORE).sum())
         scores.append(2 * positives / (positives + total) if total else 1.0)
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def report(list_file: str | Path, summary_path: str | Path) -> str:
+def report(list_file: str | Path, summary_path: str | Path, desensitised: str = "positive") -> str:
     summary = json.loads(Path(summary_path).read_text())
-    ones = all_ones_pixel_f1(list_file)
+    ones = all_ones_pixel_f1(list_file, desensitised=desensitised)
     rows = [
         ("pixel_f1", summary.get("pixel_f1"), ones, 0.0),
         ("image_auc", summary.get("image_auc"), 0.5, 0.5),
@@ -57,6 +73,12 @@ def run(argv: list[str]) -> int:
     parser = Parser(prog="python -m common.baselines", description=__doc__.splitlines()[0])
     parser.add_argument("list_file", help="the test list the summary was computed on")
     parser.add_argument("summary_json", help="summary.json written by infer_mvss_calmetrics")
+    parser.add_argument(
+        "--desensitised",
+        choices=DESENSITISED_POLICIES,
+        default="positive",
+        help="the policy the summary was computed with (positive)",
+    )
     args = parser.parse_args(argv)
     require_file(args.list_file, "list file", "LIST_FILE")
     require_file(args.summary_json, "summary", "SUMMARY_JSON")
@@ -64,7 +86,7 @@ def run(argv: list[str]) -> int:
         json.loads(Path(args.summary_json).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError("not a JSON summary", f"SUMMARY_JSON {args.summary_json}") from exc
-    print(report(args.list_file, args.summary_json))
+    print(report(args.list_file, args.summary_json, args.desensitised))
     return 0
 
 

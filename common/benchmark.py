@@ -40,7 +40,13 @@ from common.metrics import EMPTY_F1_RULES
 from common.perturb import Perturbation
 from common.progress import progress
 from common.reports import unique_names
-from common.sources import Problem, Record, load_source
+from common.sources import (
+    Problem,
+    Record,
+    decode_record,
+    load_usable,
+    require_one_readable,
+)
 from common.thresholds import PixelF1Curve, best_image_threshold
 from common.usage import UsageError
 
@@ -72,6 +78,8 @@ def read_sets_file(path: str | Path) -> list[BenchSet]:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise UsageError("not a text (YAML) file", f"--sets-file {path}") from exc
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read the sets file ({exc})", f"--sets-file {path}") from exc
     if isinstance(data, dict) and isinstance(data.get("sets"), dict):
@@ -111,13 +119,9 @@ def load_sets(sets: list[BenchSet]) -> list[LoadedSet]:
     error naming it)."""
     loaded = []
     for s in sets:
-        records, problems = load_source(s.source)
-        missing = [p for p in problems if p.reason == "no such file, folder or glob match"]
-        if missing:
-            raise UsageError("no such file, folder or glob match", f"--sets {s.name}={s.source}")
-        if not records:
-            first = f"first: {problems[0]}" if problems else "an empty list or folder"
-            raise UsageError("no usable images", f"--sets {s.name}={s.source}", first)
+        where = f"--sets {s.name}={s.source}"
+        records, problems = load_usable(s.source, where)
+        require_one_readable(records, where, lambda i, r=records: decode_record(r[i]))
         loaded.append(LoadedSet(s.name, s.source, records, problems))
     return loaded
 

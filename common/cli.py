@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from common.batch_run import EvalSettings
+from common.batch_run import EvalSettings, output_dir
 from common.fast import optimize_for_inference
 from common.inference import RunOptions
-from common.io import BadInputError, read_image
 from common.masks import (
     DEFAULT_EDGE_THICKNESS,
     DEFAULT_MASK_THRESHOLD,
@@ -22,10 +22,17 @@ from common.masks import (
     MaskOptions,
 )
 from common.runtime import AMP_MODES, device_of
-from common.sources import Problem, Record, load_source
+from common.sources import (
+    Problem,
+    Record,
+    decode_record,
+    load_usable,
+    require_one_readable,
+)
 from common.usage import (
     UsageError,
     at_least,
+    clip,
     non_negative_int,
     open_unit_interval,
     positive_int,
@@ -280,7 +287,7 @@ def load_model(
     except WeightsError as exc:
         reason = str(exc).removeprefix(f"{path}: ")
         raise UsageError(
-            f"cannot use this checkpoint: {reason[:300]}", f"--model_path {path}"
+            f"cannot use this checkpoint: {clip(reason)}", f"--model_path {path}"
         ) from exc
     net.eval().to(device)
     if getattr(args, "fast", False):
@@ -305,31 +312,10 @@ def load_inputs(args: argparse.Namespace) -> tuple[str | list[str], list[Record]
     if not args.test_file:
         raise UsageError("no inputs given", "--test_file")
     source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
-    records, problems = load_source(source)
-    missing = [p for p in problems if p.reason == "no such file, folder or glob match"]
-    if missing:
-        raise UsageError("no such file, folder or glob match", f"--test_file {missing[0].where}")
-    if not records:
-        what = "no images" if not problems else f"no usable rows ({len(problems)} bad)"
-        first = f"first: {problems[0]}" if problems else "an empty list or folder"
-        raise UsageError(what, f"--test_file {source}", first)
+    records, problems = load_usable(source, f"--test_file {source}")
     if not getattr(args, "pred_dir", None):  # scoring saved maps reads no image
-        _require_one_readable(records, f"--test_file {source}")
+        require_one_readable(records, f"--test_file {source}", lambda i: decode_record(records[i]))
     return source, records, problems
-
-
-def _require_one_readable(records: list[Record], where: str) -> None:
-    """At least one image decodes (usually the first: one decode), or a UsageError."""
-    first_error = ""
-    for rec in records:
-        try:
-            read_image(rec.image)
-            return
-        except BadInputError as exc:
-            first_error = first_error or f"{exc.path}: {exc.reason}"
-        except OSError as exc:
-            first_error = first_error or f"{rec.image}: {exc.strerror or exc}"
-    raise UsageError(f"none of the {len(records)} images can be read", where, first_error)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -337,6 +323,26 @@ def check_outputs(args: argparse.Namespace) -> None:
     require_writable_dir(args.save_dir, "--save_dir")
     if getattr(args, "pred_dir", None):
         require_dir(args.pred_dir, "map folder", "--pred-dir")
+
+
+def checked_output_dir(args: argparse.Namespace, model_name: str) -> Path:
+    """The run's output folder (``<save_dir>/<list name>/<model name>``), checked
+    writable before any work (a file in its place is a user error)."""
+    out = output_dir(args.save_dir, args.test_file, model_name)
+    require_writable_dir(out, "--save_dir")
+    return out
+
+
+def require_maps(records: list[Record], pred_dir: str) -> None:
+    """``--pred-dir`` holds a map of at least one listed image."""
+    from common.evaluation import count_maps_found
+
+    if count_maps_found(records, Path(pred_dir)) == 0:
+        raise UsageError(
+            f"no map of any of the {len(records)} listed images",
+            f"--pred-dir {pred_dir}",
+            "maps are found as <stem>.png (or .jpg/.tif/.bmp), the name the writer gives",
+        )
 
 
 def eval_settings(args: argparse.Namespace, nclass: int = 1) -> EvalSettings:

@@ -34,6 +34,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise ConfigError("config file not found", f"--config {path}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError("config is a folder, not a YAML file", f"--config {path}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config is not a text (YAML) file", f"--config {path}") from exc
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError(f"cannot read the config ({reason})", f"--config {path}") from exc
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "syntax error"
         raise ConfigError(f"not valid YAML: {first}", f"--config {path}") from exc

@@ -17,9 +17,11 @@ from torch.utils.data import Dataset, default_collate
 
 from common.io import BadInputError, read_image
 from common.masks import (
+    IGNORE,
     MaskOptions,
     binary_from_classes,
     edge_from_mask,
+    edge_ignore_band,
     edge_map_size,
     read_classes,
     read_mask,
@@ -73,7 +75,9 @@ class ForgeryDataset(Dataset):
         image = read_image(rec.image)
         h, w = image.shape[:2]
         notes: list[str] = []
-        if rec.mask is not None and rec.label != 0:
+        # label 0: authentic for the binary tasks; the three-class task still reads a
+        # given mask (an image listed authentic may carry desensitised regions)
+        if rec.mask is not None and (rec.label != 0 or self.masks.nclass != 1):
             classes, note = read_classes(
                 rec.mask, (h, w), self.masks.threshold, self.masks.size_policy
             )
@@ -87,21 +91,6 @@ class ForgeryDataset(Dataset):
             if note:
                 notes.append(note)
         return image, classes, edge, notes
-
-    def first_readable(self) -> tuple[int | None, str]:
-        """The first sample that decodes (index, ""), or (None, the first failure): one
-        decode for a usable dataset, so an unusable one is known before training starts."""
-        first_error = ""
-        for index in range(len(self.records)):
-            try:
-                self.load(index)
-            except BadInputError as exc:
-                first_error = first_error or f"{exc.path}: {exc.reason}"
-            except (OSError, ValueError) as exc:
-                first_error = first_error or f"{self.records[index].image}: {exc}"
-            else:
-                return index, ""
-        return None, first_error
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
@@ -146,6 +135,9 @@ class ForgeryDataset(Dataset):
             mask_t = torch.from_numpy(np.ascontiguousarray(classes)).long()
         if edge is None:
             edge = edge_from_mask(positive, edge_size, self.masks.edge_thickness)
+            if self.masks.nclass == 1 and self.masks.desensitised == "ignore":
+                band = edge_ignore_band(classes, edge_size, self.masks.edge_thickness)
+                edge[(band > 0) & (edge == 0)] = IGNORE
         else:
             edge = reduce_binary(edge, edge_size)
         return {

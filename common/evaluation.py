@@ -21,7 +21,7 @@ from torch import nn
 
 from common.batch_run import BatchRun, EvalSettings
 from common.inference import RunOptions, binary_png, manipulated_map
-from common.io import BadInputError, read_mask_raw, write_png
+from common.io import BadInputError, read_map_raw, write_png
 from common.masks import read_ground_truth
 from common.metrics import LocalizationEvaluator
 from common.predictor import Perturb, Prediction, iter_predictions
@@ -92,7 +92,7 @@ class _LocalizationRun(BatchRun):
 
 def read_saved_map(path: Path) -> np.ndarray:
     """An 8-bit map on disk as probabilities (levels / 255), as the metrics score it."""
-    raw = read_mask_raw(path)
+    raw = read_map_raw(path)
     if raw.ndim == 3:
         raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
     return raw.astype(np.float32) / 255.0
@@ -236,6 +236,15 @@ def _find_map(pred_dir: Path, names: Sequence[str]) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def count_maps_found(records: Sequence[Record], pred_dir: Path) -> int:
+    """How many of the records have a map in ``pred_dir`` (checked before a run)."""
+    written = unique_names([r.image for r in records])
+    return sum(
+        _find_map(pred_dir, map_candidates(r.image, n)) is not None
+        for r, n in zip(records, written, strict=True)
+    )
 
 
 def run_pred_dir_evaluation(

@@ -114,28 +114,76 @@ def decode_image(data: bytes, name: str | Path, max_pixels: int | None = None) -
     return np.ascontiguousarray(to_uint8(image))
 
 
-def read_mask_raw(path: str | Path) -> np.ndarray:
-    """Decode a mask keeping its channels (colour masks carry classes): uint8, H×W or
-    H×W×3 (BGR). Alpha is dropped; 16-bit is scaled to 8-bit unless its values already
-    fit in 0–255 (index masks {0, 1, 2} or 0/255 masks stored as 16-bit keep them)."""
+def _palette_indices(data: bytes) -> np.ndarray | None:
+    """The indices of a palette PNG (colour type 3) whose indices are class labels
+    {0, 1, 2}: OpenCV would expand them to the palette's colours (VOC-style palettes
+    make class 2 green). None for any other file."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26 or data[25] != 3:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            indices = np.asarray(im, dtype=np.uint8) if im.mode == "P" else None
+    except Exception:  # Pillow cannot read it: OpenCV decides
+        return None
+    if indices is None or indices.ndim != 2 or int(indices.max(initial=0)) > 2:
+        return None
+    return np.ascontiguousarray(indices)
+
+
+def _wide_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """16-bit (or wider) masks: values that fit in 0–255 are kept (class indices, 0/255
+    stored as 16-bit); others are scaled so their maximum is 255 (a 0/1000 mask is
+    0/255, a 0/32768/65535 three-level one 0/128/255)."""
+    if mask.dtype == np.uint8:
+        return mask
+    if np.issubdtype(mask.dtype, np.integer):
+        peak = int(mask.max(initial=0))
+        if peak <= 255:
+            return mask.astype(np.uint8)
+        return np.round(mask.astype(np.float64) * (255.0 / peak)).astype(np.uint8)
+    return to_uint8(mask)
+
+
+def read_mask_raw(path: str | Path, keep_channels: bool = False) -> np.ndarray:
+    """Decode a mask keeping its colours (colour masks carry classes): uint8, H×W or
+    H×W×3 (BGR). Alpha is dropped; see :func:`_wide_to_uint8` for 16-bit files and
+    :func:`_palette_indices` for palette PNGs. A 3-channel file whose channels are equal
+    becomes H×W unless ``keep_channels``."""
     data = _read_bytes(path)
     _check_complete(path, data)
-    mask = _decode(path, data, cv2.IMREAD_UNCHANGED)
-    if np.issubdtype(mask.dtype, np.integer) and mask.dtype != np.uint8 and mask.max() <= 255:
-        mask = mask.astype(np.uint8)  # 8-bit values or class indices in a 16-bit file
-    mask = to_uint8(mask)
+    indices = _palette_indices(data)
+    if indices is not None:
+        return indices
+    mask = _wide_to_uint8(_decode(path, data, cv2.IMREAD_UNCHANGED))
     if mask.ndim == 3:
         if mask.shape[2] == 4:
             mask = mask[:, :, :3]
         elif mask.shape[2] == 1:
             mask = mask[:, :, 0]
         if (
-            mask.ndim == 3
+            not keep_channels
+            and mask.ndim == 3
             and np.array_equal(mask[:, :, 0], mask[:, :, 1])
             and np.array_equal(mask[:, :, 1], mask[:, :, 2])
         ):
             mask = mask[:, :, 0]  # grey stored as RGB
     return np.ascontiguousarray(mask)
+
+
+def read_map_raw(path: str | Path) -> np.ndarray:
+    """Decode a predicted probability map as 8-bit levels (H×W, or H×W×3 if coloured):
+    16-bit maps span the full range (>> 8) unless their values already fit in 0–255."""
+    data = _read_bytes(path)
+    _check_complete(path, data)
+    level = _decode(path, data, cv2.IMREAD_UNCHANGED)
+    if np.issubdtype(level.dtype, np.integer) and level.dtype != np.uint8 and level.max() <= 255:
+        level = level.astype(np.uint8)
+    level = to_uint8(level)
+    if level.ndim == 3:
+        level = level[:, :, 0] if level.shape[2] == 1 else level[:, :, :3]
+    return np.ascontiguousarray(level)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

@@ -127,8 +127,8 @@ class MVSSLoss:
         image_logits: torch.Tensor | None = None,
         image_target: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``mask`` holds {0, 1}, and :data:`~common.masks.IGNORE` for pixels left out
-        (the ``ignore`` desensitised policy); ``label`` 1 / 0, or −1 for a sample left
+        """``mask`` and ``edge`` hold {0, 1}, and :data:`~common.masks.IGNORE` for pixels
+        left out (the ``ignore`` desensitised policy); ``label`` 1 / 0, or −1 for a sample left
         out of the image term. With ``image_logits`` (a learned image head) the image
         term is cross-entropy against ``image_target`` instead of the global-max BCE."""
         label = label.to(seg_logits.device)
@@ -140,7 +140,12 @@ class MVSSLoss:
             valid = (~ignored).float()
             mask = mask * valid
         seg_loss = manipulated_dice(seg_logits, mask, manipulated, valid)
-        edge_loss = manipulated_dice(edge_logits, edge, manipulated)
+        edge = edge.to(edge_logits.device).float()
+        edge_valid = None
+        if (edge == IGNORE).any():  # around desensitised regions under ``ignore``
+            edge_valid = (edge != IGNORE).float()
+            edge = edge * edge_valid
+        edge_loss = manipulated_dice(edge_logits, edge, manipulated, edge_valid)
         if image_logits is None:
             clf_loss = image_bce(seg_logits, label)
         else:

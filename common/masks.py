@@ -9,14 +9,18 @@ indices (0 pristine, 1 tampered, 2 desensitised) by looking at its content:
   red-dominant pixels tampered, blue-dominant pixels desensitised; green-dominant pixels
   are not part of the palette and are refused with the file named;
 - **index**: grey values all in {0, 1, 2} are class indices;
-- **seed luma**: grey values all in {29, 76, 255} (the seed's colour masks saved as
-  8-bit grey: blue 29, red 76, white 255) are read as that palette;
+- **seed luma**: the seed's colour masks saved as 8-bit grey (blue 29, red 76, white
+  255 background): pixels near 29 or 76 and no black background (so also after JPEG or
+  a resize moved or blended the levels); each pixel goes to the nearest level;
 - **grey**: anything else is thresholded: value > ``threshold`` (default 127) is
   manipulated; for three classes a manipulated value below 192 is desensitised (the
   {0, 128, 255} convention) and 192 and above is tampered.
 
 A 3-channel mask without chromatic pixels (a white-on-black mask saved as RGB or JPEG)
-is read as grey (its luma).
+is read as grey (its luma), except an all-white one: that is the seed's colour mask of an
+original image (nothing marked), not "everything manipulated" (a single-channel all-white
+mask still means the whole image is manipulated, e.g. a fully generated one). Palette PNGs
+whose indices are {0, 1, 2} are read as index masks (:func:`common.io.read_mask_raw`).
 
 Binary tasks turn classes into a binary mask by the ``desensitised`` policy
 (:data:`DESENSITISED_POLICIES`): ``positive`` (class 2 is manipulated, the seed's
@@ -49,7 +53,8 @@ _CHROMA_SPREAD = 64
 # Grey three-level masks: manipulated values at or above this are tampered (255), below
 # it desensitised (128).
 _GREY_TAMPERED_FROM = 192
-_SEED_LUMA = {255: 0, 76: 1, 29: 2}
+# How far JPEG or resampling may move a seed luma level (and what counts as black).
+_SEED_LUMA_TOLERANCE = 12
 
 
 @dataclass(frozen=True)
@@ -87,35 +92,61 @@ def _grey_of(raw: np.ndarray) -> np.ndarray:
     return raw if raw.ndim == 2 else cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
 
 
+def _is_seed_luma(counts: np.ndarray) -> bool:
+    """The seed's colour masks saved as grey (white 255 background, red 76, blue 29),
+    also after JPEG or resampling moved or blended the levels (``counts``: the
+    histogram): pixels near 76 or 29, and (nearly) no black, which is the background of
+    every plain grey mask (and the region of an inverted one)."""
+    t = _SEED_LUMA_TOLERANCE
+    n = counts.sum()
+    near_black = counts[: t + 1].sum()
+    regions = counts[76 - t : 76 + t + 1].sum() + counts[29 - t : 29 + t + 1].sum()
+    return bool(regions >= max(1, 0.001 * n) and near_black <= 0.001 * n)
+
+
 def mask_encoding(raw: np.ndarray) -> str:
     """Which of :data:`MASK_ENCODINGS` a decoded mask (H×W or H×W×3 BGR uint8) uses."""
     if raw.ndim == 3 and _is_chromatic(raw).any():
         return "colour"
-    counts = np.bincount(_grey_of(raw).ravel(), minlength=256)
+    grey = _grey_of(raw)
+    counts = np.bincount(grey.ravel(), minlength=256)
     present = set(np.flatnonzero(counts).tolist())
     if present <= {0, 1, 2}:
         return "index"
-    if present <= set(_SEED_LUMA) and present & {29, 76}:
+    if _is_seed_luma(counts):
         return "seed-luma"
+    if raw.ndim == 3 and present == {255}:
+        return "colour"  # an all-white colour file: the seed's mask of an original image
     return "grey"
 
 
 def _colour_classes(raw: np.ndarray, where: str) -> np.ndarray:
+    """Seed palette: coloured pixels are red-dominant (tampered) or blue-dominant
+    (desensitised); a pixel whose green leads red and blue by more than the chroma
+    spread is not part of the palette. Colours between (JPEG ringing, anti-aliasing)
+    go to the nearer of red and blue."""
     chromatic = _is_chromatic(raw)
-    dominant = raw.argmax(axis=2)  # 0 blue, 1 green, 2 red (BGR)
-    greenish = chromatic & (dominant == 1)
-    if greenish.any():
-        y, x = np.argwhere(greenish)[0]
-        b, g, r = raw[y, x].tolist()
+    b, g, r = (raw[..., i].astype(np.int16) for i in range(3))
+    green = chromatic & (g - np.maximum(r, b) > _CHROMA_SPREAD)
+    if green.any():
+        y, x = np.argwhere(green)[0]
+        pb, pg, pr = raw[y, x].tolist()
         raise BadInputError(
             where,
-            f"colour mask has a pixel outside the palette at (x={x}, y={y}): BGR ({b}, {g}, "
-            f"{r}); expected white or black background, red = tampered, blue = desensitised",
+            f"colour mask has a pixel outside the palette at (x={x}, y={y}): BGR ({pb}, "
+            f"{pg}, {pr}); expected white or black background, red = tampered, "
+            "blue = desensitised",
         )
     classes = np.zeros(raw.shape[:2], np.uint8)
-    classes[chromatic & (dominant == 2)] = 1
-    classes[chromatic & (dominant == 0)] = 2
+    classes[chromatic & (r >= b)] = 1
+    classes[chromatic & (r < b)] = 2
     return classes
+
+
+def _seed_luma_classes(grey: np.ndarray) -> np.ndarray:
+    """Nearest seed level: ≥ 166 background (white), 53–165 tampered (76), < 53
+    desensitised (29); the cut points lie halfway between the levels."""
+    return np.where(grey >= 166, 0, np.where(grey >= 53, 1, 2)).astype(np.uint8)
 
 
 def decode_classes(
@@ -130,10 +161,7 @@ def decode_classes(
     if encoding == "index":
         return grey.astype(np.uint8, copy=True)
     if encoding == "seed-luma":
-        lut = np.zeros(256, np.uint8)
-        for value, cls in _SEED_LUMA.items():
-            lut[value] = cls
-        return lut[grey]
+        return _seed_luma_classes(grey)
     manipulated = grey > threshold
     return np.where(manipulated, np.where(grey >= _GREY_TAMPERED_FROM, 1, 2), 0).astype(np.uint8)
 
@@ -231,7 +259,7 @@ def read_classes(
     """
     if size_policy not in MASK_SIZE_POLICIES:
         raise ValueError(f"size_policy must be one of {MASK_SIZE_POLICIES}, got {size_policy!r}")
-    classes = decode_classes(read_mask_raw(path), threshold, str(path))
+    classes = decode_classes(read_mask_raw(path, keep_channels=True), threshold, str(path))
     warning = None
     if classes.shape[:2] != tuple(image_shape):
         got = f"{classes.shape[1]}×{classes.shape[0]}"
@@ -268,10 +296,12 @@ def read_ground_truth(
     options: MaskOptions,
 ) -> tuple[np.ndarray | None, int]:
     """What an evaluation scores an image against: its mask for the task (None for
-    authentic, unlabelled or mask-less rows) and its image-level label under the
-    ``desensitised`` policy (:func:`image_label`)."""
+    unlabelled or mask-less rows, and for authentic rows of a binary task) and its
+    image-level label under the ``desensitised`` policy (:func:`image_label`). The
+    three-class task reads the mask of an authentic row too: its desensitised regions
+    are classes to score."""
     label = record_label if record_label <= 0 else 1
-    if label <= 0 or mask_path is None:
+    if mask_path is None or label < 0 or (label == 0 and options.nclass == 1):
         return None, label
     classes, _ = read_classes(mask_path, image_shape, options.threshold, options.size_policy)
     label = image_label(label, classes, options.desensitised)
@@ -297,6 +327,19 @@ def edge_from_mask(
         contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, 1, thickness)
     return reduce_binary(canvas, out_size)
+
+
+def edge_ignore_band(
+    classes: np.ndarray, out_size: tuple[int, int], thickness: int = DEFAULT_EDGE_THICKNESS
+) -> np.ndarray:
+    """Where the edge target says nothing under the ``ignore`` policy: the desensitised
+    regions and a ``thickness`` band around them, at ``out_size`` (uint8 0/1), so their
+    boundaries are neither edge nor "not edge"."""
+    region = (classes == 2).astype(np.uint8)
+    if not region.any():
+        return np.zeros(out_size, np.uint8)
+    kernel = np.ones((2 * thickness + 1, 2 * thickness + 1), np.uint8)
+    return reduce_binary(cv2.dilate(region, kernel), out_size)
 
 
 def reduce_binary(mask: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.io import IMAGE_EXTENSIONS
+from common.io import IMAGE_EXTENSIONS, BadInputError, read_image, read_mask_raw
+from common.usage import UsageError
 
 MASK_SUFFIXES = ("_gt", "_mask", "_groundtruth", "-gt", "-mask")
 _NONE_MASKS = {"none", "null", "negative", "-", ""}
@@ -202,6 +204,51 @@ def load_source(spec: str | Path | list[str]) -> tuple[list[Record], list[Proble
         else:
             problems.append(Problem(rec.image, missing))
     return present, problems
+
+
+NO_MATCH = "no such file, folder or glob match"
+
+
+def load_usable(
+    spec: str | Path | list[str], where: str, noun: str = "images"
+) -> tuple[list[Record], list[Problem]]:
+    """:func:`load_source`, and a :class:`UsageError` naming ``where`` (the option and
+    value that gave the source) when a path does not exist or no row is usable: every
+    script decides "an input set a job can start on" here."""
+    records, problems = load_source(spec)
+    missing = [p for p in problems if p.reason == NO_MATCH]
+    if missing:
+        option = where.split(" ", 1)[0]
+        raise UsageError(NO_MATCH, f"{option} {missing[0].where}")
+    if not records:
+        what = f"no {noun}" if not problems else f"no usable rows ({len(problems)} bad)"
+        first = f"first: {problems[0]}" if problems else "an empty list or folder"
+        raise UsageError(what, where, first)
+    return records, problems
+
+
+def require_one_readable(
+    records: list[Record], where: str, decode: Callable[[int], object], noun: str = "images"
+) -> None:
+    """At least one record decodes with ``decode(index)`` (usually the first: one decode
+    for a usable set), or a :class:`UsageError` with the first failure."""
+    first_error = ""
+    for index, rec in enumerate(records):
+        try:
+            decode(index)
+            return
+        except BadInputError as exc:
+            first_error = first_error or f"{exc.path}: {exc.reason}"
+        except (OSError, ValueError) as exc:
+            first_error = first_error or f"{rec.image}: {getattr(exc, 'strerror', None) or exc}"
+    raise UsageError(f"none of the {len(records)} {noun} can be read", where, first_error)
+
+
+def decode_record(rec: Record) -> None:
+    """Decode a record's image and mask (what an evaluation of it needs)."""
+    read_image(rec.image)
+    if rec.mask is not None and rec.label != 0:
+        read_mask_raw(rec.mask)
 
 
 def _missing_file(rec: Record) -> str | None:

@@ -4,10 +4,11 @@ No public forgery dataset can be fetched here, so we make one: splicing (a regio
 another photo pasted with feathered edges, optional colour matching), copy-move (a region
 of the same photo moved, rotated and scaled), removal (OpenCV inpainting), and, for the
 three-class task, desensitisation (mosaic, heavy blur, or a solid cover: class 2).
-Regions are random polygons or blobs of varied size. Every image, authentic ones too,
-then goes through the same post-processing (resize, noise, JPEG re-compression), so
-the task is not trivially solved by compression traces alone. Everything is
-deterministic from the seed.
+Regions are random polygons or blobs of varied size, or, where COCO annotations are
+given, real object outlines (as DEFACTO and tampCOCO were made). Every image, authentic
+ones too, then goes through the same post-processing (``common.synthetic_post``), so the
+task is not solved by compression traces alone. Everything is deterministic from the
+random generator a sample is given.
 
 Masks are exact before post-processing: pixels outside the mask are untouched.
 """
@@ -15,67 +16,44 @@ Masks are exact before post-processing: pixels outside the mask are untouched.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from common.io import IMAGE_EXTENSIONS, read_image, write_png
+from common.photos import ArrayPool, PhotoPool
+from common.synthetic_post import PostConfig, finish, maybe_first_compression, recompress
 
 # Release convention for manipulation types in list files.
 TYPE_COPY_MOVE, TYPE_SPLICING, TYPE_REMOVAL = 1, 2, 3
 MANIPULATIONS = ("splicing", "copy_move", "removal")
 DESENSITISATIONS = ("mosaic", "blur", "cover")
 
-_BUNDLED = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "hubble_deep_field",
-    "retina",
-    "immunohistochemistry",
-)
-
-
-def bundled_photos() -> list[np.ndarray]:
-    """The photographs scikit-image's wheel ships (BGR uint8; nothing is downloaded).
-    A fixed set, whatever else is installed, so synthetic data depend on the seed only."""
-    import skimage.data as data
-
-    photos = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in _BUNDLED]
-    left, right, _ = data.stereo_motorcycle()
-    photos += [cv2.cvtColor(left, cv2.COLOR_RGB2BGR), cv2.cvtColor(right, cv2.COLOR_RGB2BGR)]
-    return photos
-
-
-def folder_photos(folder: str | Path) -> list[np.ndarray]:
-    """Every readable image in a folder (recursively); unreadable ones are skipped."""
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    photos = []
-    for p in paths:
-        try:
-            photos.append(read_image(p))
-        except ValueError:
-            continue
-    if len(photos) < 2:
-        raise ValueError(f"{folder}: need at least 2 readable photographs, found {len(photos)}")
-    return photos
-
-
 # ----------------------------------------------------------------------------- regions
+
+CropBox = tuple[int, int, int, bool]  # y, x, side, flipped
+
+
+def random_crop_box(shape: tuple[int, ...], rng: np.random.Generator) -> CropBox:
+    """A random square at a random scale (35–100 % of the short side), maybe flipped."""
+    h, w = shape[:2]
+    side = max(1, int(min(h, w) * rng.uniform(0.35, 1.0)))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    return y, x, side, bool(rng.random() < 0.5)
+
+
+def apply_crop(image: np.ndarray, box: CropBox, size: int, nearest: bool = False) -> np.ndarray:
+    y, x, side, flipped = box
+    crop = image[y : y + side, x : x + side]
+    if flipped:
+        crop = crop[:, ::-1]
+    method = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=method)
 
 
 def random_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A random square crop at a random scale, randomly flipped, resized to ``size``."""
-    h, w = photo.shape[:2]
-    side = int(min(h, w) * rng.uniform(0.35, 1.0))
-    y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-    crop = photo[y : y + side, x : x + side]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA)
+    return apply_crop(photo, random_crop_box(photo.shape, rng), size)
 
 
 def random_region(
@@ -114,6 +92,30 @@ def random_region(
     return mask
 
 
+def object_mask(shape: tuple[int, ...], parts: Sequence[np.ndarray]) -> np.ndarray:
+    """An annotated object's outline polygons filled, at the photo's size (uint8 0/1)."""
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(p).astype(np.int32) for p in parts], 1)
+    return mask
+
+
+def object_in_crop(
+    photo_shape: tuple[int, ...],
+    objects: Sequence[Sequence[np.ndarray]],
+    box: CropBox,
+    size: int,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.005, 0.4),
+) -> np.ndarray | None:
+    """The outline of one of the photo's objects inside the host crop, when one covers
+    an ``area`` share of it (tried in a random order); None otherwise."""
+    for i in rng.permutation(len(objects)):
+        mask = apply_crop(object_mask(photo_shape, objects[i]), box, size, nearest=True)
+        if area[0] <= mask.mean() <= area[1]:
+            return mask
+    return None
+
+
 def _feather(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Blend weights that are soft near the border, 1 inside and exactly 0 outside."""
     sigma = rng.uniform(0.5, 2.5)
@@ -140,9 +142,15 @@ def _match_colour(
     return np.clip(p, 0, 255).astype(np.uint8)
 
 
-def _recompress(image: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else image
+def is_grey(image: np.ndarray) -> bool:
+    return bool(
+        np.array_equal(image[..., 0], image[..., 1])
+        and np.array_equal(image[..., 1], image[..., 2])
+    )
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
 
 
 # ----------------------------------------------------------------------------- manipulations
@@ -155,23 +163,53 @@ def splice(
     mask: np.ndarray | None = None,
     colour_match: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Paste a region of ``donor`` into ``host`` with feathered edges."""
+    """Paste a region of ``donor`` (aligned with ``host``) into ``host`` with feathered
+    edges."""
     mask = random_region(host.shape[0], rng) if mask is None else mask
     # the donor carries its own history: another compression and resampling
-    donor = _recompress(donor, int(rng.integers(50, 90)))
+    donor = recompress(donor, int(rng.integers(50, 90)))
     strength = rng.uniform(0, 0.8) if colour_match is None else colour_match
     if strength > 0:
         donor = _match_colour(donor, host, mask, strength)
     return _blend(host, donor, _feather(mask, rng)), mask
 
 
-def copy_move(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Move a region of the image elsewhere in it (rotated, scaled); the mask marks the
-    destination, as in CASIA-style ground truth."""
+def object_donor(
+    donor: np.ndarray,
+    parts: Sequence[np.ndarray],
+    size: int,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.02, 0.25),
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A donor photo warped so that one of its annotated objects lands, scaled, at a
+    random place of a ``size``² host: (donor image, the object's region), or None when
+    the object cannot be placed."""
+    mask = object_mask(donor.shape, parts)
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 16:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    scale = np.sqrt(rng.uniform(*area) * size * size / len(ys))
+    scale = min(scale, 0.9 * size / max(y1 - y0, x1 - x0))
+    ty = rng.uniform(-scale * y0, size - scale * y1)
+    tx = rng.uniform(-scale * x0, size - scale * x1)
+    matrix = np.float32([[scale, 0, tx], [0, scale, ty]])
+    warped = cv2.warpAffine(donor, matrix, (size, size), flags=cv2.INTER_LINEAR)
+    region = cv2.warpAffine(mask, matrix, (size, size), flags=cv2.INTER_NEAREST)
+    if region.sum() < 16:
+        return None
+    return warped, region
+
+
+def copy_move(
+    image: np.ndarray, rng: np.random.Generator, src: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move a region of the image (``src``, or a random one) elsewhere in it, rotated and
+    scaled; the mask marks the destination, as in CASIA-style ground truth."""
     size = image.shape[0]
     for _ in range(20):
-        src = random_region(size, rng, area=(0.02, 0.12))
-        ys, xs = np.nonzero(src)
+        region = random_region(size, rng, area=(0.02, 0.12)) if src is None else src
+        ys, xs = np.nonzero(region)
         cy, cx = ys.mean(), xs.mean()
         angle, scale = rng.uniform(-30, 30), rng.uniform(0.8, 1.2)
         dy, dx = rng.uniform(-0.5, 0.5, 2) * size
@@ -180,15 +218,21 @@ def copy_move(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
         moved = cv2.warpAffine(
             image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
         )
-        dest = cv2.warpAffine(src, matrix, (size, size), flags=cv2.INTER_NEAREST)
-        if dest.sum() > 0.5 * src.sum() and (dest & src).sum() < 0.3 * dest.sum():
+        dest = cv2.warpAffine(region, matrix, (size, size), flags=cv2.INTER_NEAREST)
+        if dest.sum() > 0.5 * region.sum() and (dest & region).sum() < 0.3 * dest.sum():
             return _blend(image, moved, _feather(dest, rng)), dest
     return splice(image, image[::-1, ::-1].copy(), rng)
 
 
-def remove(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Erase a region by inpainting (OpenCV Telea or Navier–Stokes)."""
-    mask = random_region(image.shape[0], rng, area=(0.02, 0.1))
+def remove(
+    image: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Erase a region (``mask``, or a random one) by inpainting (OpenCV Telea or
+    Navier–Stokes). An object outline is dilated by 2 px first, as annotations hug it."""
+    if mask is None:
+        mask = random_region(image.shape[0], rng, area=(0.02, 0.1))
+    else:
+        mask = cv2.dilate(mask, np.ones((5, 5), np.uint8))
     method = cv2.INPAINT_TELEA if rng.random() < 0.5 else cv2.INPAINT_NS
     filled = cv2.inpaint(image, mask, 5, method)
     return np.where(mask[..., None] > 0, filled, image), mask
@@ -214,22 +258,7 @@ def desensitise(
     return np.where(mask[..., None] > 0, hidden, image), mask
 
 
-def postprocess(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, out_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The same degradations for every image: resize, mild noise, JPEG re-compression."""
-    if image.shape[0] != out_size:
-        image = cv2.resize(image, (out_size, out_size), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask, (out_size, out_size), interpolation=cv2.INTER_NEAREST)
-    if rng.random() < 0.5:
-        noise = rng.normal(0, rng.uniform(0.5, 3.0), image.shape)
-        image = np.clip(image + noise, 0, 255).astype(np.uint8)
-    if rng.random() < 0.8:
-        image = _recompress(image, int(rng.integers(70, 96)))
-    return image, mask
-
-
-# ----------------------------------------------------------------------------- dataset
+# ----------------------------------------------------------------------------- samples
 
 
 @dataclass
@@ -239,6 +268,8 @@ class SyntheticConfig:
     authentic_ratio: float = 0.4
     desensitise: float = 0.0  # probability that an image also gets a class-2 region
     manipulations: Sequence[str] = MANIPULATIONS
+    object_p: float = 0.8  # with COCO outlines: share of regions that follow an object
+    post: PostConfig = field(default_factory=PostConfig)
     seed: int = 0
 
 
@@ -248,36 +279,83 @@ class SyntheticSample:
     classes: np.ndarray  # 0 pristine, 1 tampered, 2 desensitised
     label: int  # 0 authentic, 1 copy-move, 2 splicing, 3 removal, 4 desensitised only
     kind: str
+    encoded: bytes | None = None  # the JPEG file as saved (None: store losslessly)
+    photos: tuple[str, ...] = ()  # names of the photographs it was cut from
+    region_source: str = ""  # "random" or "object"
+
+
+def _host_object(
+    pool: PhotoPool,
+    index: int,
+    photo: np.ndarray,
+    box: CropBox,
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    objects = pool.photos[index].objects
+    if not objects or rng.random() >= cfg.object_p:
+        return None
+    return object_in_crop(photo.shape, objects, box, cfg.work_size or cfg.size, rng)
+
+
+def _spliced(
+    pool: PhotoPool,
+    host_index: int,
+    image: np.ndarray,
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, int, str]:
+    work = image.shape[0]
+    donor_index, donor_photo = pool.pick(rng, avoid=host_index)
+    objects = pool.photos[donor_index].objects
+    placed, source = None, "random"
+    if objects and rng.random() < cfg.object_p:
+        placed = object_donor(donor_photo, objects[int(rng.integers(len(objects)))], work, rng)
+        source = "object" if placed is not None else source
+    donor, region = placed if placed is not None else (random_crop(donor_photo, work, rng), None)
+    if is_grey(image):
+        donor = to_grey(donor)
+    out, region = splice(image, donor, rng, mask=region)
+    return out, region, donor_index, source
 
 
 def make_sample(
-    photos: Sequence[np.ndarray], cfg: SyntheticConfig, rng: np.random.Generator
+    photos: PhotoPool | Sequence[np.ndarray], cfg: SyntheticConfig, rng: np.random.Generator
 ) -> SyntheticSample:
+    """One synthetic image: a host crop, maybe its first JPEG, maybe a manipulation
+    (and a desensitised region), then the shared post-processing."""
+    pool = photos if isinstance(photos, PhotoPool) else ArrayPool(photos)
     work = cfg.work_size or cfg.size
-    host_index = int(rng.integers(len(photos)))
-    image = random_crop(photos[host_index], work, rng)
+    host_index, photo = pool.pick(rng)
+    box = random_crop_box(photo.shape, rng)
+    image = apply_crop(photo, box, work)
+    image, double = maybe_first_compression(image, cfg.post, rng)
     classes = np.zeros((work, work), np.uint8)
-    label, kind = 0, "authentic"
+    label, kind, used, source = 0, "authentic", [host_index], ""
     if rng.random() >= cfg.authentic_ratio:
         kind = cfg.manipulations[int(rng.integers(len(cfg.manipulations)))]
         if kind == "splicing":
-            donor_index = (host_index + 1 + int(rng.integers(len(photos) - 1))) % len(photos)
-            image, region = splice(image, random_crop(photos[donor_index], work, rng), rng)
+            image, region, donor_index, source = _spliced(pool, host_index, image, cfg, rng)
+            used.append(donor_index)
             label = TYPE_SPLICING
-        elif kind == "copy_move":
-            image, region = copy_move(image, rng)
-            label = TYPE_COPY_MOVE
         else:
-            image, region = remove(image, rng)
-            label = TYPE_REMOVAL
+            own = _host_object(pool, host_index, photo, box, cfg, rng)
+            source = "random" if own is None else "object"
+            if kind == "copy_move":
+                image, region = copy_move(image, rng, src=own)
+                label = TYPE_COPY_MOVE
+            else:
+                image, region = remove(image, rng, mask=own)
+                label = TYPE_REMOVAL
         classes[region > 0] = 1
     if cfg.desensitise > 0 and rng.random() < cfg.desensitise:
         image, region = desensitise(image, rng)
         classes[region > 0] = 2
         if label == 0:
             label, kind = 4, "desensitised"
-    image, classes = postprocess(image, classes, rng, cfg.size)
-    return SyntheticSample(image, classes, label, kind)
+    image, classes, encoded = finish(image, classes, cfg.size, cfg.post, rng, double)
+    names = tuple(pool.photos[i].name for i in used)
+    return SyntheticSample(image, classes, label, kind, encoded, names, source)
 
 
 def contact_sheet(
@@ -305,53 +383,3 @@ def contact_sheet(
         tiles.append(np.full_like(tiles[0], 255))
     rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
     return np.vstack(rows)
-
-
-def generate(
-    out: str | Path,
-    photos: Sequence[np.ndarray],
-    splits: dict[str, int],
-    cfg: SyntheticConfig,
-    sheet_count: int = 32,
-) -> dict[str, Path]:
-    """Write ``images/``, ``masks/`` (0/255, manipulated = classes 1 ∪ 2), ``masks3/``
-    (index PNG 0/1/2) and, per split, ``<split>.txt`` (binary list: label = manipulation
-    type, 0 authentic) and ``<split>3.txt`` (three-class list: label 1 tampered,
-    2 desensitised only, 0 authentic), plus ``contact_sheet.png``. Each split has its own
-    random stream, so changing one split's size leaves the others unchanged."""
-    out = Path(out)
-    lists: dict[str, Path] = {}
-    sheet: list[tuple[np.ndarray, np.ndarray]] = []
-    for split_index, (split, count) in enumerate(splits.items()):
-        rng = np.random.default_rng([cfg.seed, split_index])
-        lines, lines3 = [], []
-        for i in range(count):
-            s = make_sample(photos, cfg, rng)
-            name = f"{split}_{i:05d}"
-            image_rel, mask_rel, mask3_rel = (
-                f"images/{name}.jpg",
-                f"masks/{name}.png",
-                f"masks3/{name}.png",
-            )
-            ok, buf = cv2.imencode(".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, 100])
-            if not ok:
-                raise OSError(f"JPEG encoding failed for {name}")
-            (out / "images").mkdir(parents=True, exist_ok=True)
-            (out / image_rel).write_bytes(buf.tobytes())
-            if s.label == 0:
-                lines.append(f"{image_rel} None 0")
-                lines3.append(f"{image_rel} None 0")
-            else:
-                write_png(out / mask_rel, np.where(s.classes > 0, 255, 0).astype(np.uint8))
-                write_png(out / mask3_rel, s.classes)
-                lines.append(f"{image_rel} {mask_rel} {s.label if s.label != 4 else 1}")
-                lines3.append(f"{image_rel} {mask3_rel} {2 if s.label == 4 else 1}")
-            if len(sheet) < sheet_count:
-                sheet.append((s.image, s.classes))
-        lists[split] = out / f"{split}.txt"
-        lists[split].write_text("\n".join(lines) + "\n")
-        if cfg.desensitise > 0:
-            (out / f"{split}3.txt").write_text("\n".join(lines3) + "\n")
-    if sheet:
-        write_png(out / "contact_sheet.png", contact_sheet(sheet))
-    return lists

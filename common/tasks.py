@@ -17,7 +17,7 @@ from common.classify import Window, strongest_crop
 from common.inference import ensure_min_side
 from common.losses import MVSSLoss, ThreeClassLoss
 from common.metrics import ClassificationEvaluator, LocalizationEvaluator, ThreeClassEvaluator
-from common.usage import UsageError
+from common.usage import UsageError, clip
 from models import MVSSClsOutput, WeightsError, get_mvss, get_mvss_cls, load_weights
 
 
@@ -210,7 +210,7 @@ def initial_model(task: Task, cfg: dict[str, Any], log: logging.Logger | None) -
     except WeightsError as exc:
         reason = str(exc).split(": ", 1)[-1]
         raise UsageError(
-            f"cannot use these ImageNet weights: {reason[:300]}",
+            f"cannot use these ImageNet weights: {clip(reason)}",
             f"--pretrained_base {cfg['pretrained_base']}",
         ) from exc
     if cfg.get("init"):
@@ -221,7 +221,7 @@ def initial_model(task: Task, cfg: dict[str, Any], log: logging.Logger | None) -
                 report = load_weights(model, cfg["init"], strict=False)
         except WeightsError as exc:
             reason = str(exc).split(": ", 1)[-1]
-            raise UsageError(f"cannot read this checkpoint: {reason[:300]}", where) from exc
+            raise UsageError(f"cannot read this checkpoint: {clip(reason)}", where) from exc
         fitted = len(model.state_dict()) - len(report.missing) - len(report.mismatched)
         if fitted == 0:
             raise UsageError(

@@ -138,6 +138,11 @@ def check_files(cfg: dict[str, Any]) -> None:
         raise UsageError("a training source is required", "--train_list")
     for key in ("train_list", "val_list"):
         source = cfg.get(key)
+        if source is not None and not isinstance(source, str):
+            raise UsageError(
+                f"expected one path (a list file, JSON list or folder), got {source!r}",
+                f"--{key}",
+            )
         if source and not Path(source).exists():
             raise UsageError("training data not found", f"--{key} {source}")
     for key, what in _FILES.items():

@@ -40,12 +40,15 @@ def _tensorboard(out: Path) -> Any:
 
 
 class RunLog:
-    """Where each epoch's row goes (the main process only). A resumed run appends."""
+    """Where each epoch's row goes (the main process only). A resumed run appends to both
+    logs; a new run in the same folder starts both afresh (never one of each)."""
 
     def __init__(self, out: Path, task: Any, tensorboard: bool, resumed: bool) -> None:
         self.out = out
         self.headline = _metric_keys(task)
         self.csv = CsvLog(out / "log.csv", log_fields(task), append=resumed)
+        if not resumed:
+            (out / "log.jsonl").unlink(missing_ok=True)
         self.tb = _tensorboard(out) if tensorboard else None
 
     def write(self, row: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from common import distributed as dist
 from common.datasets import ForgeryDataset, collate_samples
 from common.masks import MaskOptions
-from common.sources import load_source
+from common.sources import load_usable, require_one_readable
 from common.transforms import AugmentConfig, build_eval_transform, build_train_transform
 from common.usage import UsageError
 
@@ -32,11 +32,7 @@ def build_dataset(
     """The training (augmented, labels from the crop's content) or validation dataset of
     a list; a source without one readable, labelled sample is a :class:`UsageError`."""
     option = "--train_list" if train else "--val_list"
-    records, problems = load_source(source)
-    if not records:
-        first = f"first: {problems[0]}" if problems else "the list or folder is empty"
-        what = f"no usable samples ({len(problems)} bad rows)" if problems else "no samples"
-        raise UsageError(what, f"{option} {source}", first)
+    records, problems = load_usable(source, f"{option} {source}", noun="samples")
     unlabelled = [r.image for r in records if r.label < 0]
     if unlabelled:
         raise UsageError(
@@ -68,11 +64,7 @@ def build_dataset(
         )
     else:
         dataset = ForgeryDataset(records, build_eval_transform(eval_size), masks)
-    index, first_error = dataset.first_readable()
-    if index is None:
-        raise UsageError(
-            f"none of the {len(records)} samples can be read", f"{option} {source}", first_error
-        )
+    require_one_readable(records, f"{option} {source}", dataset.load, noun="samples")
     return dataset
 
 

@@ -42,6 +42,16 @@ class UsageError(Exception):
         return " ".join(text.split())  # one line, whatever the parts held
 
 
+def clip(text: str, limit: int = 300) -> str:
+    """A long reason cut at a word boundary, with brackets closed, for a one-line error."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(",;:")
+    opened = cut.count("(") - cut.count(")")
+    return cut + " …" + ")" * max(0, opened)
+
+
 def _debugging(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
@@ -67,7 +77,17 @@ _ARGUMENT_MESSAGE = re.compile(r"^argument (?P<option>[^:]+): (?P<what>.*)$", re
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are :class:`UsageError` (one line, exit 2) instead
-    of a usage dump."""
+    of a usage dump. ``--debug`` is listed in the help (:func:`run_cli` takes it off the
+    command line before parsing)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.add_argument(
+            DEBUG_FLAG,
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=f"show the traceback of user errors too (or set {DEBUG_ENV}=1)",
+        )
 
     def error(self, message: str) -> None:  # type: ignore[override]
         match = _ARGUMENT_MESSAGE.match(message)
@@ -162,6 +182,8 @@ def require_writable_dir(path: str | Path, option: str) -> Path:
     here (a run that stops on a later user error must not leave half an output): the test
     is a temporary file in the nearest existing folder, removed at once, which also
     catches read-only mounts and permissions that ``os.access`` misreports for root."""
+    if not str(path).strip():
+        raise UsageError("an empty path is not an output folder", option)
     p = Path(path)
     probe = p
     while not probe.exists() and probe.parent != probe:

@@ -77,9 +77,14 @@ def test_dataset_masks_per_policy(tmp_path, policy):
     want = {"positive": 1, "negative": 0, "ignore": IGNORE}[policy]
     assert mask[31, 31] == want
     assert item["label"].item() == 1
-    # the edge target follows the positive pixels only
-    edge_rows = item["edge"][0].nonzero()[:, 0]
+    # the edge target follows the positive pixels only; under ignore the desensitised
+    # region's boundary is neither edge nor background
+    edge = item["edge"][0]
+    edge_rows = (edge == 1).nonzero()[:, 0]
     assert (edge_rows.max() >= 4) == (policy == "positive")
+    assert bool((edge == IGNORE).any()) == (policy == "ignore")
+    if policy == "ignore":
+        assert (edge[4:, 4:] == IGNORE).all() and (edge[:2, :2] == 1).any()
 
 
 def test_ignored_pixels_do_not_move_the_loss():
@@ -103,6 +108,28 @@ def test_ignored_pixels_do_not_move_the_loss():
     # the image term only sees sample 0, whose max lies in the ignored block either way
     only_first = loss(edge[:1], seg[:1], mask[:1], torch.zeros(1, 1, 2, 2), label[:1])
     assert base["clf"].item() == pytest.approx(only_first["clf"].item(), rel=1e-6)
+
+
+def test_ignored_edge_pixels_do_not_move_the_edge_loss():
+    torch.manual_seed(1)
+    seg = torch.randn(1, 1, 8, 8)
+    edge_logits = torch.randn(1, 1, 4, 4)
+    edge = torch.zeros(1, 1, 4, 4)
+    edge[:, :, 0, :2] = 1
+    edge[:, :, 2:, 2:] = IGNORE
+    loss = MVSSLoss()
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[:, :, :2, :4] = 1
+    base = loss(edge_logits, seg, mask, edge, torch.tensor([1]))["edge"]
+    moved = edge_logits.clone()
+    moved[:, :, 2:, 2:] += 7.0
+    assert loss(moved, seg, mask, edge, torch.tensor([1]))["edge"].item() == pytest.approx(
+        base.item(), rel=1e-6
+    )
+    moved[:, :, 1, 0] += 7.0  # a pixel that counts
+    assert loss(moved, seg, mask, edge, torch.tensor([1]))["edge"].item() != pytest.approx(
+        base.item(), rel=1e-3
+    )
 
 
 def test_evaluator_skips_ignored_pixels_and_reports_authentic_fpr():
@@ -221,3 +248,15 @@ def test_classifier_label_from_name_is_the_seeds_rule(mosaic_data, tmp_path):
     labels = _labels(tmp_path / "inputs" / "cls" / "per_image.csv")
     assert labels["tamper.png"] == "1" and labels["mosaic.png"] == "0"
     assert labels["orig.png"] == "0" and labels["gt3_tamper.png"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("policy", "positives", "total"),
+    [("positive", 320, 1024), ("negative", 64, 1024), ("ignore", 64, 768)],
+)
+def test_all_ones_baseline_follows_the_policy(tmp_path, policy, positives, total):
+    from common.baselines import all_ones_pixel_f1
+
+    _colour_sample(tmp_path, tampered=True)
+    got = all_ones_pixel_f1(tmp_path / "l.txt", desensitised=policy)
+    assert got == pytest.approx(2 * positives / (positives + total))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from common.fast import fold_batchnorm, optimize_for_inference
-from common.synthetic import SyntheticConfig, bundled_photos, make_sample
+from common.photos import bundled_photos
+from common.synthetic import SyntheticConfig, make_sample
 from common.transforms import normalize_bgr_batch
 from common.winograd import WinogradConv2d, winograd_eligible
 from tests.conftest import build

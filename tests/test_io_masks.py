@@ -165,3 +165,65 @@ def test_exif_orientation_honoured(tmp_path):
     path = tmp_path / "rot.jpg"
     img.save(path, exif=exif.tobytes())
     assert read_image(path).shape == (30, 10, 3)
+
+
+def _seed_colour_mask(size: int = 64) -> np.ndarray:
+    colour = np.full((size, size, 3), 255, np.uint8)
+    cv2.circle(colour, (20, 20), 10, (0, 0, 255), -1, cv2.LINE_AA)  # red: tampered
+    cv2.rectangle(colour, (36, 36), (56, 56), (255, 0, 0), -1)  # blue: desensitised
+    return colour
+
+
+@pytest.mark.parametrize("quality", [60, 80, 95])
+def test_lossy_seed_masks_keep_their_classes(tmp_path, quality):
+    """JPEG copies of the seed's colour masks, as colour and as grey (luma), and a
+    resized grey copy: white stays background, red tampered, blue desensitised."""
+    colour = _seed_colour_mask()
+    truth = decode_classes(colour)
+    assert (truth == 1).sum() > 250 and (truth == 2).sum() == 21 * 21
+    luma = cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+    resized = cv2.resize(cv2.resize(luma, (48, 48)), (64, 64), interpolation=cv2.INTER_LINEAR)
+    for name, image in (("c.jpg", colour), ("g.jpg", luma), ("r.png", resized)):
+        path = tmp_path / name
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality] if name.endswith(".jpg") else []
+        cv2.imwrite(str(path), image, params)
+        classes, _ = read_mask(path, (64, 64), nclass=3)
+        agree = (classes == truth).mean()
+        assert agree > 0.97, (name, agree)
+        assert classes[0, 63] == 0 and classes[20, 20] == 1 and classes[46, 46] == 2
+
+
+def test_near_white_jpeg_colours_are_not_refused():
+    """JPEG ringing can make a near-white pixel lead with green by a level or two."""
+    raw = np.full((2, 2, 3), 255, np.uint8)
+    raw[0, 0] = (186, 255, 254)
+    raw[1, 1] = (0, 0, 255)
+    assert decode_classes(raw).tolist() == [[1, 0], [0, 1]]
+
+
+def test_all_white_colour_file_is_an_empty_seed_mask(tmp_path):
+    white = np.full((8, 8, 3), 255, np.uint8)
+    path = _write(tmp_path / "gt3_orig.png", white)
+    assert read_mask(path, (8, 8), nclass=3)[0].sum() == 0
+    grey = _write(tmp_path / "full.png", np.full((8, 8), 255, np.uint8))
+    assert read_mask(grey, (8, 8), nclass=1)[0].all()  # one channel: all manipulated
+
+
+def test_palette_png_indices_and_wide_sixteen_bit(tmp_path):
+    from PIL import Image
+
+    index = np.zeros((6, 6), np.uint8)
+    index[:2] = 1
+    index[4:] = 2
+    im = Image.fromarray(index, mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))  # VOC colours
+    im.save(tmp_path / "voc.png")
+    assert read_mask(tmp_path / "voc.png", (6, 6), nclass=3)[0].tolist() == index.tolist()
+    wide = np.array([[0, 1000, 0]], np.uint16)
+    assert read_mask(_write(tmp_path / "w16.png", wide), (1, 3), nclass=1)[0].tolist() == [
+        [0, 1, 0]
+    ]
+    three = np.array([[0, 32768, 65535]], np.uint16)
+    assert read_mask(_write(tmp_path / "t16.png", three), (1, 3), nclass=3)[0].tolist() == [
+        [0, 2, 1]
+    ]

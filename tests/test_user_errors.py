@@ -61,6 +61,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "bad2.png").write_bytes(b"")
     (root / "corrupt_rows.txt").write_text("bad1.jpg None 0\nbad2.png None 0\n")
     (root / "a_file").write_text("x")
+    (root / "ok.png").write_bytes(Path(w["list"]).parent.joinpath("img_00.png").read_bytes())
+    (root / "corrupt_masks.txt").write_text("ok.png bad2.png 1\nok.png bad1.jpg 1\n")
+    (root / "blocked").mkdir()
+    for kind, ck in (("binary", w["ck"]), ("three", w["ck3"]), ("cls", w["ckcls"])):
+        lst = w["list3"] if kind == "three" else w["list"]
+        (root / "blocked" / Path(lst).stem).mkdir(exist_ok=True)
+        (root / "blocked" / Path(lst).stem / Path(ck).stem).write_text("a file in the way")
+    (root / "maps_elsewhere").mkdir()
+    (root / "maps_elsewhere" / "unrelated.png").write_bytes(b"x")
+    (root / "config_dir").mkdir()
     w.update(
         root=root,
         text=root / "text.pt",
@@ -69,6 +79,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
         empty=root / "empty.txt",
         missing_rows=root / "missing_rows.txt",
         corrupt_rows=root / "corrupt_rows.txt",
+        corrupt_masks=root / "corrupt_masks.txt",
         a_file=root / "a_file",
     )
     return w
@@ -124,14 +135,18 @@ INFERENCE_CASES = {
     "stride over tile": ({"--resize": "none", "--tile": 64, "--tile-stride": 65}, "stride 65"),
     "winograd without fast": ({"--winograd": ""}, "add --fast"),
     "unknown option": ({"--thresh": 0.5}, "unrecognized arguments"),
+    "output folder is a file": ({"--save_dir": "blocked"}, "cannot create an output folder"),
+    "every mask unreadable": ({"--test_file": "corrupt_masks"}, "none of the 2 images"),
 }
 
 
 def _resolve(w, value: object) -> object:
     if isinstance(value, str) and value in w:
         return w[value]
-    if isinstance(value, str) and value.startswith(("nope", "a_file")):
+    if isinstance(value, str) and value.startswith(("nope", "a_file", "blocked", "config_dir")):
         return w["root"] / value
+    if value == "corrupt_image":
+        return w["root"] / "bad1.jpg"
     return value
 
 
@@ -150,6 +165,19 @@ def test_missing_pred_dir(world, capsys):
     argv = _infer_argv(world, "binary", **{"--pred-dir": world["root"] / "no_maps"})
     line = _one_line_error(infer_mvss_calmetrics, argv, capsys, world["root"])
     assert "map folder not found (--pred-dir" in line
+
+
+def test_empty_save_dir(world, capsys):
+    argv = _infer_argv(world, "binary")
+    argv[argv.index("--save_dir") + 1] = ""
+    line = _one_line_error(infer_mvss_calmetrics, argv, capsys, world["root"])
+    assert "an empty path is not an output folder (--save_dir)" in line
+
+
+def test_pred_dir_without_a_map_of_the_list(world, capsys):
+    argv = _infer_argv(world, "binary", **{"--pred-dir": world["root"] / "maps_elsewhere"})
+    line = _one_line_error(infer_mvss_calmetrics, argv, capsys, world["root"])
+    assert "no map of any of the" in line and "maps_elsewhere" in line
 
 
 def test_three_class_script_refuses_binary_checkpoint(world, capsys):
@@ -208,7 +236,7 @@ TRAINING_CASES = {
     "missing train list": ({"--train_list": "nope.txt"}, "training data not found"),
     "missing val list": ({"--val_list": "nope.txt"}, "training data not found (--val_list"),
     "empty train list": ({"--train_list": "empty"}, "no samples"),
-    "rows naming missing files": ({"--train_list": "missing_rows"}, "no usable samples"),
+    "rows naming missing files": ({"--train_list": "missing_rows"}, "no usable rows (2 bad)"),
     "no readable sample": ({"--train_list": "corrupt_rows"}, "none of the 2 samples"),
     "out_dir under a file": ({"--out_dir": "a_file/run"}, "cannot create an output folder"),
     "resume from text": ({"--resume": "text"}, "not a PyTorch weight file"),
@@ -219,6 +247,10 @@ TRAINING_CASES = {
     "negative learning rate": ({"--lr": -1}, "lr must be"),
     "unknown option": ({"--epoch": 3}, "unknown option --epoch (did you mean --epochs"),
     "size below 64": ({"--size": 32}, "size"),
+    "empty out_dir": ({"--out_dir": ""}, "an empty path is not an output folder"),
+    "config is a folder": ({"--config": "config_dir"}, "config is a folder"),
+    "config is binary": ({"--config": "corrupt_image"}, "config is not a text (YAML) file"),
+    "a list as train_list": ({"--train_list": "[a.txt, b.txt]"}, "expected one path"),
 }
 
 
@@ -273,7 +305,7 @@ def test_resume_with_another_backbone(world, finished_runs, capsys):
         (["--authentic-ratio", "1.5"], "must be in [0, 1]"),
         (["--train", "0", "--val", "0", "--test", "0"], "nothing to generate"),
         (["--photos", "nope_dir"], "photo folder not found"),
-        (["--photos", "empty_dir"], "need at least 2 readable photographs"),
+        (["--photos", "empty_dir"], "need at least 2 photographs"),
     ],
 )
 def test_make_synthetic_data_user_errors(world, capsys, argv, expected):
