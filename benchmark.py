@@ -11,6 +11,7 @@ when some images failed (named in the CSVs), 2 for a user error.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,6 +32,7 @@ from common.bench_tables import (
 from common.benchmark import (
     ClassifierSettings,
     LoadedSet,
+    checkpoint_digest,
     choose_classifier_threshold,
     choose_localization_thresholds,
     level_name,
@@ -41,23 +43,27 @@ from common.benchmark import (
     rescore_classifier_at,
     run_classifier_level,
     run_localization_level,
+    stale_levels,
+    write_stamp,
 )
+from common.classify import DEFAULT_CROP, DEFAULT_CROP_STRIDE
 from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
     add_threshold_arg,
-    check_stride,
     eval_settings,
     load_model,
     parse_resize,
     run_options,
 )
+from common.masks import CLASSIFIER_DESENSITISED, LOCALIZATION_DESENSITISED
 from common.perturb import PRESETS, Perturbation, parse_sweep, preset
 from common.reports import EXIT_SOME_FAILED
 from common.usage import (
     Parser,
     UsageError,
+    check_stride,
     non_negative_int,
     positive_int,
     require_writable_dir,
@@ -81,6 +87,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     g.add_argument("--preset", choices=sorted(PRESETS), help="benco: IMDL-BenCo's sweeps")
     g.add_argument("--seed", type=non_negative_int, default=0, help="perturbation seed")
     g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute levels whose maps were made otherwise (default: refuse)",
+    )
+    g.add_argument(
         "--th-from",
         "--th_from",
         dest="th_from",
@@ -92,9 +103,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="auto",
         help="auto: classification for checkpoints of train_demo_cls.py, else localization",
     )
-    g.add_argument("--crop", type=parse_resize, default=512, help="classifier crops (512)")
-    g.add_argument("--crop-stride", dest="crop_stride", type=positive_int, default=512)
-    add_io_args(parser, desensitised="positive", sources=False, save_dir="outputs/benchmark")
+    g.add_argument(
+        "--crop", type=parse_resize, default=DEFAULT_CROP, help=f"classifier crops ({DEFAULT_CROP})"
+    )
+    g.add_argument(
+        "--crop-stride", dest="crop_stride", type=positive_int, default=DEFAULT_CROP_STRIDE
+    )
+    add_io_args(
+        parser, desensitised=LOCALIZATION_DESENSITISED, sources=False, save_dir="outputs/benchmark"
+    )
     add_model_args(parser)
     add_run_args(parser)
     add_threshold_arg(parser, "threshold in (0, 1) (default 0.5)")
@@ -114,6 +131,26 @@ def _perturbations(args: argparse.Namespace) -> list[Perturbation]:
     except ValueError as exc:
         raise UsageError(str(exc), "--perturb" if args.perturb else "--preset") from exc
     return list(dict.fromkeys(out))  # a level asked twice runs once
+
+
+def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """What decides a level's maps (localisation) or scores (classifier)."""
+    stamp: dict[str, Any] = {
+        "checkpoint_sha256": checkpoint_digest(args.model_path),
+        "task": task,
+        "resize": args.resize,
+        "tile": args.tile,
+        "tile_stride": args.tile_stride,
+        "amp": args.amp,
+        "fast": bool(getattr(args, "fast", False)),
+        "winograd": bool(getattr(args, "winograd", False)),
+        "seed": args.seed,
+    }
+    if task == "classification":
+        stamp.update(crop=args.crop, crop_stride=args.crop_stride)
+    else:
+        stamp["threshold"] = args.th  # bin/ maps are written at it
+    return stamp
 
 
 def _task(args: argparse.Namespace) -> str:
@@ -140,15 +177,29 @@ def run(argv: list[str]) -> int:
     perturbations = _perturbations(args)
     task = _task(args)
     if task == "classification" and not any(a.startswith("--desensitised") for a in argv):
-        args.desensitised = "negative"  # the classifier's default, as infer_mvss_cls.py
+        args.desensitised = CLASSIFIER_DESENSITISED  # as infer_mvss_cls.py
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     require_writable_dir(args.save_dir, "--save_dir")
     loaded = load_sets(sets)
     opts = run_options(args)  # validates device and precision before the group starts
+    out = Path(args.save_dir) / Path(args.model_path).stem
+    stamp = _stamp(args, task)
+    stale = stale_levels(out, loaded, perturbations, stamp)
+    if stale and not args.overwrite:
+        folder, why = stale[0]
+        raise UsageError(
+            f"{len(stale)} level folder(s) hold results made otherwise ({why})",
+            f"--save_dir: {folder}",
+            "use another --save_dir, or --overwrite to recompute them",
+        )
     try:
         opts = replace(opts, device=dist.init_from_env(args.device))
+        if dist.is_main():
+            for folder, _ in stale:
+                shutil.rmtree(folder)
+        dist.barrier()
         model = load_model(args, opts.device, classifier=task == "classification")
-        out = Path(args.save_dir) / Path(args.model_path).stem
+        args.stamp = stamp
         if task == "classification":
             failed = _classification(args, model, loaded, perturbations, out, opts)
         else:
@@ -162,7 +213,11 @@ LevelRunner = Callable[[LoadedSet, Perturbation | None, Path], tuple[Any, Any]]
 
 
 def _sweep(
-    loaded: list[LoadedSet], perturbations: list[Perturbation], out: Path, run_level: LevelRunner
+    loaded: list[LoadedSet],
+    perturbations: list[Perturbation],
+    out: Path,
+    run_level: LevelRunner,
+    stamp: dict[str, Any],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Every set at every level: (summaries by set and level, each set's clean extra)."""
     results: dict[str, dict[str, Any]] = {}
@@ -170,7 +225,11 @@ def _sweep(
     for data in loaded:
         results[data.name] = {}
         for p in [None, *perturbations]:
-            summary, extra = run_level(data, p, out / data.name / level_name(p))
+            folder = out / data.name / level_name(p)
+            if dist.is_main():
+                write_stamp(folder, stamp)
+            dist.barrier()
+            summary, extra = run_level(data, p, folder)
             results[data.name][level_name(p)] = summary
             if p is None:
                 clean[data.name] = extra
@@ -190,7 +249,7 @@ def _localization(
     def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
         return run_localization_level(model, data, p, where, opts, settings)
 
-    results, failures = _sweep(loaded, perturbations, out, level)
+    results, failures = _sweep(loaded, perturbations, out, level, args.stamp)
     if not dist.is_main():
         return False
     chosen, rescored = None, None
@@ -223,7 +282,7 @@ def _classification(
     def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
         return run_classifier_level(model, data, p, where, opts, cls, settings)
 
-    results, scores = _sweep(loaded, perturbations, out, level)
+    results, scores = _sweep(loaded, perturbations, out, level, args.stamp)
     if not dist.is_main():
         return False
     chosen, rescored = None, None

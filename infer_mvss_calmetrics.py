@@ -26,12 +26,13 @@ from common.cli import (
     run_options,
 )
 from common.evaluation import run_model_evaluation, run_pred_dir_evaluation
+from common.masks import LOCALIZATION_DESENSITISED
 from common.usage import Parser, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    add_io_args(parser, desensitised="positive")
+    add_io_args(parser, desensitised=LOCALIZATION_DESENSITISED)
     add_model_args(parser)
     add_run_args(parser)
     add_threshold_arg(parser, "pixel threshold in (0, 1) (default 0.5, p > th)")

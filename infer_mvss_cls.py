@@ -13,14 +13,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.classify import run_classification, seed_name_label
+from common.classify import (
+    DEFAULT_CROP,
+    DEFAULT_CROP_STRIDE,
+    run_classification,
+    seed_name_label,
+)
 from common.cli import (
     add_io_args,
     add_model_args,
     add_run_args,
     add_threshold_arg,
     check_outputs,
-    check_stride,
     checked_output_dir,
     load_inputs,
     load_model,
@@ -28,27 +32,28 @@ from common.cli import (
     parse_resize,
     run_options,
 )
-from common.usage import Parser, positive_int, run_cli
+from common.masks import CLASSIFIER_DESENSITISED
+from common.usage import Parser, check_stride, positive_int, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    add_io_args(parser, desensitised="negative")
+    add_io_args(parser, desensitised=CLASSIFIER_DESENSITISED)
     add_model_args(parser)
     add_run_args(parser)
     parser.add_argument(
         "--crop",
         type=parse_resize,
-        default=512,
-        help="crop size, or 'none' for the whole image (default 512)",
+        default=DEFAULT_CROP,
+        help=f"crop size, or 'none' for the whole image (default {DEFAULT_CROP})",
     )
     parser.add_argument(
         "--crop-stride",
         "--crop_stride",
         dest="crop_stride",
         type=positive_int,
-        default=512,
-        help="crop stride, at most --crop (default 512)",
+        default=DEFAULT_CROP_STRIDE,
+        help=f"crop stride, at most --crop (default {DEFAULT_CROP_STRIDE})",
     )
     add_threshold_arg(parser, "image threshold in (0, 1) (default 0.5, score > th)")
     parser.add_argument(

@@ -20,7 +20,7 @@ from common.inference import RunOptions
 from common.io import MAX_PIXELS
 from common.runtime import device_of
 from common.serving import Analyser, ModelInfo, Service, create_app
-from common.usage import Parser, UsageError, at_least, positive_int, run_cli
+from common.usage import Parser, UsageError, at_least, check_stride, positive_int, run_cli
 from models import read_checkpoint_config
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoints/best.pt")
@@ -65,8 +65,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.max_upload_mb > 0 or args.max_upload_mb == float("inf"):  # nan fails too
         raise UsageError(f"must be a number > 0, got {args.max_upload_mb}", "--max-upload-mb")
-    if args.tile_stride > args.tile:
-        raise UsageError("the tile stride is larger than the tile", "--tile-stride")
+    check_stride(args.tile_stride, args.tile, "--tile-stride", "--tile")
     if not args.model_path:
         if not DEMO_CHECKPOINT.is_file():
             raise UsageError(

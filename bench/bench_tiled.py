@@ -19,7 +19,7 @@ import torch
 from bench.common_bench import ROOT, calibrated_model, int_pair, synthetic_images, write_result
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, predict_tiled, tile_windows
-from common.usage import Parser, UsageError, at_least, run_cli
+from common.usage import Parser, at_least, check_stride, run_cli
 
 
 def one(width: int, height: int, fast: bool, tile: int, stride: int) -> dict:
@@ -50,11 +50,7 @@ def run(argv: list[str]) -> int:
     p.add_argument("--fast", action="store_true")
     p.add_argument("--one", type=int_pair, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.stride > args.tile:
-        raise UsageError(
-            f"--stride {args.stride} is larger than --tile {args.tile}: pixels would be missed",
-            "--stride",
-        )
+    check_stride(args.stride, args.tile, "--stride", "--tile")
     if args.one:
         w, h = (int(v) for v in args.one.split("x"))
         print(json.dumps(one(w, h, args.fast, args.tile, args.stride)))

@@ -20,6 +20,7 @@ Layout: ``<out>/<set>/<level>/`` per set and level, and at ``<out>`` the combine
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -141,6 +142,51 @@ def _merged(parts: list[dict[str, str]]) -> dict[str, str]:
     return out
 
 
+# ----------------------------------------------------------------------------- resume
+
+STAMP = "maps.json"  # what made a level's maps (or scores): checked before they are reused
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 of the checkpoint file: a resumed level must come from the same weights,
+    whatever the file is called (many are called best.pt)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def level_folders(out: Path, loaded: list[LoadedSet], perturbations: list[Perturbation]):
+    for data in loaded:
+        for p in [None, *perturbations]:
+            yield out / data.name / level_name(p)
+
+
+def stale_levels(
+    out: Path, loaded: list[LoadedSet], perturbations: list[Perturbation], stamp: dict
+) -> list[tuple[Path, str]]:
+    """Level folders holding results made otherwise (another checkpoint, resize, tiling,
+    precision, threshold, seed), or of unknown origin: (folder, what differs)."""
+    stale = []
+    for folder in level_folders(out, loaded, perturbations):
+        if not folder.exists() or not any(folder.iterdir()):
+            continue
+        try:
+            previous = json.loads((folder / STAMP).read_text())
+        except (OSError, json.JSONDecodeError):
+            stale.append((folder, "no record of what made them"))
+            continue
+        differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
+        if differs:
+            stale.append((folder, ", ".join(differs) + " differ"))
+    return stale
+
+
+def write_stamp(folder: Path, stamp: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STAMP}.tmp"
+    tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+    tmp.replace(folder / STAMP)
+
+
 # ----------------------------------------------------------------------------- localisation
 
 
@@ -212,6 +258,11 @@ def choose_localization_thresholds(
     }
 
 
+def _or_default(value: float | None, default: float) -> float:
+    """A chosen threshold (0.0 is a real choice), or the default where none was."""
+    return default if value is None else value
+
+
 def rescore_at(
     data: LoadedSet,
     level_out: Path,
@@ -223,8 +274,8 @@ def rescore_at(
     chosen), into ``<level>/th_from_<set>/`` (main process)."""
     at = replace(
         settings,
-        threshold=chosen["pixel_threshold"] or settings.threshold,
-        image_threshold=chosen["image_threshold"] or settings.image_threshold,
+        threshold=_or_default(chosen["pixel_threshold"], settings.threshold),
+        image_threshold=_or_default(chosen["image_threshold"], settings.image_threshold),
         quiet=True,
     )
     out = level_out / f"th_from_{chosen['chosen_on']}"
@@ -258,10 +309,14 @@ def run_classifier_level(
     ``scores.json`` when a previous run finished this level), reported on the main one."""
     saved = out / "scores.json"
     results: list[tuple[int, dict[str, Any]]] = []
-    if dist.gather_objects(saved.is_file())[0]:  # the main process decides for all
-        if dist.is_main():
+    if dist.is_main() and saved.is_file():
+        try:
             results = [(int(i), r) for i, r in json.loads(saved.read_text())]
-    else:
+        except (json.JSONDecodeError, TypeError, ValueError):
+            results = []
+        if [i for i, _ in results] != list(range(len(data.records))):
+            results = []  # another list, or cut short: scored again
+    if not dist.gather_objects(bool(results))[0]:  # the main process decides for all
         mine = _shard(data.records)
         scored = iter_scores(
             model,
@@ -314,6 +369,6 @@ def rescore_classifier_at(
     default: float,
 ) -> dict[str, Any]:
     out = level_out / f"th_from_{chosen['chosen_on']}"
-    threshold = chosen["image_threshold"] or default
+    threshold = _or_default(chosen["image_threshold"], default)
     report_classification(data.records, results, data.problems, out, threshold, True)
     return json.loads((out / "summary.json").read_text())

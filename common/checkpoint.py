@@ -42,6 +42,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state  # type: ignore[return-value]
 
 
+def read_resume_state(path: str, task_name: str, model_state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint to continue a run of ``task_name`` whose model has ``model_state``'s
+    keys and shapes; one that cannot be read, or that belongs to another task or network,
+    is a user error (one line) before anything is written."""
+    from common.usage import UsageError
+    from models.weights import compare_state_dicts
+
+    where, hint = f"--resume {path}", "resume needs a last.pt of a run of this script"
+    try:
+        state = load_checkpoint(path)
+    except WeightsError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise UsageError(f"cannot resume from this checkpoint: {reason}", where) from exc
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if saved.get("task") not in (None, task_name):
+        raise UsageError(
+            f"this checkpoint is of a {saved['task']!r} run, not {task_name!r}", where, hint
+        )
+    report = compare_state_dicts(model_state, state["model"])
+    if not report.ok:
+        raise UsageError(
+            f"its weights do not fit this network: {report.describe()}",
+            where,
+            "same task, backbone and classes as the run it came from",
+        )
+    return state
+
+
 def rng_state() -> dict[str, Any]:
     """RNG states as plain data (tensors, lists, numbers) so weights_only loading works."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -18,7 +18,7 @@ from torch import nn
 
 from common.batch_run import BatchRun
 from common.inference import RunOptions, resize_input, run_model, tile_windows
-from common.masks import MaskOptions
+from common.masks import CLASSIFIER_DESENSITISED, MaskOptions
 from common.metrics import ClassificationEvaluator
 from common.predictor import Perturb, iter_decoded
 from common.progress import progress
@@ -26,6 +26,9 @@ from common.sources import Problem, Record
 from common.transforms import normalize_bgr_batch
 
 CSV_FIELDS = ("path", "status", "reason", "score", "prediction", "label", "crops")
+# The seed's classifier crops: 512 at stride 512 (infer_mvss_cls.py and benchmark.py).
+DEFAULT_CROP = 512
+DEFAULT_CROP_STRIDE = 512
 
 
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1
@@ -169,7 +172,7 @@ def run_classification(
 ) -> int:
     """Score every image; labels follow ``masks.desensitised`` (default ``negative``, the
     seed's classifier: an image whose mask shows only desensitised regions is authentic)."""
-    masks = masks or MaskOptions(desensitised="negative")
+    masks = masks or MaskOptions(desensitised=CLASSIFIER_DESENSITISED)
     results = iter_scores(model, records, opts, crop, stride, resize, masks, batch_size, workers)
     scored = progress(results, total=len(records), unit="img", desc="classifying")
     return report_classification(records, scored, problems, out, threshold)

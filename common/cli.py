@@ -32,6 +32,7 @@ from common.sources import (
 from common.usage import (
     UsageError,
     at_least,
+    check_stride,
     clip,
     non_negative_int,
     open_unit_interval,
@@ -213,16 +214,6 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
         default=stride,
         help=f"tile stride (default {stride})",
     )
-
-
-def check_stride(stride: int, size: int | None, option: str, size_option: str) -> None:
-    if size is not None and stride > size:
-        raise UsageError(
-            f"stride {stride} is larger than the window {size}: parts of the image would "
-            "never be seen",
-            option,
-            f"use a stride ≤ {size_option}",
-        )
 
 
 def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:

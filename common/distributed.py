@@ -80,6 +80,31 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(buffer, src=src)
 
 
+def require_every_gradient(named_params: list[tuple[str, torch.nn.Parameter]]) -> None:
+    """Every trainable parameter must have a gradient after a step's first backward:
+    under DDP one that has none on some process puts the gradient reductions out of
+    step, which gloo reports as a size mismatch and NCCL as a hang. Fail clearly instead
+    (also in one-process runs, so the fault shows before a multi-GPU job)."""
+    missing = [name for name, p in named_params if p.grad is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
+        raise RuntimeError(
+            f"{len(missing)} trainable parameters got no gradient in this step "
+            f"({shown}): the loss must reach every parameter in every step (DDP "
+            "requires it), or set ddp_find_unused_parameters: true"
+        )
+
+
+def average_gradients(named_params: list[tuple[str, torch.nn.Parameter]]) -> None:
+    """All-reduce (mean) every gradient, as DDP's synchronising backward would."""
+    if world_size() == 1:
+        return
+    for _, p in named_params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+            p.grad.div_(world_size())
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's object, in rank order (one-element list without DDP)."""
     if world_size() == 1:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from common import distributed as dist
-from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from common.checkpoint import read_resume_state, rng_state, save_checkpoint, set_rng_state
 from common.config import save_yaml
 from common.optim import build_optimizer, freeze_unused, lr_factor
 from common.progress import progress
@@ -31,9 +31,8 @@ from common.tasks import Task, initial_model
 from common.train_checks import check_config, check_values
 from common.train_log import RunLog
 from common.training_data import build_dataset, train_loader, val_loader
-from common.usage import UsageError
-from models import WeightsError, unwrap_model
-from models.weights import compare_state_dicts
+from common.usage import UsageError, clip
+from models import unwrap_model
 
 log = logging.getLogger("mvss.train")
 
@@ -112,27 +111,8 @@ class Trainer:
     def _resume(self, path: str) -> None:
         """Continue from one of our checkpoints; one that cannot be read or that belongs
         to another network or run setup is a user error (nothing is written yet)."""
-        where, hint = f"--resume {path}", "resume needs a last.pt of a run of this script"
-        try:
-            state = load_checkpoint(path)
-        except WeightsError as exc:
-            reason = str(exc).removeprefix(f"{path}: ")
-            raise UsageError(f"cannot resume from this checkpoint: {reason}", where) from exc
-        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
-        if saved.get("task") not in (None, self.task.name):
-            raise UsageError(
-                f"this checkpoint is of a {saved['task']!r} run, not {self.task.name!r}",
-                where,
-                hint,
-            )
         model = unwrap_model(self.model)
-        report = compare_state_dicts(model.state_dict(), state["model"])
-        if not report.ok:
-            raise UsageError(
-                f"its weights do not fit this network: {report.describe()}",
-                where,
-                "same task, backbone and classes as the run it came from",
-            )
+        state = read_resume_state(path, self.task.name, model.state_dict())
         try:
             model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -142,10 +122,10 @@ class Trainer:
             self.best_score = state.get("best_score")
             set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UsageError(
-                f"cannot resume from this checkpoint: {type(exc).__name__}: {first}",
-                where,
+                f"cannot resume from this checkpoint: {type(exc).__name__}: {clip(first)}",
+                f"--resume {path}",
                 "same optimizer and options as the run it came from",
             ) from exc
         if self.main:
@@ -178,16 +158,25 @@ class Trainer:
             unit="batch",
         )
         self.optimizer.zero_grad(set_to_none=True)
+        pending = False  # gradients accumulated since the last optimiser step
         for i, batch in enumerate(bar):
             if i >= self.batches_per_epoch:
                 break
             skipped += len(batch["skipped"])
             for path, reason in batch["skipped"]:
                 log.warning("skipped %s: %s", path, reason)
-            if dist.any_true(batch["count"] == 0, self.device):
-                continue  # a rank got no usable sample: all ranks skip together
-            batch = self._to_device(batch)
             last_micro = (i + 1) % accumulate == 0 or i + 1 == self.batches_per_epoch
+            if dist.any_true(batch["count"] == 0, self.device):
+                # a rank got no usable sample: all ranks skip together; a window that
+                # ends here still steps on what it gathered (gradients averaged by hand,
+                # as the skipped backward would have synchronised them)
+                if last_micro and pending:
+                    dist.average_gradients(self.trainable)
+                    self._optimizer_step()
+                    steps_done += 1
+                    pending = False
+                continue
+            batch = self._to_device(batch)
             sync = (
                 contextlib.nullcontext()
                 if last_micro or dist.world_size() == 1
@@ -202,16 +191,19 @@ class Trainer:
                         # DDP waits for a backward after every forward; run one and let
                         # _on_nonfinite discard its gradients.
                         (loss * 0.0).backward()
-                    self._on_nonfinite()
+                    self._on_nonfinite()  # discards this window's gradients
                     nonfinite += 1
+                    pending = False
                     continue
                 self.nonfinite_in_row = 0
                 self.scaler.scale(loss / accumulate).backward()
-            if first_micro:
-                self._check_all_parameters_used()
+                pending = True
+            if first_micro and not self.find_unused:
+                dist.require_every_gradient(self.trainable)
             if last_micro:
                 self._optimizer_step()
                 steps_done += 1
+                pending = False
             n = int(batch["count"])
             seen += n
             for k, v in parts.items():
@@ -228,22 +220,6 @@ class Trainer:
             optimizer_steps=steps_done,
         )
         return stats
-
-    def _check_all_parameters_used(self) -> None:
-        """Every trainable parameter must have a gradient after a step's first backward:
-        under DDP one that has none on some process puts the gradient reductions out of
-        step, which gloo reports as a size mismatch and NCCL as a hang. Fail clearly
-        instead (also in one-process runs, so the fault shows before a multi-GPU job)."""
-        if self.find_unused:
-            return
-        missing = [name for name, p in self.trainable if p.grad is None]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" …" if len(missing) > 5 else "")
-            raise RuntimeError(
-                f"{len(missing)} trainable parameters got no gradient in this step "
-                f"({shown}): the loss must reach every parameter in every step (DDP "
-                "requires it), or set ddp_find_unused_parameters: true"
-            )
 
     def _on_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -326,11 +302,7 @@ class Trainer:
     def _track_best(self, metrics: dict[str, Any]) -> bool:
         if not metrics:
             return True  # no validation: the latest is the best we know
-        key = self.cfg["best_metric"]
-        if key not in metrics:
-            valid = ", ".join(sorted(_scalars(metrics)))
-            raise KeyError(f"best_metric {key!r} is not a validation metric; choose from {valid}")
-        value = metrics[key]
+        value = metrics[self.cfg["best_metric"]]  # checked before the run (train_checks)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return self.best_score is None
         if self.best_score is None or value > self.best_score:

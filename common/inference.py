@@ -14,14 +14,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from common.runtime import autocast, to_memory_format
-from common.transforms import normalize_bgr_batch
+from common.transforms import MIN_SIDE, normalize_bgr_batch, upsample_to_min_side
 from models.outputs import ModelOutput, cast_output
-
-MIN_SIDE = 64  # the network needs at least this many pixels per side
 
 
 @dataclass
@@ -62,26 +59,6 @@ def forward_probs(model: nn.Module, images: torch.Tensor, opts: RunOptions) -> t
     return probabilities(run_model(model, x, opts).seg).cpu()
 
 
-def _ensure_min_side(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    if min(h, w) >= MIN_SIDE:
-        return image
-    scale = MIN_SIDE / min(h, w)
-    size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-
-
-def ensure_min_side(image: torch.Tensor) -> torch.Tensor:
-    """A (C, H, W) tensor upsampled (bilinear) so both sides are at least ``MIN_SIDE``,
-    as :func:`resize_input` does for decoded images."""
-    h, w = image.shape[-2:]
-    if min(h, w) >= MIN_SIDE:
-        return image
-    scale = MIN_SIDE / min(h, w)
-    size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
-    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
 def resize_map(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a (C, h, w) or (h, w) float map to (H, W) bilinearly (the release's way)."""
     h, w = size
@@ -98,7 +75,7 @@ def resize_map(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def resize_input(image: np.ndarray, resize: int | None) -> np.ndarray:
     """The network input: ``resize``×``resize`` (bilinear) or the image itself."""
     if resize is None:
-        return _ensure_min_side(image)
+        return upsample_to_min_side(image)
     if resize < MIN_SIDE:
         raise ValueError(f"resize must be ≥ {MIN_SIDE}, got {resize}")
     return cv2.resize(image, (resize, resize), interpolation=cv2.INTER_LINEAR)
@@ -143,7 +120,7 @@ def predict_tiled(
     ``on_tiles(done, total)`` is called after each group of tiles (progress; it may raise
     to abandon the image)."""
     original = image.shape[:2]
-    image = _ensure_min_side(image)
+    image = upsample_to_min_side(image)
     h, w = image.shape[:2]
     windows = tile_windows(h, w, opts.tile, opts.tile_stride)
     acc: np.ndarray | None = None

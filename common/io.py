@@ -151,12 +151,21 @@ def read_mask_raw(path: str | Path, keep_channels: bool = False) -> np.ndarray:
     H×W×3 (BGR). Alpha is dropped; see :func:`_wide_to_uint8` for 16-bit files and
     :func:`_palette_indices` for palette PNGs. A 3-channel file whose channels are equal
     becomes H×W unless ``keep_channels``."""
-    data = _read_bytes(path)
-    _check_complete(path, data)
+    return decode_mask_bytes(_read_bytes(path), path, keep_channels=keep_channels)
+
+
+def decode_mask_bytes(
+    data: bytes, name: str | Path, max_pixels: int | None = None, keep_channels: bool = True
+) -> np.ndarray:
+    """:func:`read_mask_raw` for bytes in memory (an upload); ``name`` is what errors
+    call it."""
+    if not data:
+        raise BadInputError(name, "empty file (0 bytes)")
+    _check_complete(name, data)
     indices = _palette_indices(data)
     if indices is not None:
         return indices
-    mask = _wide_to_uint8(_decode(path, data, cv2.IMREAD_UNCHANGED))
+    mask = _wide_to_uint8(_decode(name, data, cv2.IMREAD_UNCHANGED, max_pixels))
     if mask.ndim == 3:
         if mask.shape[2] == 4:
             mask = mask[:, :, :3]

@@ -46,6 +46,10 @@ MASK_SIZE_POLICIES = ("resize", "reject")
 MASK_ENCODINGS = ("colour", "index", "seed-luma", "grey")
 DESENSITISED_POLICIES = ("positive", "negative", "ignore")
 IGNORE = 255  # binary-mask value of pixels left out of losses and metrics
+# The desensitised policy each kind of task starts from (README, Data: why): the seed's
+# binary localisation merges tampered and desensitised; its classifier does not.
+LOCALIZATION_DESENSITISED = "positive"
+CLASSIFIER_DESENSITISED = "negative"
 
 # A pixel whose largest and smallest channel differ by more than this is coloured.
 # JPEG chroma noise on white, black or grey stays far below it.

@@ -1,7 +1,7 @@
 """Degradations for robustness sweeps, applied to the image only (never the mask).
 
 Each :class:`Perturbation` is deterministic per image: its random stream comes from the
-run's seed, the image's path and the perturbation itself, so the same image gets the same
+run's seed, the image's file name and the perturbation itself, so the same image gets the same
 noise in every run, process and order. They are plain picklable objects, applied in the
 data-loading workers after decoding.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -73,7 +74,9 @@ class Perturbation:
         return np.random.default_rng([self.seed, zlib.crc32(key.encode()), kind_id, level_id])
 
     def __call__(self, image: np.ndarray, key: str) -> np.ndarray:
-        """The degraded BGR uint8 image; ``key`` (the image's path) seeds its randomness."""
+        """The degraded BGR uint8 image; ``key`` (the image's path) seeds its randomness
+        by its file name only, so a data set moved elsewhere gets the same noise."""
+        key = Path(key).name
         if self.kind == "jpeg":
             return jpeg(image, int(self.level))
         if self.kind == "jpeg_benco":

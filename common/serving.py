@@ -2,16 +2,20 @@
 
 One model, loaded once, runs in one worker thread off the event loop; requests wait in a
 bounded queue (``max_queue``): when it is full the answer is 503 with ``Retry-After``, so
-the server stays responsive under many clients. A request whose client goes away is
-dropped before it runs, and a full-resolution image stops between tile groups. Uploads are
-decoded in memory (nothing is written to disk); limits: ``max_upload_mb`` (413), the
-decoder's pixel limit read from the header (413), unreadable or truncated files (422 with
-the reason).
+the server stays responsive under many clients; a place in it is taken before an upload
+is decoded, so decoding is bounded too. A request whose client goes away is dropped
+before it runs, a full-resolution image stops between tile groups, and a page job that is
+no longer polled is cancelled. Limits: ``max_upload_mb`` (413, from ``Content-Length``
+before the body is read, or as the bytes arrive), the decoder's pixel limit read from the
+header (413), unreadable or truncated files (422 with the reason). Uploads are decoded
+in memory; Starlette spools a multipart file over 1 MB to a temporary file of the
+system's temporary folder, deleted when the request ends; nothing else is written.
 
 Endpoints: ``GET /`` the page (plain HTML/CSS/JS from ``web/``, nothing from the internet;
 FastAPI's interactive docs, which load assets from a CDN, are off), ``POST /api/predict``,
-``POST /api/jobs`` + ``GET /api/jobs/{id}`` (the same with progress, for the page),
-``GET /api/health``, ``GET /api/model``.
+``POST /api/jobs`` + ``GET /api/jobs/{id}`` (the same with progress, for the page;
+``DELETE`` cancels), ``POST /api/mask`` (a ground-truth mask decoded by the toolkit's
+rules, for the page's F1/IoU), ``GET /api/health``, ``GET /api/model``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -32,11 +37,12 @@ import cv2
 import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from torch import nn
 
-from common.classify import manipulated_score
+from common.classify import DEFAULT_CROP, DEFAULT_CROP_STRIDE, manipulated_score, score_crops
 from common.inference import (
     RunOptions,
     manipulated_map,
@@ -48,12 +54,15 @@ from common.inference import (
     run_model,
     to_png_levels,
 )
-from common.io import BadInputError, decode_image
+from common.io import BadInputError, decode_image, decode_mask_bytes
+from common.masks import binary_from_classes, decode_classes
 from common.transforms import normalize_bgr_batch
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 RESIZE_CHOICES = ("512", "none")
-JOB_TTL_S = 600
+JOB_TTL_S = 600  # a finished job's result waits this long for its poll
+JOB_ABANDON_S = 30  # a page job not polled for this long is cancelled
+MULTIPART_SLACK = 1024 * 1024  # form fields and boundaries beside the file
 
 
 class JobCancelledError(Exception):
@@ -154,6 +163,10 @@ class Analyser:
             full = predict_tiled(self.model, image, self.opts, on_progress)
             levels = to_png_levels(manipulated_map(full))
             probs = full if full.shape[0] > 1 else None
+            if self.info.kind == "classification":  # its own score, over crops (the seed's)
+                score = score_crops(
+                    self.model, image, self.opts, DEFAULT_CROP, DEFAULT_CROP_STRIDE
+                )[0]
         classes = probs.argmax(0).astype(np.uint8) if probs is not None else None
         if score is None:
             score = float(levels.max()) / 255.0  # the release's image score: the map's max
@@ -166,6 +179,8 @@ class Analyser:
 class Job:
     id: str
     created: float = field(default_factory=time.monotonic)
+    seen: float = field(default_factory=time.monotonic)  # last poll (page jobs)
+    polled: bool = False  # a page job: abandoned when no longer polled
     done: int = 0
     total: int = 1
     state: str = "queued"  # queued | running | done | error | cancelled
@@ -201,26 +216,37 @@ class Service:
             self.waiting -= 1
 
     def run(self, job: Job, image: np.ndarray, resize: int | None) -> Analysis:
-        """In the worker thread: skip a job cancelled while queued; report progress."""
+        """In the worker thread: skip a job cancelled while queued (or a page job no
+        longer polled); report progress."""
         try:
-            if job.cancel.is_set():
+            if job.cancel.is_set() or self.abandoned(job):
                 job.state = "cancelled"
                 raise JobCancelledError
             job.state = "running"
 
             def progress(done: int, total: int) -> None:
                 job.done, job.total = done, total
-                if job.cancel.is_set():
+                if job.cancel.is_set() or self.abandoned(job):
                     raise JobCancelledError
 
             return self.analyser(image, resize, progress)
         finally:
             self.release()
 
+    @staticmethod
+    def abandoned(job: Job) -> bool:
+        return job.polled and time.monotonic() - job.seen > JOB_ABANDON_S
+
     def prune(self) -> None:
+        """Forget finished jobs whose result was not fetched in time; cancel page jobs
+        nobody polls any more (running ones stop at their next group of tiles)."""
         now = time.monotonic()
-        for key in [k for k, j in self.jobs.items() if now - j.created > JOB_TTL_S]:
-            self.jobs.pop(key, None)
+        for key, job in list(self.jobs.items()):
+            if self.abandoned(job):
+                job.cancel.set()
+            finished = job.state in ("done", "error", "cancelled")
+            if (finished and now - job.seen > JOB_TTL_S) or (job.cancel.is_set() and finished):
+                self.jobs.pop(key, None)
 
     def new_job(self) -> Job:
         self.prune()
@@ -252,6 +278,63 @@ def parse_threshold(text: str | None) -> float:
     return value
 
 
+class UploadLimit:
+    """ASGI middleware: a POST body over ``limit`` bytes gets 413 before it is read (from
+    ``Content-Length``) or as soon as the bytes arriving pass it (chunked uploads), so a
+    huge upload is never received whole, nor spooled to disk."""
+
+    def __init__(self, app: Any, limit: int, message: str) -> None:
+        self.app, self.limit, self.message = app, limit, message
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps({"error": self.message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._reject(send)
+            return
+        received = 0
+        exceeded = False
+
+        async def counted() -> dict:
+            nonlocal received, exceeded
+            if exceeded:  # stop feeding the app: it sees the client gone
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        replaced = False
+
+        async def answer(message: dict) -> None:
+            # whatever the app makes of the cut body (FastAPI: 400), the client hears 413
+            nonlocal replaced
+            if not exceeded:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await self._reject(send)
+
+        try:
+            await self.app(scope, counted, answer)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not replaced:
+            await self._reject(send)
+
+
 def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastAPI:
     """The FastAPI application around a :class:`Service`."""
 
@@ -268,16 +351,27 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         lifespan=lifespan,
     )
     limit_bytes = int(max_upload_mb * 1024 * 1024)
+    too_large = f"file larger than the {max_upload_mb:g} MB upload limit"
+    app.add_middleware(UploadLimit, limit=limit_bytes + MULTIPART_SLACK, message=too_large)
     info = service.analyser.info
     model_name = Path(info.checkpoint).name
 
     def error(status: int, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            field_name = ".".join(str(x) for x in e.get("loc", ())[1:]) or "request"
+            parts.append(f"{field_name}: {e.get('msg', 'invalid')}")
+        hint = " (send the picture as the multipart field 'image')"
+        return error(422, "; ".join(parts) + (hint if "image" in " ".join(parts) else ""))
+
     async def read_upload(upload: UploadFile) -> bytes | JSONResponse:
         data = await upload.read(limit_bytes + 1)
         if len(data) > limit_bytes:
-            return error(413, f"file larger than the {max_upload_mb:g} MB upload limit")
+            return error(413, too_large)
         return data
 
     def decode(data: bytes, name: str) -> np.ndarray | JSONResponse:
@@ -286,22 +380,6 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         except BadInputError as exc:
             status = 413 if exc.reason.startswith("image too large") else 422
             return error(status, f"{exc.path}: {exc.reason}")
-
-    async def prepare(
-        upload: UploadFile, resize: str | None, threshold: str | None
-    ) -> tuple[np.ndarray, int | None, float, dict[str, float]] | JSONResponse:
-        start = time.perf_counter()
-        try:
-            size, th = parse_resize_option(resize), parse_threshold(threshold)
-        except ValueError as exc:
-            return error(422, str(exc))
-        data = await read_upload(upload)
-        if isinstance(data, JSONResponse):
-            return data
-        image = await asyncio.to_thread(decode, data, upload.filename or "upload")
-        if isinstance(image, JSONResponse):
-            return image
-        return image, size, th, {"decode_s": round(time.perf_counter() - start, 4)}
 
     def busy() -> JSONResponse:
         return error(
@@ -321,15 +399,30 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
     async def admit(
         upload: UploadFile, resize: str | None, threshold: str | None
     ) -> tuple[Job, np.ndarray, int | None, float, dict[str, float]] | JSONResponse:
-        """Options, upload and decoding checked, and a place in the queue taken."""
-        ready = await prepare(upload, resize, threshold)
-        if isinstance(ready, JSONResponse):
-            return ready
+        """Options checked, a place in the queue taken (so decoding is bounded too), the
+        upload read and decoded; the place is given back when any of that fails."""
+        start = time.perf_counter()
+        try:
+            size, th = parse_resize_option(resize), parse_threshold(threshold)
+        except ValueError as exc:
+            return error(422, str(exc))
         try:
             service.reserve()
         except QueueFullError:
             return busy()
-        return (service.new_job(), *ready)
+        try:
+            data = await read_upload(upload)
+            image = data
+            if not isinstance(data, JSONResponse):
+                image = await asyncio.to_thread(decode, data, upload.filename or "upload")
+        except BaseException:
+            service.release()
+            raise
+        if isinstance(image, JSONResponse):
+            service.release()
+            return image
+        timings = {"decode_s": round(time.perf_counter() - start, 4)}
+        return service.new_job(), image, size, th, timings
 
     @app.post("/api/predict")
     async def predict(
@@ -354,7 +447,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             analysis = await future
         except JobCancelledError:
             return error(499, "request cancelled")
-        except (RuntimeError, MemoryError) as exc:
+        except Exception as exc:  # the server stays up; the client learns why
             return error(500, f"inference failed: {type(exc).__name__}: {exc}")
         return analysis.as_json(model_name, th, timings)
 
@@ -368,17 +461,20 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         if isinstance(admitted, JSONResponse):
             return admitted
         job, decoded, size, th, timings = admitted
+        job.polled = True
 
         def work() -> None:
             try:
                 analysis = service.run(job, decoded, size)
+                job.result = analysis.as_json(model_name, th, timings)
             except JobCancelledError:
                 job.state = "cancelled"
                 return
-            except (RuntimeError, MemoryError) as exc:
-                job.state, job.error = "error", f"inference failed: {exc}"
+            except Exception as exc:  # any failure ends the job, never leaves it running
+                job.state, job.error = "error", f"inference failed: {type(exc).__name__}: {exc}"
                 return
-            job.result = analysis.as_json(model_name, th, timings)
+            finally:
+                job.seen = time.monotonic()
             job.state = "done"
 
         asyncio.get_running_loop().run_in_executor(service.executor, work)
@@ -389,13 +485,14 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         job = service.jobs.get(job_id)
         if job is None:
             return error(404, "no such job (finished long ago, or never started)")
+        job.seen = time.monotonic()
         body: dict[str, Any] = {"id": job.id, "state": job.state}
         body["progress"] = round(job.done / max(job.total, 1), 3)
         if job.state == "done":
             body["result"] = job.result
             service.jobs.pop(job_id, None)
-        elif job.state == "error":
-            body["error"] = job.error
+        elif job.state in ("error", "cancelled"):
+            body["error"] = job.error or "the analysis was cancelled"
             service.jobs.pop(job_id, None)
         return body
 
@@ -405,6 +502,29 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         if job is not None:
             job.cancel.set()
         return {"id": job_id, "state": "cancelled"}
+
+    @app.post("/api/mask")
+    async def mask(
+        mask: UploadFile = File(...),  # noqa: B008
+        width: int = Form(...),
+        height: int = Form(...),
+    ) -> Any:
+        """A ground-truth mask read by the toolkit's rules (any encoding: grey, index,
+        the seed's colours), as a 0/255 PNG at the image's size (nearest)."""
+        data = await read_upload(mask)
+        if isinstance(data, JSONResponse):
+            return data
+        try:
+            raw = decode_mask_bytes(data, mask.filename or "mask", max_pixels)
+            classes = decode_classes(raw, where=mask.filename or "mask")
+        except BadInputError as exc:
+            return error(422, f"{exc.path}: {exc.reason}")
+        if not (0 < width <= 100_000 and 0 < height <= 100_000):
+            return error(422, "width and height must be the image's size in pixels")
+        if classes.shape != (height, width):
+            classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
+        binary = binary_from_classes(classes).astype(np.uint8) * 255
+        return {"mask_png": _png_b64(binary), "manipulated_pixels": int((binary > 0).sum())}
 
     @app.get("/")
     async def index() -> FileResponse:

@@ -105,7 +105,9 @@ def _run_jobs(
         for job in jobs:
             yield make_and_write(out, pools[job.split], cfg, job)
         return
-    context = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
+    # spawn, not fork: a forked child of a process whose OpenCV or OpenMP thread pools
+    # already ran can deadlock (seen here: cv2.setNumThreads in the child hung)
+    context = multiprocessing.get_context("spawn")
     with context.Pool(workers, _init_worker, (out, pools, cfg)) as pool:
         chunk = max(1, min(16, len(jobs) // (workers * 8)))
         yield from pool.imap_unordered(_work, jobs, chunksize=chunk)

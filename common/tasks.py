@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from common.classify import Window, strongest_crop
-from common.inference import ensure_min_side
 from common.losses import MVSSLoss, ThreeClassLoss
 from common.metrics import ClassificationEvaluator, LocalizationEvaluator, ThreeClassEvaluator
 from common.usage import UsageError, clip
@@ -173,8 +172,7 @@ class ClassificationTask(_Validation):
         if self.crop is None:
             return forward(batch["image"])
         rows = []
-        for image in batch["image"]:
-            image = ensure_min_side(image)
+        for image in batch["image"]:  # at least MIN_SIDE per side (the eval transform)
             h, w = image.shape[-2:]
 
             def crops_of(windows: list[Window], image: torch.Tensor = image) -> torch.Tensor:

@@ -175,8 +175,34 @@ def build_train_transform(cfg: AugmentConfig) -> A.Compose:
     return A.Compose(ops, additional_targets={"edge": "mask"})
 
 
-def build_eval_transform(size: int | None) -> A.Compose | None:
-    """Validation: resize only (None = keep the original size)."""
+MIN_SIDE = 64  # the network needs at least this many pixels per side
+
+
+def upsample_to_min_side(image: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """An image (or mask, ``nearest``) scaled up so both sides are at least
+    :data:`MIN_SIDE`, keeping its aspect: the one rule inference and validation share."""
+    h, w = image.shape[:2]
+    if min(h, w) >= MIN_SIDE:
+        return image
+    scale = MIN_SIDE / min(h, w)
+    size = (max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale)))
+    method = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=method)
+
+
+class MinSide:
+    """Validation at the original size: only images smaller than :data:`MIN_SIDE` are
+    scaled up (as inference does), masks and edges with them."""
+
+    def __call__(self, **targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            key: upsample_to_min_side(value, nearest=key != "image")
+            for key, value in targets.items()
+        }
+
+
+def build_eval_transform(size: int | None) -> A.Compose | MinSide:
+    """Validation: resize only (None = keep the original size, at least MIN_SIDE)."""
     if size is None:
-        return None
+        return MinSide()
     return A.Compose(_size_ops(size, crop=False), additional_targets={"edge": "mask"})

@@ -157,6 +157,18 @@ def _integer(text: str) -> int:
 # ----------------------------------------------------------------------------- checks
 
 
+def check_stride(stride: int, size: int | None, option: str, size_option: str) -> None:
+    """A tile or crop stride at most its window (equal: windows side by side, the
+    seed's classifier crops), so every pixel is seen; the rule of every script."""
+    if size is not None and stride > size:
+        raise UsageError(
+            f"stride {stride} is larger than the window {size}: parts of the image would "
+            "never be seen",
+            option,
+            f"use a stride ≤ {size_option}",
+        )
+
+
 def _require(path: str | Path, what: str, option: str | None, folder: bool) -> Path:
     p = Path(path)
     where = f"{option} {p}" if option else p

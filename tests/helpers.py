@@ -61,6 +61,7 @@ def make_tiny_checkpoint(
     config = {"model": {"backbone": "resnet18", "nclass": nclass}}
     if cls_head:
         config["model"]["head"] = cls_head
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net.state_dict(), "config": config}, path)
     return path
 

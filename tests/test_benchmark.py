@@ -82,6 +82,8 @@ def test_perturbations_are_deterministic_per_image():
     image = _textured()
     a = Perturbation("noise", 5, seed=1)
     assert np.array_equal(a(image, "x.png"), Perturbation("noise", 5, seed=1)(image, "x.png"))
+    # keyed on the file name: a data set moved elsewhere gets the same noise
+    assert np.array_equal(a(image, "/data/set/x.png"), a(image, "/elsewhere/x.png"))
     assert not np.array_equal(a(image, "x.png"), a(image, "y.png"))
     assert not np.array_equal(a(image, "x.png"), Perturbation("noise", 5, seed=2)(image, "x.png"))
 
@@ -124,6 +126,8 @@ def bench_world(tmp_path_factory):
         "b": b,
         "ck": make_tiny_checkpoint(root / "tiny.pt"),
         "ckcls": make_tiny_checkpoint(root / "cls.pt", cls_head="max"),
+        "ck3": make_tiny_checkpoint(root / "three.pt", nclass=3),
+        "other": make_tiny_checkpoint(root / "other" / "tiny.pt", seed=5),
     }
 
 
@@ -200,6 +204,55 @@ def test_benchmark_classifier(bench_world, tmp_path):
     assert (out / "cls" / "robustness_jpeg.png").is_file()
 
 
+def test_resume_refuses_maps_of_another_checkpoint_or_setting(bench_world, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert benchmark.main(_argv(bench_world, out)) == 3
+    first = json.loads((out / "tiny" / "benchmark.json").read_text())
+    # another checkpoint with the same file name, then another resize: refused, one line
+    for argv in (
+        _argv(bench_world, out, ck="other"),
+        [*_argv(bench_world, out), "--resize", "96"],
+    ):
+        capsys.readouterr()
+        assert benchmark.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "hold results made otherwise" in err[0], err
+    assert "checkpoint_sha256 differ" in _one_error(benchmark, _argv(bench_world, out, ck="other"))
+    # --overwrite recomputes them with the other checkpoint
+    assert benchmark.main([*_argv(bench_world, out, ck="other"), "--overwrite"]) == 3
+    again = json.loads((out / "tiny" / "benchmark.json").read_text())
+    assert again["sets"]["a"]["pixel_auc"] != first["sets"]["a"]["pixel_auc"]
+
+
+def _one_error(module, argv) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        assert module.main(argv) == 2
+    return buf.getvalue().strip()
+
+
+def test_benchmark_three_class_checkpoint_scores_the_merged_map(bench_world, tmp_path):
+    out = tmp_path / "o"
+    assert benchmark.main(_argv(bench_world, out, ck="ck3")) == 3
+    table = json.loads((out / "three" / "benchmark.json").read_text())
+    assert table["sets"]["b"]["num_images"] == 3 and "pixel_f1" in table["sets"]["b"]
+    levels = cv2.imread(str(next((out / "three" / "b" / "none" / "pred").glob("*.png"))), 0)
+    assert levels is not None and levels.dtype == np.uint8
+
+
+def test_a_set_with_no_decodable_image_is_a_user_error(bench_world, tmp_path):
+    bad = tmp_path / "bad.txt"
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    bad.write_text("x.jpg None 0\n")
+    argv = _argv(bench_world, tmp_path / "o")
+    argv[argv.index("--sets") + 2] = f"b={bad}"
+    line = _one_error(benchmark, argv)
+    assert "none of the 1 images can be read" in line and "--sets b=" in line
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -243,3 +296,20 @@ def test_two_processes_give_the_single_process_numbers(bench_world, tmp_path):
         a = (single / "tiny" / f"robustness_{kind}.csv").read_text()
         b = (sharded / "tiny" / f"robustness_{kind}.csv").read_text()
         assert a == b
+
+
+def test_two_processes_give_the_single_process_classifier_numbers(bench_world, tmp_path):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    extra = ("--crop", "64", "--crop-stride", "64")
+    assert benchmark.main(_argv(bench_world, single, *extra, ck="ckcls")) == 3
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(_free_port()), str(ROOT / "benchmark.py")]
+    cmd += _argv(bench_world, sharded, *extra, "--device", "cpu", ck="ckcls")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert re.search(r"exitcode\s*:\s*3", proc.stderr), proc.stderr[-3000:]
+    one = json.loads((single / "cls" / "benchmark.json").read_text())
+    two = json.loads((sharded / "cls" / "benchmark.json").read_text())
+    assert {s: _metrics(v) for s, v in one["sets"].items()} == {
+        s: _metrics(v) for s, v in two["sets"].items()
+    }

@@ -238,3 +238,148 @@ def test_missing_checkpoint_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="no checkpoint given"):
         serve.parse_args([])
     assert serve.main(["--model_path", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_concurrent_clients_get_answers_or_503(checkpoints):
+    """Eight clients at once against a queue of two: every request is answered (200 or
+    503 with Retry-After), and the queue is empty afterwards."""
+    service, app = _app(checkpoints["binary"], "--no-fast", "--max-queue", "2")
+    files = {"image": ("x.png", _png(_photo()), "image/png")}
+    codes: list[int] = []
+    with TestClient(app) as client:
+
+        def one() -> None:
+            r = client.post("/api/predict", files=files)
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:
+                assert int(r.headers["Retry-After"]) > 0
+            codes.append(r.status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert len(codes) == 8 and 200 in codes
+    assert service.waiting == 0
+
+
+def test_a_full_queue_refuses_before_decoding(checkpoints):
+    service, app = _app(checkpoints["binary"], "--no-fast", "--max-queue", "1")
+    with TestClient(app) as client:
+        service.reserve()
+        try:  # not an image at all, but no place: 503, the upload is not decoded
+            r = client.post("/api/predict", files={"image": ("x.png", b"text", "image/png")})
+        finally:
+            service.release()
+        assert r.status_code == 503
+        r = client.post("/api/predict", files={"image": ("x.png", b"text", "image/png")})
+        assert r.status_code == 422 and service.waiting == 0  # the place was given back
+
+
+def test_oversized_bodies_are_refused_as_they_arrive(checkpoints):
+    _, app = _app(checkpoints["binary"], "--no-fast", "--max-upload-mb", "0.1")
+    big = b"x" * (3 * 1024 * 1024)
+    with TestClient(app) as client:
+        r = client.post("/api/predict", files={"image": ("x.png", big, "image/png")})
+        assert r.status_code == 413 and "upload limit" in r.json()["error"]
+
+        def chunks():  # no Content-Length: counted as the bytes come
+            yield (
+                b'--zz\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+                b"Content-Type: image/png\r\n\r\n"
+            )
+            for _ in range(24):
+                yield b"y" * (128 * 1024)
+
+        r = client.post(
+            "/api/predict",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=zz"},
+        )
+        assert r.status_code == 413
+
+
+def test_missing_field_is_explained(binary):
+    _, client = binary
+    r = client.post("/api/predict", data={"threshold": "0.5"})
+    assert r.status_code == 422 and "image" in r.json()["error"]
+
+
+def test_classifier_score_at_full_resolution_is_the_classifiers(checkpoints):
+    from common.classify import DEFAULT_CROP, DEFAULT_CROP_STRIDE, score_crops
+
+    service, app = _app(checkpoints["cls"], "--no-fast")
+    image = _photo(150, 170)
+    with TestClient(app) as client:
+        r = client.post(
+            "/api/predict",
+            files={"image": ("x.png", _png(image), "image/png")},
+            data={"resize": "none"},
+        )
+    body = r.json()
+    model, opts = service.analyser.model, service.analyser.opts
+    want = score_crops(model, image, opts, DEFAULT_CROP, DEFAULT_CROP_STRIDE)[0]
+    assert body["score"] == pytest.approx(want, abs=1e-6)
+
+
+def test_ground_truth_masks_are_read_by_the_toolkit(binary):
+    _, client = binary
+    colour = np.full((40, 50, 3), 255, np.uint8)
+    colour[5:15, 5:25] = (0, 0, 255)  # the seed's red: tampered, on a white background
+    index = np.zeros((20, 25), np.uint8)
+    index[:5] = 1  # class indices 0/1, at half the size
+    for mask, want in ((colour, 200), (index, 5 * 2 * 50)):
+        r = client.post(
+            "/api/mask",
+            files={"mask": ("m.png", _png(mask), "image/png")},
+            data={"width": "50", "height": "40"},
+        )
+        assert r.status_code == 200, r.text
+        decoded = _decode_map(r.json()["mask_png"])
+        assert decoded.shape == (40, 50) and int((decoded > 0).sum()) == want
+    r = client.post(
+        "/api/mask",
+        files={"mask": ("m.png", b"nope", "image/png")},
+        data={"width": "50", "height": "40"},
+    )
+    assert r.status_code == 422
+
+
+def test_unpolled_page_jobs_are_cancelled_and_failures_end_jobs(binary, monkeypatch):
+    service, client = binary
+    job = service.new_job()
+    job.polled = True
+    job.seen = time.monotonic() - 3600  # its page went away long ago
+    service.reserve()
+    with pytest.raises(JobCancelledError):
+        service.run(job, _photo(), 512)
+    service.prune()
+    assert job.id not in service.jobs and service.waiting == 0
+    real = service.analyser
+
+    class Broken:
+        info = real.info
+
+        def __call__(self, image, resize, on_progress=None):
+            raise ValueError("a bug in a model")
+
+    service.analyser = Broken()
+    try:
+        r = client.post("/api/jobs", files={"image": ("x.png", _png(_photo()), "image/png")})
+        job_id = r.json()["id"]
+        for _ in range(100):
+            body = client.get(f"/api/jobs/{job_id}").json()
+            if body["state"] != "queued" and body["state"] != "running":
+                break
+            time.sleep(0.05)
+        assert body["state"] == "error" and "ValueError" in body["error"]
+    finally:
+        service.analyser = real
+    assert service.waiting == 0
+
+
+def test_nan_upload_limit_is_a_user_error():
+    with pytest.raises(UsageError, match="must be a number > 0, got nan") as err:
+        serve.parse_args(["--model_path", "x.pt", "--max-upload-mb", "nan"])
+    assert err.value.where == "--max-upload-mb"

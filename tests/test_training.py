@@ -378,7 +378,9 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
     torch.manual_seed(0)
     model = task.build_model(cfg).eval()
     ds = build_dataset(str(data), cfg, 1, train=False, eval_size=task.eval_size(cfg))
-    assert ds.transform is None  # whole images
+    from common.transforms import MinSide
+
+    assert isinstance(ds.transform, MinSide)  # whole images (under 64 px: scaled up)
     opts = RunOptions(tile_batch=2)
     for i in range(len(ds)):
         item = ds[i]
@@ -390,3 +392,44 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
         assert crops == 4  # 72×88 in 64-px crops
         assert float(manipulated_score(cls)[0]) == pytest.approx(want, abs=1e-6)
         assert float(resized[2][0]) != pytest.approx(want, abs=1e-6)
+    # images smaller than the network's 64 px: both scale them up the same way
+    small = make_tiny_dataset(tmp_path / "s", n_tampered=1, n_authentic=1, size=(40, 50))
+    ds = build_dataset(str(small), cfg, 1, train=False, eval_size=task.eval_size(cfg))
+    for i in range(len(ds)):
+        item = ds[i]
+        if "error" in item:
+            continue
+        assert tuple(item["image"].shape[-2:]) == (64, 80)
+        with torch.inference_mode():
+            _, _, cls = task.val_outputs(model, {"image": item["image"][None]})
+        want, _ = score_image(model, cv2.imread(item["path"]), opts, 64, 64, None)
+        assert float(manipulated_score(cls)[0]) == pytest.approx(want, abs=1e-6)
+
+
+def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkeypatch):
+    """With accumulate 2, a window whose last batch held no usable sample (every file
+    bad) steps on what it gathered instead of merging into the next window."""
+    cfg, _ = read_defaults(ROOT / "configs" / "train_demo.yaml")
+    cfg.update(
+        train_list=str(data),
+        backbone="resnet18",
+        size=64,
+        batch_size=2,
+        epochs=1,
+        workers=0,
+        device="cpu",
+        accumulate=2,
+        out_dir=str(tmp_path / "run"),
+        tensorboard=False,
+    )
+    trainer = Trainer(cfg, LocalizationTask(cfg))
+    from common.datasets import collate_samples
+
+    items = [trainer.train_ds[i] for i in range(len(trainer.train_ds))]
+    good = collate_samples([it for it in items if "error" not in it][:2])
+    empty = {"skipped": [("bad.jpg", "truncated JPEG")], "count": 0}
+    batches = [good, empty, good, good]
+    monkeypatch.setattr("common.engine.train_loader", lambda *a, **k: iter(batches))
+    trainer.batches_per_epoch = len(batches)
+    stats = trainer.train_epoch(0)
+    assert stats["optimizer_steps"] == 2 and stats["skipped_samples"] == 1

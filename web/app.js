@@ -6,6 +6,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const thresholdInput = $("#threshold");
 const opacityInput = $("#opacity");
 const cards = [];
+const running = new Set();  // job ids this page is waiting for (cancelled if the page goes)
 
 function threshold() { return parseFloat(thresholdInput.value); }
 function opacity() { return parseFloat(opacityInput.value); }
@@ -32,6 +33,11 @@ function loadImage(src) {
   });
 }
 
+async function loadFile(file) {  // an object URL only as long as the decoding needs it
+  const url = URL.createObjectURL(file);
+  try { return await loadImage(url); } finally { URL.revokeObjectURL(url); }
+}
+
 function pixelsOf(img, width, height) {
   const c = document.createElement("canvas");
   c.width = width; c.height = height;
@@ -47,6 +53,14 @@ class Card {
     $(".name", this.el).textContent = file.name;
     $("#results").prepend(this.el);
     $(".gt-file", this.el).addEventListener("change", (e) => this.compareWith(e.target.files[0]));
+    // downloads are made when clicked, from the canvases as they are then
+    const stem = file.name.replace(/\.[^.]+$/, "");
+    for (const [cls, canvas, suffix] of [[".download-binary", "canvas.binary", "_binary.png"],
+                                         [".download-overlay", "canvas.overlay", "_overlay.png"]]) {
+      const a = $(cls, this.el);
+      a.download = stem + suffix;
+      a.addEventListener("click", () => { a.href = $(canvas, this.el).toDataURL("image/png"); });
+    }
   }
 
   status(text, progress) {
@@ -81,15 +95,20 @@ class Card {
       job = body;
       break;
     }
-    for (;;) {
-      await new Promise((ok) => setTimeout(ok, 300));
-      const r = await fetch(`/api/jobs/${job.id}`);
-      const body = await r.json().catch(() => ({}));
-      if (!r.ok) { this.fail(body.error || `the server answered ${r.status}`); return; }
-      if (body.state === "done") { await this.show(body.result); return; }
-      if (body.state === "error" || body.state === "cancelled") { this.fail(body.error || "the analysis stopped"); return; }
-      const pct = Math.round(100 * body.progress);
-      this.status(body.state === "queued" ? "waiting for the model…" : `analysing… ${pct} %`, body.progress);
+    running.add(job.id);
+    try {
+      for (;;) {
+        await new Promise((ok) => setTimeout(ok, 300));
+        const r = await fetch(`/api/jobs/${job.id}`);
+        const body = await r.json().catch(() => ({}));
+        if (!r.ok) { this.fail(body.error || `the server answered ${r.status}`); return; }
+        if (body.state === "done") { await this.show(body.result); return; }
+        if (body.state === "error" || body.state === "cancelled") { this.fail(body.error || "the analysis stopped"); return; }
+        const pct = Math.round(100 * body.progress);
+        this.status(body.state === "queued" ? "waiting for the model…" : `analysing… ${pct} %`, body.progress);
+      }
+    } finally {
+      running.delete(job.id);
     }
   }
 
@@ -100,7 +119,7 @@ class Card {
     this.classes = result.classes_png
       ? pixelsOf(await loadImage("data:image/png;base64," + result.classes_png), w, h) : null;
     try {
-      this.photo = pixelsOf(await loadImage(URL.createObjectURL(this.file)), w, h);
+      this.photo = pixelsOf(await loadFile(this.file), w, h);
     } catch (e) {
       this.photo = null;  // e.g. TIFF in most browsers: the map is shown alone
     }
@@ -132,10 +151,11 @@ class Card {
     for (let i = 0; i < w * h * 4; i += 4) {
       const level = m[i], on = level > cut;
       const base = p ? [p[i], p[i + 1], p[i + 2]] : [128, 128, 128];
-      let colour = [230, 30, 30];
-      if (k && k[i] === 2) colour = [30, 90, 230];
+      // three classes: the likelier of tampered (red) and desensitised (blue) where
+      // P(manipulated) passes the threshold
+      const colour = k && k[i] === 2 ? [30, 90, 230] : [230, 30, 30];
       // above the threshold: full opacity; below: a faint tint that follows the probability
-      const a = k ? (k[i] > 0 ? alpha : 0) : (on ? alpha : 0.35 * alpha * level / 255);
+      const a = on ? alpha : 0.35 * alpha * level / 255;
       for (let c = 0; c < 3; c++) o.data[i + c] = Math.round(base[c] * (1 - a) + colour[c] * a);
       o.data[i + 3] = 255;
       const g = on ? 255 : 0;
@@ -143,20 +163,27 @@ class Card {
     }
     over.getContext("2d").putImageData(o, 0, 0);
     bin.getContext("2d").putImageData(b, 0, 0);
-    const stem = this.file.name.replace(/\.[^.]+$/, "");
-    bin.toBlob((blob) => { const a = $(".download-binary", this.el); a.href = URL.createObjectURL(blob); a.download = stem + "_binary.png"; });
-    over.toBlob((blob) => { const a = $(".download-overlay", this.el); a.href = URL.createObjectURL(blob); a.download = stem + "_overlay.png"; });
     if (this.truth) this.score();
   }
 
   async compareWith(file) {
     if (!file || !this.result) return;
+    // the server reads the mask by the toolkit's rules (grey, index 0/1/2, the seed's
+    // colours), so the page scores it as the evaluation scripts do
+    const form = new FormData();
+    form.append("mask", file);
+    form.append("width", this.result.width);
+    form.append("height", this.result.height);
+    const out = $(".gt-metrics", this.el);
     try {
-      const img = await loadImage(URL.createObjectURL(file));
+      const r = await fetch("/api/mask", { method: "POST", body: form });
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) { out.textContent = body.error || `the server answered ${r.status}`; return; }
+      const img = await loadImage("data:image/png;base64," + body.mask_png);
       this.truth = pixelsOf(img, this.result.width, this.result.height);
       this.score();
     } catch (e) {
-      $(".gt-metrics", this.el).textContent = "cannot read this mask in the browser (use PNG)";
+      out.textContent = "cannot read this mask: " + e.message;
     }
   }
 
@@ -164,7 +191,7 @@ class Card {
     const m = this.map, t = this.truth, cut = threshold() * 255;
     let tp = 0, fp = 0, fn = 0;
     for (let i = 0; i < m.length; i += 4) {
-      const truth = (t[i] + t[i + 1] + t[i + 2]) / 3 > 127, pred = m[i] > cut;
+      const truth = t[i] > 127, pred = m[i] > cut;
       if (pred && truth) tp++; else if (pred) fp++; else if (truth) fn++;
     }
     const f1 = tp + fp + fn ? 2 * tp / (2 * tp + fp + fn) : 1, iou = tp + fp + fn ? tp / (tp + fp + fn) : 1;
@@ -201,4 +228,9 @@ const drop = $("#drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); submit(e.dataTransfer.files); });
+// a page that goes away cancels what it was waiting for (the server also drops jobs
+// that are no longer polled)
+window.addEventListener("pagehide", () => {
+  for (const id of running) fetch(`/api/jobs/${id}`, { method: "DELETE", keepalive: true });
+});
 describeModel();
