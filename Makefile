@@ -28,20 +28,27 @@ test: lint
 DEMO_DATA := data/demo
 DEMO_RUN := runs/demo
 DEMO_OUT := outputs/demo
-DEMO_RESULTS := $(DEMO_OUT)/test/best
 
 # The whole job on generated data, on CPU: data, training, inference, metrics, baselines.
+# Validation and test images are cut from photographs training never sees (test); a
+# second test split (test_seen) is cut from the training photographs, for comparison.
 demo: setup
-	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 1500 --val 60 --test 120 --size 192 --seed 0
+	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 2500 --val 60 --test 120 \
+		--test-seen 120 --size 192 --seed 0
 	$(BIN)/python train_demo.py --config configs/demo.yaml --out_dir $(DEMO_RUN)
-	$(BIN)/python infer_mvss_calmetrics.py --model_path $(DEMO_RUN)/checkpoints/best.pt \
-		--test_file $(DEMO_DATA)/test.txt --save_dir $(DEMO_OUT) --resize 192 --overlay \
-		--amp bf16 --channels-last --batch-size 8
+	for split in test test_seen; do \
+		$(BIN)/python infer_mvss_calmetrics.py --model_path $(DEMO_RUN)/checkpoints/best.pt \
+			--test_file $(DEMO_DATA)/$$split.txt --save_dir $(DEMO_OUT) --resize 192 --overlay \
+			--amp bf16 --channels-last --batch-size 8 || exit $$?; \
+	done
 	@echo
-	@$(BIN)/python -m common.baselines $(DEMO_DATA)/test.txt $(DEMO_RESULTS)/summary.json
+	@$(BIN)/python -m common.baselines --names "unseen photos (test)" "seen photos (test_seen)" \
+		$(DEMO_DATA)/test.txt $(DEMO_OUT)/test/best/summary.json \
+		$(DEMO_DATA)/test_seen.txt $(DEMO_OUT)/test_seen/best/summary.json
 	@echo
-	@echo "maps:          $(DEMO_RESULTS)/pred/ (binary: bin/, overlays: overlay/)"
-	@echo "per image:     $(DEMO_RESULTS)/per_image.csv"
+	@echo "maps:          $(DEMO_OUT)/test/best/pred/ (binary: bin/, overlays: overlay/)"
+	@echo "per image:     $(DEMO_OUT)/test/best/per_image.csv"
+	@echo "photo splits:  $(DEMO_DATA)/photo_splits.csv"
 	@echo "contact sheet: $(DEMO_DATA)/contact_sheet.png"
 	@echo "training log:  $(DEMO_RUN)/log.csv"
 

@@ -4,8 +4,9 @@
 their maps resized back and written as PNGs with a CSV, by the same pipeline
 infer_mvss_calmetrics.py uses; the model-only rate runs the same model on pre-resized
 inputs. The target: end-to-end images/s ≥ 90 % of the model-only rate. With --perturb
-KIND:LEVEL the end-to-end side is benchmark.py's path instead: the degradation applied in
-the data-loading workers, then the maps written. Writes bench/results/e2e[_<perturb>].json.
+KIND:LEVEL the end-to-end side is one level of benchmark.py instead: the degradation
+applied in the data-loading workers, the maps written, then scored from disk.
+Writes bench/results/e2e[_<perturb>].json.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 
 from bench.common_bench import calibrated_model, synthetic_images, write_result
 from common.batch_run import EvalSettings
-from common.evaluation import predict_maps, run_model_evaluation
+from common.benchmark import LoadedSet, run_localization_level
+from common.evaluation import run_model_evaluation
 from common.fast import optimize_for_inference
 from common.inference import RunOptions, forward_probs
 from common.perturb import parse_sweep
-from common.reports import unique_names
 from common.sources import scan_images
 from common.usage import Parser, UsageError, non_negative_int, positive_int, run_cli
 
@@ -68,10 +69,9 @@ def run(argv: list[str]) -> int:
         start = time.perf_counter()
         if perturb is None:
             run_model_evaluation(model, records, [], Path(tmp) / "out", opts, settings)
-        else:
-            names = unique_names([r.image for r in records])
-            out = Path(tmp) / "out"
-            predict_maps(model, records, names, out, opts, settings, perturb)
+        else:  # benchmark.py's level: degraded in the workers, maps written, then scored
+            data = LoadedSet("bench", str(folder), records, [])
+            run_localization_level(model, data, perturb, Path(tmp) / "out", opts, settings)
         e2e_rate = args.n / (time.perf_counter() - start)
     ratio = e2e_rate / model_rate
     print(
