@@ -42,9 +42,10 @@ demo: setup
 			--amp bf16 --channels-last --batch-size 8 || exit $$?; \
 	done
 	@echo
-	@$(BIN)/python -m common.baselines --names "unseen photos (test)" "seen photos (test_seen)" \
+	@$(BIN)/python -m common.baselines \
 		$(DEMO_DATA)/test.txt $(DEMO_OUT)/test/best/summary.json \
-		$(DEMO_DATA)/test_seen.txt $(DEMO_OUT)/test_seen/best/summary.json
+		$(DEMO_DATA)/test_seen.txt $(DEMO_OUT)/test_seen/best/summary.json \
+		--names "unseen photos (test)" "seen photos (test_seen)"
 	@echo
 	@echo "maps:          $(DEMO_OUT)/test/best/pred/ (binary: bin/, overlays: overlay/)"
 	@echo "per image:     $(DEMO_OUT)/test/best/per_image.csv"

@@ -241,6 +241,9 @@ def sample_labels(
     if 0 < count < min_region_pixels:
         classes = np.where(counted, 0, classes).astype(np.uint8)
         count = 0
+    # desensitised slivers too (they decide the 3-class image target and ``ignore``)
+    if 0 < np.count_nonzero(classes == 2) < min_region_pixels:
+        classes = np.where(classes == 2, 0, classes).astype(np.uint8)
     if count:
         label = 1
     elif desensitised == "ignore" and (classes == 2).any():

@@ -72,6 +72,14 @@ def ddp_runs(tmp_path_factory):
             scenarios.append(
                 {"name": f"{script}:{name}", "script": script, "argv": argv, "out": str(out)} | nan
             )
+        if script == "train_demo_cls":  # the learned image head, 3 image classes
+            out = root / f"{script}_linear"
+            out.mkdir()
+            argv = ["--train_list", str(pair), "--val_list", str(pair), "--batch_size", "1"]
+            argv += ["--epochs", "1", "--head", "linear", "--num_image_classes", "3", *COMMON]
+            scenarios.append(
+                {"name": f"{script}:linear", "script": script, "argv": argv, "out": str(out)}
+            )
     spec = root / "scenarios.json"
     spec.write_text(json.dumps(scenarios))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -110,3 +118,13 @@ def test_ddp_run_finishes_with_identical_ranks(ddp_runs, script, case):
         assert rows[0]["nonfinite_steps"] == 1  # rank 1's NaN skipped the step on both
         assert all(r["skipped_samples"] >= 1 for r in rows)  # the corrupt file
         assert val["skipped_samples"] == 1
+
+
+def test_ddp_linear_head_with_an_all_authentic_rank(ddp_runs):
+    out = Path(ddp_runs["train_demo_cls:linear"]["out"])
+    r0 = json.loads((out / "rank0.json").read_text())
+    r1 = json.loads((out / "rank1.json").read_text())
+    assert r0["digest"] == r1["digest"]
+    saved = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state_digest(saved["model"]) == r0["digest"]
+    assert saved["config"]["model"]["head"] == "linear"

@@ -260,3 +260,11 @@ def test_all_ones_baseline_follows_the_policy(tmp_path, policy, positives, total
     _colour_sample(tmp_path, tampered=True)
     got = all_ones_pixel_f1(tmp_path / "l.txt", desensitised=policy)
     assert got == pytest.approx(2 * positives / (positives + total))
+
+
+def test_desensitised_slivers_below_the_minimum_are_dropped_under_every_policy():
+    classes = np.zeros((8, 8), np.uint8)
+    classes[0, 0] = 2  # one desensitised pixel left by a crop
+    for policy in ("positive", "negative", "ignore"):
+        labels = sample_labels(classes, 1, policy, from_content=True, min_region_pixels=4)
+        assert labels.label == 0 and labels.image_class == 0 and not labels.classes.any()

@@ -318,7 +318,8 @@ def test_every_parameter_gets_a_gradient_from_an_authentic_only_batch(name):
     assert [k for k, p in trainable if p.grad is None] == []
 
 
-def test_a_loss_that_misses_parameters_fails_clearly(data, tmp_path, monkeypatch):
+def _tiny_cfg(data: Path, out: Path, **over: object) -> dict:
+    """train_demo's defaults on the tiny data: one epoch of ResNet-18 at 64 px on CPU."""
     cfg, _ = read_defaults(ROOT / "configs" / "train_demo.yaml")
     cfg.update(
         train_list=str(data),
@@ -328,9 +329,15 @@ def test_a_loss_that_misses_parameters_fails_clearly(data, tmp_path, monkeypatch
         epochs=1,
         workers=0,
         device="cpu",
-        out_dir=str(tmp_path / "run"),
+        out_dir=str(out),
         tensorboard=False,
     )
+    cfg.update(over)
+    return cfg
+
+
+def test_a_loss_that_misses_parameters_fails_clearly(data, tmp_path, monkeypatch):
+    cfg = _tiny_cfg(data, tmp_path / "run")
     task = LocalizationTask(cfg)
 
     def image_term_only(outputs, batch):  # the edge branch never gets a gradient
@@ -409,19 +416,7 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
 def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkeypatch):
     """With accumulate 2, a window whose last batch held no usable sample (every file
     bad) steps on what it gathered instead of merging into the next window."""
-    cfg, _ = read_defaults(ROOT / "configs" / "train_demo.yaml")
-    cfg.update(
-        train_list=str(data),
-        backbone="resnet18",
-        size=64,
-        batch_size=2,
-        epochs=1,
-        workers=0,
-        device="cpu",
-        accumulate=2,
-        out_dir=str(tmp_path / "run"),
-        tensorboard=False,
-    )
+    cfg = _tiny_cfg(data, tmp_path / "run", accumulate=2)
     trainer = Trainer(cfg, LocalizationTask(cfg))
     from common.datasets import collate_samples
 
