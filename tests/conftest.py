@@ -14,7 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 REFERENCE_KEYS = ROOT.parent / "shared" / "reference" / "official_state_dict_keys.txt"
-LOCAL_REFERENCE_KEYS = ROOT / "tests" / "data" / "official_state_dict_keys.txt"
+# a copy kept in the repository (tests/data/ would be ignored by .gitignore's data/)
+LOCAL_REFERENCE_KEYS = ROOT / "tests" / "reference" / "official_state_dict_keys.txt"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
