@@ -36,6 +36,7 @@ from common.benchmark import (
     choose_classifier_threshold,
     choose_localization_thresholds,
     level_name,
+    level_stamp,
     load_sets,
     parse_sets,
     read_sets_file,
@@ -227,7 +228,7 @@ def _sweep(
         for p in [None, *perturbations]:
             folder = out / data.name / level_name(p)
             if dist.is_main():
-                write_stamp(folder, stamp)
+                write_stamp(folder, level_stamp(stamp, data, p))
             dist.barrier()
             summary, extra = run_level(data, p, folder)
             results[data.name][level_name(p)] = summary

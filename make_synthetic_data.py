@@ -14,8 +14,11 @@ import os
 import sys
 import time
 
-from common.coco import CocoError, attach_objects, read_objects
-from common.photos import SEEN_TEST, assign_splits, bundled_splits, scan_folder
+import numpy as np
+
+from common.coco import CocoError, attach_objects, file_digest, read_objects
+from common.io import BadInputError
+from common.photos import SEEN_TEST, PhotoPool, assign_splits, bundled_splits, scan_folder
 from common.synthetic import SyntheticConfig
 from common.synthetic_generate import GenerationMismatchError, generate
 from common.synthetic_post import PostConfig
@@ -153,19 +156,23 @@ def _assignment(args: argparse.Namespace, splits: list[str]) -> dict:
         print(f"object outlines for {matched} of {len(photos)} photos")
     if args.shared_photos:
         return {s: photos for s in splits}
-    own = [s for s in splits if s != SEEN_TEST]
+    # train/val/test are always shared out by --photo-split, whichever are generated now,
+    # so a test set made later from the same folder and seed never reuses training photos
     shares = dict(zip(("train", "val", "test"), args.photo_split, strict=True))
-    if empty := [s for s in own if shares[s] <= 0]:
+    if empty := [s for s in splits if s != SEEN_TEST and shares[s] <= 0]:
         raise UsageError(
             f"split {empty[0]} is asked for but gets no photos", "--photo-split", "give it a share"
         )
+    own = [s for s in ("train", "val", "test") if shares[s] > 0]
     try:
         assignment = assign_splits(photos, own, [shares[s] for s in own], args.seed)
     except ValueError as exc:
         raise UsageError(str(exc), f"--photos {args.photos}", "use --shared-photos") from exc
+    if SEEN_TEST in splits and "train" not in assignment:
+        raise UsageError(f"{SEEN_TEST} needs training photos", "--photo-split")
     if SEEN_TEST in splits:
         assignment[SEEN_TEST] = assignment["train"]
-    return assignment
+    return {s: assignment[s] for s in splits}
 
 
 def run(argv: list[str]) -> int:
@@ -182,6 +189,12 @@ def run(argv: list[str]) -> int:
         )
     require_writable_dir(args.out, "--out")
     assignment = _assignment(args, list(counts))
+    for split, photos in assignment.items():  # one decode each, before anything is written
+        try:
+            PhotoPool(photos).pick(np.random.default_rng(0))
+        except BadInputError as exc:
+            raise UsageError(f"split {split}: {exc.reason}", exc.path, "check --photos") from exc
+    annotations = file_digest(args.coco_annotations) if args.coco_annotations else None
     cfg = SyntheticConfig(
         size=args.size,
         work_size=args.work_size,
@@ -206,9 +219,12 @@ def run(argv: list[str]) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             show_progress=True,
+            extra_settings={"coco_annotations_sha256": annotations},
         )
     except GenerationMismatchError as exc:
         raise UsageError(str(exc), f"--out {args.out}", "use another --out or --overwrite") from exc
+    except BadInputError as exc:  # e.g. every photograph of a split unreadable
+        raise UsageError(f"cannot make images: {exc.reason}", exc.path, "check --photos") from exc
     elapsed = time.perf_counter() - start
     total = sum(counts.values())
     rate = f", {report.made / elapsed:.1f} img/s" if report.made and elapsed > 0 else ""

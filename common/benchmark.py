@@ -154,30 +154,42 @@ def checkpoint_digest(path: str | Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def level_folders(out: Path, loaded: list[LoadedSet], perturbations: list[Perturbation]):
-    for data in loaded:
-        for p in [None, *perturbations]:
-            yield out / data.name / level_name(p)
+def level_stamp(stamp: dict, data: LoadedSet, perturbation: Perturbation | None) -> dict:
+    """The run's stamp for one set at one level: with the set's images (their file names
+    in order: another list under the same set name is caught) and, for a degraded level
+    only, the perturbation seed."""
+    out = dict(stamp)
+    if perturbation is None:
+        out.pop("seed", None)
+    names = "\n".join(Path(r.image).name for r in data.records)
+    out["images_sha256"] = hashlib.sha256(names.encode()).hexdigest()
+    return out
 
 
 def stale_levels(
     out: Path, loaded: list[LoadedSet], perturbations: list[Perturbation], stamp: dict
 ) -> list[tuple[Path, str]]:
-    """Level folders holding results made otherwise (another checkpoint, resize, tiling,
-    precision, threshold, seed), or of unknown origin: (folder, what differs)."""
+    """Level folders holding results made otherwise (another checkpoint, set list, resize,
+    tiling, precision, threshold, seed), or of unknown origin: (folder, what differs)."""
     stale = []
-    for folder in level_folders(out, loaded, perturbations):
-        if not folder.exists() or not any(folder.iterdir()):
-            continue
-        try:
-            previous = json.loads((folder / STAMP).read_text())
-        except (OSError, json.JSONDecodeError):
-            stale.append((folder, "no record of what made them"))
-            continue
-        differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
-        if differs:
-            stale.append((folder, ", ".join(differs) + " differ"))
+    for data in loaded:
+        for p in [None, *perturbations]:
+            folder = out / data.name / level_name(p)
+            problem = _stamp_problem(folder, level_stamp(stamp, data, p))
+            if problem:
+                stale.append((folder, problem))
     return stale
+
+
+def _stamp_problem(folder: Path, stamp: dict) -> str | None:
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    try:
+        previous = json.loads((folder / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "no record of what made them"
+    differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
+    return ", ".join(differs) + " differ" if differs else None
 
 
 def write_stamp(folder: Path, stamp: dict) -> None:

@@ -9,6 +9,7 @@ objects too small to show at the synthetic image size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import replace
@@ -23,6 +24,12 @@ class CocoError(ValueError):
     """A file that is not a COCO instances annotation file."""
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file (what a resumed generation must have used too)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def read_objects(
     path: str | Path, min_area_fraction: float = 0.005
 ) -> dict[str, tuple[tuple[np.ndarray, ...], ...]]:
@@ -34,26 +41,34 @@ def read_objects(
         raise CocoError(f"{path}: not a readable JSON file ({exc})") from exc
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise CocoError(f"{path}: no 'images' and 'annotations' lists (not COCO instances)")
+    if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
+        raise CocoError(f"{path}: 'images' and 'annotations' must be lists")
     images = {}
     for im in data["images"]:
         try:
-            images[im["id"]] = (str(im["file_name"]), float(im["width"]) * float(im["height"]))
+            images[int(im["id"])] = (str(im["file_name"]), float(im["width"]) * float(im["height"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CocoError(f"{path}: image entry without id/file_name/width/height") from exc
     objects: dict[str, list[tuple[np.ndarray, ...]]] = {}
     for ann in data["annotations"]:
-        seg = ann.get("segmentation")
-        if ann.get("iscrowd") or not isinstance(seg, list) or ann.get("image_id") not in images:
+        if not isinstance(ann, dict):
             continue
-        name, image_area = images[ann["image_id"]]
-        if float(ann.get("area", 0.0)) < min_area_fraction * image_area:
+        seg, image_id = ann.get("segmentation"), ann.get("image_id")
+        if ann.get("iscrowd") or not isinstance(seg, list) or not isinstance(image_id, int):
             continue
-        parts = tuple(
-            np.asarray(poly, np.float32).reshape(-1, 2)
-            for poly in seg
-            if isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-        )
-        if parts:
+        if image_id not in images:
+            continue
+        name, image_area = images[image_id]
+        try:
+            area = float(ann.get("area") or 0.0)
+            parts = tuple(
+                np.asarray(poly, np.float32).reshape(-1, 2)
+                for poly in seg
+                if isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+            )
+        except (TypeError, ValueError):  # a malformed annotation: left out
+            continue
+        if area >= min_area_fraction * image_area and parts:
             objects.setdefault(name, []).append(parts)
     return {name: tuple(objs) for name, objs in objects.items()}
 

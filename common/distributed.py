@@ -96,13 +96,16 @@ def require_every_gradient(named_params: list[tuple[str, torch.nn.Parameter]]) -
 
 
 def average_gradients(named_params: list[tuple[str, torch.nn.Parameter]]) -> None:
-    """All-reduce (mean) every gradient, as DDP's synchronising backward would."""
+    """All-reduce (mean) every gradient, as DDP's synchronising backward would. Every
+    parameter takes part on every process (a zero gradient where one has none, as with
+    ``ddp_find_unused_parameters``), so the processes reduce the same list of tensors."""
     if world_size() == 1:
         return
     for _, p in named_params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-            p.grad.div_(world_size())
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        p.grad.div_(world_size())
 
 
 def gather_objects(obj: Any) -> list[Any]:

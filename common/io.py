@@ -29,6 +29,9 @@ class BadInputError(ValueError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # survives the trip back from a worker process
+        return (type(self), (self.path, self.reason))
+
 
 def _read_bytes(path: str | Path) -> bytes:
     path = Path(path)
@@ -115,33 +118,40 @@ def decode_image(data: bytes, name: str | Path, max_pixels: int | None = None) -
 
 
 def _palette_indices(data: bytes) -> np.ndarray | None:
-    """The indices of a palette PNG (colour type 3) whose indices are class labels
-    {0, 1, 2}: OpenCV would expand them to the palette's colours (VOC-style palettes
-    make class 2 green). None for any other file."""
+    """The indices of a palette PNG (colour type 3) that is a label map: indices in
+    {0, 1, 2} and entry 0 black (VOC-style palettes, which make class 2 green: OpenCV
+    would expand them to those colours). Any other palette (a white-on-black mask
+    quantised to [white, black], say) is decoded by its colours. None for other files."""
     if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26 or data[25] != 3:
         return None
     try:
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as im:
-            indices = np.asarray(im, dtype=np.uint8) if im.mode == "P" else None
+            if im.mode != "P":
+                return None
+            palette = im.getpalette() or []
+            indices = np.asarray(im, dtype=np.uint8)
     except Exception:  # Pillow cannot read it: OpenCV decides
         return None
-    if indices is None or indices.ndim != 2 or int(indices.max(initial=0)) > 2:
+    if indices.ndim != 2 or int(indices.max(initial=0)) > 2 or palette[:3] != [0, 0, 0]:
         return None
     return np.ascontiguousarray(indices)
 
 
 def _wide_to_uint8(mask: np.ndarray) -> np.ndarray:
     """16-bit (or wider) masks: values that fit in 0–255 are kept (class indices, 0/255
-    stored as 16-bit); others are scaled so their maximum is 255 (a 0/1000 mask is
-    0/255, a 0/32768/65535 three-level one 0/128/255)."""
+    stored as 16-bit); values up to 65535 with a maximum of at least 32768 are full
+    range (>> 8: 0/32768/65535 → 0/128/255, and 0/32768 stays 128); a smaller maximum
+    is scaled to 255 (a 0/1000 mask is 0/255)."""
     if mask.dtype == np.uint8:
         return mask
     if np.issubdtype(mask.dtype, np.integer):
         peak = int(mask.max(initial=0))
         if peak <= 255:
             return mask.astype(np.uint8)
+        if 32768 <= peak <= 65535:
+            return (mask.astype(np.uint32) >> 8).astype(np.uint8)
         return np.round(mask.astype(np.float64) * (255.0 / peak)).astype(np.uint8)
     return to_uint8(mask)
 
@@ -161,6 +171,10 @@ def decode_mask_bytes(
     call it."""
     if not data:
         raise BadInputError(name, "empty file (0 bytes)")
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > limit:
+        raise BadInputError(name, f"mask too large ({size[0]}×{size[1]} > {limit} pixels)")
     _check_complete(name, data)
     indices = _palette_indices(data)
     if indices is not None:

@@ -59,6 +59,8 @@ _CHROMA_SPREAD = 64
 _GREY_TAMPERED_FROM = 192
 # How far JPEG or resampling may move a seed luma level (and what counts as black).
 _SEED_LUMA_TOLERANCE = 12
+# Lossy seed-luma masks: this share of their non-white pixels lies near 29 or 76.
+_SEED_LUMA_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,25 @@ def _grey_of(raw: np.ndarray) -> np.ndarray:
 
 
 def _is_seed_luma(counts: np.ndarray) -> bool:
-    """The seed's colour masks saved as grey (white 255 background, red 76, blue 29),
-    also after JPEG or resampling moved or blended the levels (``counts``: the
-    histogram): pixels near 76 or 29, and (nearly) no black, which is the background of
-    every plain grey mask (and the region of an inverted one)."""
+    """The seed's colour masks saved as grey (white 255 background, red 76, blue 29)
+    (``counts``: the histogram). Exactly those levels, or, after JPEG or resampling
+    moved or blended them: (nearly) no black, which is the background of every plain
+    grey mask (and the region of an inverted one), and most non-white pixels near 76 or
+    29 rather than spread over the grey range (as a white mask with thin black lines is
+    after an area resize)."""
+    present = np.flatnonzero(counts)
+    if set(present.tolist()) <= {29, 76, 255} and (counts[29] or counts[76]):
+        return True
     t = _SEED_LUMA_TOLERANCE
     n = counts.sum()
     near_black = counts[: t + 1].sum()
     regions = counts[76 - t : 76 + t + 1].sum() + counts[29 - t : 29 + t + 1].sum()
-    return bool(regions >= max(1, 0.001 * n) and near_black <= 0.001 * n)
+    non_white = counts[:200].sum()
+    return bool(
+        regions >= max(1, 0.001 * n)
+        and near_black <= 0.001 * n
+        and regions >= _SEED_LUMA_SHARE * non_white
+    )
 
 
 def mask_encoding(raw: np.ndarray) -> str:

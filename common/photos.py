@@ -181,7 +181,8 @@ class PhotoPool:
                 return index, self.image(index)
             except BadInputError as exc:
                 self.bad[self.photos[index].name] = exc.reason
-        raise BadInputError(self.photos[0].path or "photos", "no readable photograph in split")
+        where = str(Path(self.photos[0].path).parent) if self.photos[0].path else "photos"
+        raise BadInputError(where, f"none of the split's {n} photographs can be read")
 
 
 class ArrayPool(PhotoPool):

@@ -61,7 +61,9 @@ from common.transforms import normalize_bgr_batch
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 RESIZE_CHOICES = ("512", "none")
 JOB_TTL_S = 600  # a finished job's result waits this long for its poll
-JOB_ABANDON_S = 30  # a page job not polled for this long is cancelled
+# a page job not polled for this long is cancelled (browsers throttle the timers of
+# background tabs to about one a minute, so well above that)
+JOB_ABANDON_S = 180
 MULTIPART_SLACK = 1024 * 1024  # form fields and boundaries beside the file
 
 
@@ -118,6 +120,14 @@ def _png_b64(array: np.ndarray) -> str:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _mask_png(data: bytes, name: str, width: int, height: int, max_pixels: int) -> np.ndarray:
+    """A ground-truth mask read by the toolkit's rules, as 0/255 at (height, width)."""
+    classes = decode_classes(decode_mask_bytes(data, name, max_pixels), where=name)
+    if classes.shape != (height, width):
+        classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
+    return binary_from_classes(classes).astype(np.uint8) * 255
 
 
 def verdict(score: float, threshold: float) -> str:
@@ -511,19 +521,22 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
     ) -> Any:
         """A ground-truth mask read by the toolkit's rules (any encoding: grey, index,
         the seed's colours), as a 0/255 PNG at the image's size (nearest)."""
-        data = await read_upload(mask)
-        if isinstance(data, JSONResponse):
-            return data
+        if not (width > 0 and height > 0 and width * height <= max_pixels):
+            return error(422, f"width × height must be an image size of at most {max_pixels} px")
+        try:  # decoding is bounded like an image's: a place in the queue, off the loop
+            service.reserve()
+        except QueueFullError:
+            return busy()
         try:
-            raw = decode_mask_bytes(data, mask.filename or "mask", max_pixels)
-            classes = decode_classes(raw, where=mask.filename or "mask")
+            data = await read_upload(mask)
+            if isinstance(data, JSONResponse):
+                return data
+            name = mask.filename or "mask"
+            binary = await asyncio.to_thread(_mask_png, data, name, width, height, max_pixels)
         except BadInputError as exc:
             return error(422, f"{exc.path}: {exc.reason}")
-        if not (0 < width <= 100_000 and 0 < height <= 100_000):
-            return error(422, "width and height must be the image's size in pixels")
-        if classes.shape != (height, width):
-            classes = cv2.resize(classes, (width, height), interpolation=cv2.INTER_NEAREST)
-        binary = binary_from_classes(classes).astype(np.uint8) * 255
+        finally:
+            service.release()
         return {"mask_png": _png_b64(binary), "manipulated_pixels": int((binary > 0).sum())}
 
     @app.get("/")

@@ -116,11 +116,14 @@ def _run_jobs(
 # ----------------------------------------------------------------------------- manifest
 
 
-def settings_record(cfg: SyntheticConfig, assignment: Mapping[str, Sequence[Photo]]) -> dict:
+def settings_record(
+    cfg: SyntheticConfig, assignment: Mapping[str, Sequence[Photo]], extra: dict | None = None
+) -> dict:
     """What decides every image (counts aside): checked when a run is resumed."""
     return {
         "config": json.loads(json.dumps(asdict(cfg), default=list)),
         "photos": {s: [p.name for p in photos] for s, photos in assignment.items()},
+        **(extra or {}),
     }
 
 
@@ -188,18 +191,20 @@ def generate(
     sheet_count: int = 32,
     overwrite: bool = False,
     show_progress: bool = False,
+    extra_settings: dict | None = None,
 ) -> GenerationReport:
     """Write ``images/``, ``masks/`` (0/255, manipulated = classes 1 ∪ 2), ``masks3/``
     (index PNG 0/1/2), per split ``<split>.txt`` and, with desensitisation,
     ``<split>3.txt``, ``photo_splits.csv``, ``contact_sheet.png``, ``manifest.jsonl``
-    and ``generation.json``. ``assignment`` gives each split its photographs."""
+    and ``generation.json``. ``assignment`` gives each split its photographs;
+    ``extra_settings`` (e.g. the annotation file's digest) join what a resume checks."""
     out = Path(out)
     pools = {
         s: p if isinstance(p, PhotoPool) else PhotoPool(p)
         for s, p in assignment.items()
         if s in counts
     }
-    settings = settings_record(cfg, {s: pool.photos for s, pool in pools.items()})
+    settings = settings_record(cfg, {s: pool.photos for s, pool in pools.items()}, extra_settings)
     done = prepare_output(out, settings, overwrite)
     write_photo_splits(out / "photo_splits.csv", {s: pool.photos for s, pool in pools.items()})
     jobs = [

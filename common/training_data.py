@@ -20,7 +20,12 @@ from common import distributed as dist
 from common.datasets import ForgeryDataset, collate_samples
 from common.masks import MaskOptions
 from common.sources import load_usable, require_one_readable
-from common.transforms import AugmentConfig, build_eval_transform, build_train_transform
+from common.transforms import (
+    AugmentConfig,
+    MinSide,
+    build_eval_transform,
+    build_train_transform,
+)
 from common.usage import UsageError
 
 log = logging.getLogger("mvss.train")
@@ -111,7 +116,8 @@ def train_loader(ds: ForgeryDataset, cfg: dict[str, Any], epoch: int) -> DataLoa
 
 
 def val_loader(ds: ForgeryDataset, cfg: dict[str, Any]) -> DataLoader:
-    full_size = ds.transform is None  # images of different sizes: one per batch
+    # at the original size (the classifier on crops) images differ in size: one per batch
+    full_size = ds.transform is None or isinstance(ds.transform, MinSide)
     return DataLoader(
         ds,
         batch_size=1 if full_size else cfg["batch_size"],

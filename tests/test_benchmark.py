@@ -209,9 +209,15 @@ def test_resume_refuses_maps_of_another_checkpoint_or_setting(bench_world, tmp_p
     assert benchmark.main(_argv(bench_world, out)) == 3
     first = json.loads((out / "tiny" / "benchmark.json").read_text())
     # another checkpoint with the same file name, then another resize: refused, one line
+    swapped = _argv(bench_world, out)
+    swapped[swapped.index("--sets") + 1 : swapped.index("--sets") + 3] = [
+        f"a={bench_world['b']}",
+        f"b={bench_world['a']}",
+    ]  # the same set names on the other lists
     for argv in (
         _argv(bench_world, out, ck="other"),
         [*_argv(bench_world, out), "--resize", "96"],
+        swapped,
     ):
         capsys.readouterr()
         assert benchmark.main(argv) == 2

