@@ -428,3 +428,23 @@ def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkey
     trainer.batches_per_epoch = len(batches)
     stats = trainer.train_epoch(0)
     assert stats["optimizer_steps"] == 2 and stats["skipped_samples"] == 1
+
+
+def test_validation_at_the_original_size_takes_one_image_per_batch(tmp_path):
+    """The classifier validates whole images of different sizes: they cannot be stacked."""
+    from common.training_data import build_dataset, val_loader
+
+    a = make_tiny_dataset(tmp_path / "a", n_tampered=1, n_authentic=1, corrupt=False)
+    b = make_tiny_dataset(tmp_path / "b", n_tampered=1, n_authentic=1, size=(80, 96), corrupt=False)
+    from common.sources import read_list_file
+
+    records = read_list_file(a)[0] + read_list_file(b)[0]  # paths resolved beside each list
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("".join(f"{r.image} {r.mask or 'None'} {r.label}\n" for r in records))
+    cfg, _ = read_defaults(ROOT / "configs" / "train_demo_cls.yaml")
+    cfg.update(backbone="resnet18", size=64, batch_size=2, workers=0)
+    task = ClassificationTask(cfg)
+    ds = build_dataset(str(mixed), cfg, 1, train=False, eval_size=task.eval_size(cfg))
+    batches = list(val_loader(ds, cfg))
+    assert len(batches) == 4 and all(b["count"] == 1 for b in batches)
+    assert {tuple(b["image"].shape[-2:]) for b in batches} == {(72, 88), (80, 96)}
