@@ -200,11 +200,8 @@ def run(argv: list[str]) -> int:
                 shutil.rmtree(folder)
         dist.barrier()
         model = load_model(args, opts.device, classifier=task == "classification")
-        args.stamp = stamp
-        if task == "classification":
-            failed = _classification(args, model, loaded, perturbations, out, opts)
-        else:
-            failed = _localization(args, model, loaded, perturbations, out, opts)
+        runner = _classification if task == "classification" else _localization
+        failed = runner(args, model, loaded, perturbations, out, opts, stamp)
     finally:
         dist.shutdown()
     return EXIT_SOME_FAILED if failed else 0
@@ -244,13 +241,14 @@ def _localization(
     perturbations: list[Perturbation],
     out: Path,
     opts: Any,
+    stamp: dict[str, Any],
 ) -> bool:
     settings = replace(eval_settings(args), quiet=True)
 
     def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
         return run_localization_level(model, data, p, where, opts, settings)
 
-    results, failures = _sweep(loaded, perturbations, out, level, args.stamp)
+    results, failures = _sweep(loaded, perturbations, out, level, stamp)
     if not dist.is_main():
         return False
     chosen, rescored = None, None
@@ -274,6 +272,7 @@ def _classification(
     perturbations: list[Perturbation],
     out: Path,
     opts: Any,
+    stamp: dict[str, Any],
 ) -> bool:
     settings = eval_settings(args)
     cls = ClassifierSettings(
@@ -283,7 +282,7 @@ def _classification(
     def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
         return run_classifier_level(model, data, p, where, opts, cls, settings)
 
-    results, scores = _sweep(loaded, perturbations, out, level, args.stamp)
+    results, scores = _sweep(loaded, perturbations, out, level, stamp)
     if not dist.is_main():
         return False
     chosen, rescored = None, None

@@ -18,7 +18,14 @@ import numpy as np
 
 from common.coco import CocoError, attach_objects, file_digest, read_objects
 from common.io import BadInputError
-from common.photos import SEEN_TEST, PhotoPool, assign_splits, bundled_splits, scan_folder
+from common.photos import (
+    SEEN_TEST,
+    PhotoPool,
+    assign_splits,
+    bundled_photo_set,
+    bundled_splits,
+    scan_folder,
+)
 from common.synthetic import SyntheticConfig
 from common.synthetic_generate import GenerationMismatchError, generate
 from common.synthetic_post import PostConfig
@@ -128,8 +135,6 @@ def _assignment(args: argparse.Namespace, splits: list[str]) -> dict:
         if args.coco_annotations:
             raise UsageError("--coco-annotations needs --photos (the COCO images)")
         if args.shared_photos:
-            from common.photos import bundled_photo_set
-
             every = bundled_photo_set()
             return {s: every for s in splits}
         return bundled_splits(splits)

@@ -420,17 +420,18 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             service.reserve()
         except QueueFullError:
             return busy()
+        admitted = False
         try:
             data = await read_upload(upload)
-            image = data
-            if not isinstance(data, JSONResponse):
-                image = await asyncio.to_thread(decode, data, upload.filename or "upload")
-        except BaseException:
-            service.release()
-            raise
-        if isinstance(image, JSONResponse):
-            service.release()
-            return image
+            if isinstance(data, JSONResponse):
+                return data
+            image = await asyncio.to_thread(decode, data, upload.filename or "upload")
+            if isinstance(image, JSONResponse):
+                return image
+            admitted = True
+        finally:
+            if not admitted:  # the job will not run: its place goes back
+                service.release()
         timings = {"decode_s": round(time.perf_counter() - start, 4)}
         return service.new_job(), image, size, th, timings
 
