@@ -54,10 +54,27 @@ def run(argv: list[str]) -> int:
         help="see fast.py",
     )
     p.add_argument("--calibrate", action="store_true", help="BatchNorm statistics from photos")
+    p.add_argument("--int8", action="store_true", help="also the opt-in int8 path")
+    p.add_argument("--winograd4", action="store_true", help="also the head by Winograd F(4×4, 3×3)")
+    p.add_argument(
+        "--release-code",
+        metavar="DIR",
+        help="a checkout of the official release (dong03/MVSS-Net): also time its own "
+        "model code with the same weights (fp32, and bf16 autocast + channels_last)",
+    )
     args = p.parse_args(argv)
 
     def make():
         return calibrated_model(args.backbone, args.size, 0, args.calibrate, args.weights)
+
+    def autocast_run(net, cl):
+        def forward(x):
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return net(x)
+
+        return forward
 
     base = make()
     paths = {
@@ -74,17 +91,29 @@ def run(argv: list[str]) -> int:
             winograd_min_channels=args.winograd_min_channels,
         ),
     }
+    if args.winograd4:
+        paths["fast bf16 + channels_last + winograd F(4x4)"] = optimize_for_inference(
+            base, torch.bfloat16, True, winograd=True, winograd_tile=4
+        )
+    if args.int8:
+        from common.int8 import quantize_for_inference
+
+        calibration = normalize_bgr_batch(torch.from_numpy(synthetic_images(8, args.size, seed=21)))
+        start = time.perf_counter()
+        paths["int8 backbones + fast bf16 + winograd"] = quantize_for_inference(base, calibration)
+        print(f"int8 calibration: {time.perf_counter() - start:.1f} s", flush=True)
+    if args.release_code:
+        from bench.release_model import release_model
+
+        release = release_model(args.release_code, base)
+        release_cl = release_model(args.release_code, base).to(memory_format=torch.channels_last)
+        paths = {
+            "release fp32 (its own code)": lambda x: release(x),
+            "release bf16 autocast + channels_last": autocast_run(release_cl, True),
+            **paths,
+        }
     base_cl = make().to(memory_format=torch.channels_last)
     base_cl.load_state_dict(base.state_dict())
-
-    def autocast_run(net, cl):
-        def forward(x):
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return net(x)
-
-        return forward
 
     paths["bf16 autocast"] = autocast_run(base, False)
     paths["bf16 autocast + channels_last"] = autocast_run(base_cl, True)
@@ -111,6 +140,7 @@ def run(argv: list[str]) -> int:
     images = synthetic_images(args.accuracy_images, args.size, seed=11)
     x_all = normalize_bgr_batch(torch.from_numpy(images))
     accuracy = map_accuracy(paths, "fp32 eager", x_all)
+    reference = next(iter(paths))  # the release's own code when given, else ours in fp32
     rows = []
     for batch in args.batches:
         x = x_all[:1].repeat(batch, 1, 1, 1) if batch > len(x_all) else x_all[:batch]
@@ -124,7 +154,7 @@ def run(argv: list[str]) -> int:
                     "batch": batch,
                     "s_per_batch": t,
                     "s_per_image": t / batch,
-                    "speedup": medians["fp32 eager"] / t,
+                    "speedup": medians[reference] / t,
                     **accuracy[name],
                 }
             )

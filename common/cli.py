@@ -14,6 +14,7 @@ from torch import nn
 from common.batch_run import EvalSettings, output_dir
 from common.fast import optimize_for_inference
 from common.inference import RunOptions
+from common.int8_calibration import BUNDLED, DEFAULT_CALIBRATION_IMAGES, int8_model
 from common.masks import (
     DEFAULT_EDGE_THICKNESS,
     DEFAULT_MASK_THRESHOLD,
@@ -194,6 +195,36 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
         help="with --fast: the head's wide 3×3 convolutions by Winograd F(2×2, 3×3), "
         "2.25× fewer multiply-adds there; maps within bf16 rounding (see README, Performance)",
     )
+    g.add_argument(
+        "--int8",
+        action="store_true",
+        help="opt-in, x86 CPU: the fast path with both backbones' residual stages in int8 "
+        "(implies --fast --amp bf16 --channels-last --winograd); approximate, its cost is "
+        "printed (see README, Performance)",
+    )
+    g.add_argument(
+        "--int8-calibration",
+        dest="int8_calibration",
+        default=BUNDLED,
+        metavar="SOURCE",
+        help="calibration images for --int8: a list file, folder or glob, or 'bundled' "
+        "(synthetic forgeries of the bundled photographs; the default)",
+    )
+    g.add_argument(
+        "--int8-images",
+        dest="int8_images",
+        type=positive_int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help=f"how many calibration images (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    g.add_argument(
+        "--int8-cache",
+        dest="int8_cache",
+        default=None,
+        metavar="FILE",
+        help="calibration cache (default: <save_dir>/int8_calibration.pt); reused while "
+        "the checkpoint, the images and the size match",
+    )
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=4)
     g.add_argument(
         "--workers",
@@ -216,7 +247,25 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
     )
 
 
+def apply_int8(args: argparse.Namespace) -> None:
+    """``--int8`` is the fastest path plus int8 backbones: switch its parts on, on CPU."""
+    if not getattr(args, "int8", False):
+        return
+    if not str(args.device).startswith(("cpu", "auto")):
+        raise UsageError("the int8 path runs on x86 CPUs only", f"--device {args.device}")
+    if args.amp not in ("off", "bf16"):
+        raise UsageError("the int8 path computes its other layers in bf16", f"--amp {args.amp}")
+    args.device, args.amp, args.fast, args.winograd, args.channels_last = (
+        "cpu",
+        "bf16",
+        True,
+        True,
+        True,
+    )
+
+
 def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:
+    apply_int8(args)
     if getattr(args, "winograd", False) and not getattr(args, "fast", False):
         raise UsageError("--winograd is part of the fast path", "--winograd", "add --fast")
     check_stride(args.tile_stride, args.tile, "--tile-stride", "--tile")
@@ -281,6 +330,11 @@ def load_model(
             f"cannot use this checkpoint: {clip(reason)}", f"--model_path {path}"
         ) from exc
     net.eval().to(device)
+    if getattr(args, "int8", False):
+        apply_int8(args)
+        size = args.resize if getattr(args, "resize", None) else args.tile
+        cache = args.int8_cache or Path(getattr(args, "save_dir", ".")) / "int8_calibration.pt"
+        return int8_model(net, path, args.int8_calibration, args.int8_images, size, cache)
     if getattr(args, "fast", False):
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
         winograd = bool(getattr(args, "winograd", False))

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.winograd import WinogradConv2d, winograd_convs
-from models.attention import ChannelAttention, DAHead, PositionAttention
+from common.fast_attention import mixed_attention
+from common.fast_edge import fuse_edge_gates
+from common.winograd import winograd_convs
+from models.attention import DAHead
 from models.backbone import BasicBlock, Bottleneck, ResNet
 from models.edge import ERB
 from models.outputs import ModelOutput, cast_output
@@ -33,6 +35,8 @@ from models.outputs import ModelOutput, cast_output
 # 1024→1024 twice, 58 % of the FLOPs), and only to convolutions at least this wide on both
 # sides: narrow ones gain less than their transforms cost.
 WINOGRAD_MIN_CHANNELS = 256
+# F(m×m, 3×3): 2 (2.25× fewer multiply-adds) or 4 (4×, larger rounding; see winograd.py).
+WINOGRAD_TILE = 2
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -80,7 +84,7 @@ class _FastDAHead(nn.Module):
         with torch.no_grad():
             self.entry.weight.copy_(torch.cat([p1.weight, c1.weight]))
             self.entry.bias.copy_(torch.cat([p1.bias, c1.bias]))
-        self.pam, self.cam = _Fp32(head.pam), _Fp32(head.cam)
+        self.pam, self.cam = head.pam, head.cam
         self.conv_p2, self.conv_c2, self.out = head.conv_p2, head.conv_c2, head.out
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -90,18 +94,6 @@ class _FastDAHead(nn.Module):
         c = self.conv_c2(self.cam(c))
         fused = p + c
         return {"seg": self.out(fused), "fused": fused}
-
-
-class _Fp32(nn.Module):
-    """Runs an attention block in fp32 (its softmax over 1024×1024 needs the range)."""
-
-    def __init__(self, block: PositionAttention | ChannelAttention) -> None:
-        super().__init__()
-        self.block = block.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return self.block(x.float()).to(x.dtype)
 
 
 class _CastIO(nn.Module):
@@ -128,6 +120,8 @@ def optimize_for_inference(
     compile_model: bool = False,
     winograd: bool = False,
     winograd_min_channels: int = WINOGRAD_MIN_CHANNELS,
+    winograd_tile: int = WINOGRAD_TILE,
+    fuse_edge: bool = True,
 ) -> nn.Module:
     """An inference-only copy of an MVSS-Net (or classifier) that computes the same maps
     faster. ``dtype=torch.bfloat16`` stores weights in bf16 (CPUs with AVX-512 BF16/AMX,
@@ -148,27 +142,46 @@ def optimize_for_inference(
         conv.weight = nn.Parameter(kernel, requires_grad=False)
         net.constrain_conv = conv
     fold_batchnorm(net)
-    if merge_head and isinstance(getattr(net, "head", None), DAHead) and not net.head.aux:
-        net.head = _FastDAHead(net.head)
-    elif isinstance(getattr(net, "head", None), DAHead):
-        net.head.pam, net.head.cam = _Fp32(net.head.pam), _Fp32(net.head.cam)
+    if fuse_edge:
+        fuse_edge_gates(net)
+    head = getattr(net, "head", None)
+    if not isinstance(head, DAHead):
+        raise TypeError(f"not an MVSS-Net (no dual-attention head): {type(model).__name__}")
+    if merge_head and not head.aux:
+        net.head = head = _FastDAHead(head)
     if winograd:  # kernels transformed from the fp32 weights, then stored in ``dtype``
-        winograd_convs(getattr(net, "head", net), dtype, winograd_min_channels)
-    fp32_biases = {
-        m: m.bias.clone()
-        for m in net.modules()
-        if isinstance(m, WinogradConv2d) and m.bias is not None
-    }
-    net = net.to(dtype)
-    if dtype != torch.float32:  # attention blocks and Winograd biases stay fp32
-        for m in net.modules():
-            if isinstance(m, _Fp32):
-                m.block.float()
-        for m, bias in fp32_biases.items():
-            m.bias = bias
+        winograd_convs(head, dtype, winograd_min_channels, winograd_tile)
+    if dtype != torch.float32:  # energies and softmax in fp32, weighted sums in ``dtype``
+        head.pam, head.cam = mixed_attention(head.pam, dtype), mixed_attention(head.cam, dtype)
+    net = net.to(dtype)  # Winograd and attention layers keep their split of dtypes
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     wrapped: nn.Module = _CastIO(net, dtype, channels_last)
     if compile_model:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+# The named inference paths the benchmarks and the profiler compare (the CLI builds the
+# same ones from --fast, --amp, --channels-last, --winograd and --int8).
+PATH_NAMES = ("fast-fp32", "fast-bf16", "fast-winograd", "int8")
+
+
+def inference_path(
+    model: nn.Module, name: str, calibration: torch.Tensor | None = None
+) -> nn.Module:
+    """The inference-only copy of ``model`` that path ``name`` runs; ``int8`` calibrates
+    its activation scales on ``calibration`` (normalised images)."""
+    if name == "fast-fp32":
+        return optimize_for_inference(model)
+    if name == "fast-bf16":
+        return optimize_for_inference(model, torch.bfloat16, True)
+    if name == "fast-winograd":
+        return optimize_for_inference(model, torch.bfloat16, True, winograd=True)
+    if name == "int8":
+        from common.int8 import quantize_for_inference
+
+        if calibration is None:
+            raise ValueError("the int8 path needs calibration images")
+        return quantize_for_inference(model, calibration)
+    raise ValueError(f"unknown path {name!r}; choose one of {', '.join(PATH_NAMES)}")

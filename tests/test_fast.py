@@ -141,12 +141,137 @@ def test_winograd_paths_within_tolerances(calibrated, plain, real_inputs):
     bf16_cal = optimize_for_inference(
         calibrated, torch.bfloat16, True, winograd=True, winograd_min_channels=256
     )
+
+    def winograd_layers(net):
+        return [m for m in net.modules() if isinstance(m, WinogradConv2d)]
+
     biases = [
         (a.bias, b.bias)
-        for a, b in zip(bf16_cal.modules(), fp32.modules(), strict=True)
-        if isinstance(a, WinogradConv2d) and a.bias is not None
+        for a, b in zip(winograd_layers(bf16_cal), winograd_layers(fp32), strict=True)
+        if a.bias is not None
     ]
     assert biases and all(torch.equal(a, b) for a, b in biases)
     assert any(not torch.equal(a, a.bfloat16().float()) for a, _ in biases)  # not bf16 values
     kernels = [m.weight_t.dtype for m in bf16_cal.modules() if isinstance(m, WinogradConv2d)]
     assert kernels and all(d == torch.bfloat16 for d in kernels)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A ResNet-18 MVSS-Net trained for a few dozen Adam steps on synthetic forgeries:
+    real BatchNorm statistics, attention gains off zero, maps that follow the content."""
+    torch.manual_seed(1)
+    photos = bundled_photos()
+    rng = np.random.default_rng(1)
+    cfg = SyntheticConfig(size=96, authentic_ratio=0.3)
+    samples = [make_sample(photos, cfg, rng) for _ in range(24)]
+    images = normalize_bgr_batch(torch.from_numpy(np.stack([s.image for s in samples])))
+    masks = torch.from_numpy(np.stack([s.classes > 0 for s in samples])).float()[:, None]
+    net = build(backbone="resnet18")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    for step in range(30):
+        idx = torch.arange(4) + 4 * (step % 6)
+        _, seg = net(images[idx])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(seg, masks[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def _within_bars(ref, got, mean=1.0, peak=16.0, agreement=0.999):
+    diff = (got - ref).abs() * 255
+    assert ref.std() > 0.01  # the maps are not saturated constants
+    assert diff.mean() <= mean, diff.mean()
+    assert diff.max() <= peak, diff.max()
+    assert ((got > 0.5) == (ref > 0.5)).float().mean() >= agreement
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (1, 1), (13, 6)])
+def test_winograd_4x4_equals_direct(size):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(12, 5, 3, padding=1)
+    x = torch.randn(2, 12, *size)
+    got = WinogradConv2d(conv, tile=4)(x)
+    assert got.shape == (2, 5, *size)
+    torch.testing.assert_close(got, conv(x), atol=1e-4, rtol=1e-4)
+
+
+def test_winograd_bf16_rounding_bounded():
+    """bf16 products: F(2×2) stays near a direct bf16 convolution; F(4×4)'s larger
+    transform constants amplify the rounding (why it is not the default)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 64, 3, padding=1)
+    x = torch.randn(1, 256, 16, 16).relu().contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ref = conv(x)
+        direct = torch.nn.functional.conv2d(
+            x.bfloat16(), conv.weight.bfloat16(), conv.bias.bfloat16(), padding=1
+        ).float()
+        f2 = WinogradConv2d(conv, torch.bfloat16, 2)(x.bfloat16()).float()
+        f4 = WinogradConv2d(conv, torch.bfloat16, 4)(x.bfloat16()).float()
+    err = {k: (v - ref).abs().mean().item() for k, v in [("d", direct), ("2", f2), ("4", f4)]}
+    assert err["2"] <= 3 * err["d"]
+    assert err["2"] < err["4"] <= 20 * err["d"]
+
+
+def test_winograd_layers_keep_their_dtypes_when_moved():
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    layer = WinogradConv2d(conv, torch.bfloat16).to(torch.float32)
+    assert layer.weight_t.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32
+    assert torch.equal(layer.bias, conv.bias.detach())
+
+
+def test_mixed_attention_close_to_fp32():
+    from common.fast_attention import mixed_attention
+    from models.attention import ChannelAttention, PositionAttention
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 8, 8).relu().bfloat16().contiguous(memory_format=torch.channels_last)
+    for block in (PositionAttention(64), ChannelAttention()):
+        for p in block.parameters():
+            if p.numel() == 1:
+                p.data.fill_(0.7)
+        block.eval()
+        with torch.inference_mode():
+            ref = block(x.float())
+            got = mixed_attention(block, torch.bfloat16).to(torch.bfloat16)(x)
+        assert got.dtype == torch.bfloat16
+        rel = (got.float() - ref).abs().max() / ref.abs().max()
+        assert rel < 0.02, (type(block).__name__, rel)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_fastest_path_within_bars_on_trained_weights(trained, real_inputs, tile):
+    fast = optimize_for_inference(
+        trained, torch.bfloat16, True, winograd=True, winograd_tile=tile, winograd_min_channels=256
+    )
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) >= 3
+    _within_bars(_probs(trained, real_inputs), _probs(fast, real_inputs))
+
+
+def test_int8_conv_matches_float_within_quantisation():
+    from common.int8 import Int8Conv2d, dequantize, quantize
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 3, padding=2, dilation=2)
+    x = torch.randn(1, 16, 12, 12).relu().contiguous(memory_format=torch.channels_last)
+    x_q = (float(x.max()) / 255, 0)
+    ref = torch.relu(conv(x)).detach()
+    out_q = (float(ref.max()) / 255, 0)
+    layer = Int8Conv2d(conv, x_q, out_q, relu=True)
+    got = dequantize(layer(quantize(x, *x_q)), *out_q, torch.float32)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_int8_path_within_bars_on_trained_weights(trained, real_inputs):
+    from common.int8 import Int8ResNet, quantize_for_inference
+
+    net = quantize_for_inference(trained, real_inputs[:2])
+    assert sum(isinstance(m, Int8ResNet) for m in net.modules()) == 2  # both backbones
+    ref, got = _probs(trained, real_inputs), _probs(net, real_inputs)
+    _within_bars(ref, got, mean=1.0, peak=16.0, agreement=0.998)
+    again = quantize_for_inference(trained, qparams=net.qparams)  # from a saved calibration
+    torch.testing.assert_close(_probs(again, real_inputs), got)

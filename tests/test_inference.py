@@ -366,3 +366,30 @@ def test_pred_dir_finds_maps_by_the_writers_and_the_releases_names(tmp_path):
     assert run_pred_dir_evaluation(records, [], maps, out, EvalSettings()) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pixel_f1"] == 1.0 and summary["num_images"] == 3
+
+
+def test_int8_path_calibrates_once_then_reads_its_cache(tiny_data, tmp_path, caplog):
+    """``--int8`` (tiled here, so calibration runs at the tile size) writes its
+    calibration file, prints its cost, reuses the file while the checkpoint and images
+    match, and gives maps close to the fp32 run's."""
+    _, _, ckpt = tiny_data
+    good = make_tiny_dataset(tmp_path / "good", corrupt=False)
+    cache = tmp_path / "calib.pt"
+    base = ["--model-path", str(ckpt), "--test-file", str(good), "--workers", "0"]
+    base += ["--resize", "none", "--tile", "64", "--tile-stride", "48"]
+    int8 = ["--int8", "--int8-images", "2", "--int8-cache", str(cache)]
+    caplog.set_level("INFO", logger="mvss")
+    assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "a"), *int8]) == 0
+    assert cache.is_file() and "calibrating on 2 image(s)" in caplog.text
+    assert "int8 is opt-in and approximate" in caplog.text
+    state = torch.load(cache, weights_only=True)
+    assert state["key"]["size"] == 64 and len(state["qparams"]) > 10
+    caplog.clear()
+    assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "b"), *int8]) == 0
+    assert "calibration read from" in caplog.text and "calibrating" not in caplog.text
+    assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "f")]) == 0
+    pred = "test/tiny/pred/img_00.png"
+    a, b = (cv2.imread(str(tmp_path / d / pred), 0) for d in ("a", "b"))
+    ref = cv2.imread(str(tmp_path / "f" / pred), 0)
+    assert np.array_equal(a, b)
+    assert np.abs(a.astype(int) - ref).mean() <= 8  # random weights: a loose bound

@@ -134,6 +134,12 @@ INFERENCE_CASES = {
     "resize below 64": ({"--resize": 32}, "at least 64"),
     "stride over tile": ({"--resize": "none", "--tile": 64, "--tile-stride": 65}, "stride 65"),
     "winograd without fast": ({"--winograd": ""}, "add --fast"),
+    "int8 on a GPU": ({"--int8": "", "--device": "cuda"}, "runs on x86 CPUs only"),
+    "int8 in fp16": ({"--int8": "", "--amp": "fp16"}, "computes its other layers in bf16"),
+    "int8 calibration empty": (
+        {"--int8": "", "--int8-calibration": "empty"},
+        "no readable calibration images",
+    ),
     "unknown option": ({"--thresh": 0.5}, "unrecognized arguments"),
     "output folder is a file": ({"--save_dir": "blocked"}, "cannot create an output folder"),
     "every mask unreadable": ({"--test_file": "corrupt_masks"}, "none of the 2 images"),

@@ -1,0 +1,162 @@
+"""Calibration images, the cached calibration file, and the printed accuracy cost of the
+int8 path (``--int8``).
+
+Why a cache: calibrating a ResNet-50 model runs the fp32 model over every calibration
+image with histogram observers (tens of seconds); the scales depend only on the
+checkpoint, the images and the input size, so they are saved once (a small file of
+numbers, loaded with ``weights_only=True``) and reused while those three match. The
+cache also keeps what the int8 path cost on the calibration images (maps against fp32),
+which is printed at every use: int8 is opt-in because it does not always hold the bars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from common.int8 import Qparams, quantize_for_inference
+from common.io import BadInputError, read_image
+from common.sources import load_source
+from common.transforms import normalize_bgr_batch
+from common.usage import UsageError
+
+log = logging.getLogger("mvss")
+
+DEFAULT_CALIBRATION_IMAGES = 8
+BUNDLED = "bundled"  # synthetic forgeries cut from the bundled photographs
+_CACHE_VERSION = 1
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def calibration_images(source: str, count: int, size: int) -> tuple[torch.Tensor, str]:
+    """``count`` normalised images at ``size``² from ``source`` (a list file, folder or
+    glob, or ``bundled``), and a digest naming exactly which images they were."""
+    if source == BUNDLED:
+        from common.photos import bundled_photos
+        from common.synthetic import SyntheticConfig, make_sample
+
+        rng = np.random.default_rng(0)
+        cfg = SyntheticConfig(size=size, authentic_ratio=0.3)
+        photos = bundled_photos()
+        images = [make_sample(photos, cfg, rng).image for _ in range(count)]
+        return normalize_bgr_batch(torch.from_numpy(np.stack(images))), f"{BUNDLED}:{count}"
+    records, _ = load_source(source)
+    images, names = [], []
+    for rec in records:
+        if len(images) == count:
+            break
+        try:
+            image = read_image(rec.image)
+        except BadInputError as exc:
+            log.warning("int8 calibration: skipped %s", exc)
+            continue
+        images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR))
+        names.append(f"{rec.image}:{os.path.getsize(rec.image)}")
+    if not images:
+        raise UsageError(
+            f"no readable calibration images in {source}", f"--int8-calibration {source}"
+        )
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return normalize_bgr_batch(torch.from_numpy(np.stack(images))), digest
+
+
+def _manipulated_probability(seg: torch.Tensor) -> torch.Tensor:
+    """P(manipulated) per pixel: sigmoid for one class, 1 − P(background) for several."""
+    seg = seg.float()
+    return torch.sigmoid(seg) if seg.shape[1] == 1 else 1 - torch.softmax(seg, 1)[:, :1]
+
+
+def map_cost(reference: nn.Module, int8: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Probability maps of the int8 path against fp32 on ``images``, one at a time."""
+    diffs, agree = [], []
+    with torch.inference_mode():
+        for image in images:
+            ref = _manipulated_probability(reference(image[None])[1])
+            got = _manipulated_probability(int8(image[None])[1])
+            diffs.append((got - ref).abs().flatten() * 255)
+            agree.append(((got > 0.5) == (ref > 0.5)).float().flatten())
+    d, a = torch.cat(diffs), torch.cat(agree)
+    return {
+        "mean_abs_255": float(d.mean()),
+        "max_abs_255": float(d.max()),
+        "binary_agreement": float(a.mean()),
+    }
+
+
+def _read_cache(path: Path, key: dict[str, object]) -> tuple[Qparams, dict] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        log.warning("int8 calibration cache %s unreadable (%s): calibrating again", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        return None
+    qp = {name: (float(s), int(z)) for name, (s, z) in state["qparams"].items()}
+    return qp, dict(state["cost"])
+
+
+def _write_cache(path: Path, key: dict, qparams: Qparams, cost: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"key": key, "qparams": qparams, "cost": cost}, tmp)
+    os.replace(tmp, path)
+
+
+def int8_model(
+    model: nn.Module,
+    checkpoint: str | Path,
+    source: str,
+    count: int,
+    size: int,
+    cache: str | Path,
+) -> nn.Module:
+    """The int8 inference path of ``model``, calibrated (or read from ``cache``), with its
+    accuracy cost on the calibration images logged."""
+    cache = Path(cache)
+    images, digest = calibration_images(source, count, size)
+    key = {
+        "version": _CACHE_VERSION,
+        "checkpoint": file_digest(checkpoint),
+        "images": digest,
+        "size": size,
+        "backbone": type(model).__name__,
+    }
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        qparams, cost = cached
+        net = quantize_for_inference(model, qparams=qparams)
+        log.info("int8: calibration read from %s", cache)
+    else:
+        log.info("int8: calibrating on %d image(s) from %s at %d²…", len(images), source, size)
+        net = quantize_for_inference(model, images)
+        cost = map_cost(model, net, images)
+        try:
+            _write_cache(cache, key, net.qparams, cost)
+            log.info("int8: calibration saved to %s", cache)
+        except OSError as exc:
+            log.warning("int8: could not save the calibration to %s (%s)", cache, exc)
+    log.warning(
+        "int8 is opt-in and approximate: on the calibration images its maps differ from "
+        "fp32 by %.2f/255 on average (max %.1f/255), binary agreement %.3f %% "
+        "(bars: ≤ 1/255, ≥ 99.9 %%; see README, Performance)",
+        cost["mean_abs_255"],
+        cost["max_abs_255"],
+        100 * cost["binary_agreement"],
+    )
+    return net
