@@ -144,7 +144,7 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
         "tile_stride": args.tile_stride,
         "amp": args.amp,
         "fast": bool(getattr(args, "fast", False)),
-        "winograd": bool(getattr(args, "winograd", False)),
+        "winograd": getattr(args, "winograd", None) or 0,
         "seed": args.seed,
     }
     if task == "classification":

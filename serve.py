@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from common.cli import add_model_args, load_model
+from common.fast import WINOGRAD_TILE
 from common.inference import RunOptions
 from common.io import MAX_PIXELS
 from common.runtime import device_of
@@ -89,7 +90,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
     classifier = config.get("task") == "classification" or "head" in model_cfg
     args.amp = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}[precision]
     args.channels_last = args.fast
-    args.winograd = args.fast
+    args.winograd = WINOGRAD_TILE if args.fast else None
     model = load_model(args, device, classifier=classifier)
     nclass = int(model_cfg.get("nclass", 1))
     kind = "classification" if classifier else ("three_class" if nclass == 3 else "localization")

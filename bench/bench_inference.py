@@ -1,25 +1,32 @@
-"""Model forward at 512×512 on CPU: plain fp32 eager vs the fast paths, side by side.
+"""Model forward at 512×512: plain fp32 eager vs the fast paths, side by side.
 
-Prints seconds per batch (median of --runs after warm-up, interleaved), the speed-up over
-fp32 eager, and the accuracy of each path's probability maps against fp32 on synthetic
-forgeries (mean / max absolute difference in 1/255 units, binary agreement at 0.5). Also
-the floor: FLOPs per image ÷ this machine's measured bf16 matrix-multiply rate.
+Runs on the GPU when there is one (``--device auto``), else on the CPU; on CUDA the fp16
+paths are added and the int8 path (x86 CPUs only) is left out. Prints seconds per batch
+(median of --runs after warm-up, interleaved), the speed-up over the first path (the
+release's own code with --release-code, else fp32 eager), and the accuracy of each
+path's probability maps against our fp32 eager on synthetic forgeries (mean / max
+absolute difference in 1/255 units, binary agreement at 0.5). Also the floor: FLOPs per
+image ÷ this machine's measured bf16 matrix-multiply rate.
 Writes bench/results/inference.json.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common_bench import (
+    bench_device,
     calibrated_model,
     interleaved_medians,
     map_accuracy,
+    synchronize,
     synthetic_images,
     write_result,
 )
@@ -29,17 +36,42 @@ from common.usage import Parser, at_least, non_negative_int, positive_int, run_c
 from models import BACKBONES
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
+    synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+class _Fp32Block(nn.Module):
+    """An attention block run wholly in fp32 inside a bf16 model (the fast path before its
+    attention went mixed-precision): for the ablation only."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.block(x.float()).to(x.dtype)
+
+
+def fp32_attention(fast_net: nn.Module, plain: nn.Module) -> nn.Module:
+    """``fast_net`` with PAM and CAM back in fp32 (copies of the plain model's blocks)."""
+    head = fast_net.net.head
+    head.pam = _Fp32Block(copy.deepcopy(plain.head.pam)).to(plain.head.pam.alpha.device)
+    head.cam = _Fp32Block(copy.deepcopy(plain.head.cam)).to(plain.head.pam.alpha.device)
+    return fast_net
 
 
 def run(argv: list[str]) -> int:
     p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto (the GPU when present), cpu, cuda")
     p.add_argument("--size", type=at_least(64), default=512)
     p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
     p.add_argument("--runs", type=positive_int, default=5)
@@ -57,45 +89,59 @@ def run(argv: list[str]) -> int:
     p.add_argument("--int8", action="store_true", help="also the opt-in int8 path")
     p.add_argument("--winograd4", action="store_true", help="also the head by Winograd F(4×4, 3×3)")
     p.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the fastest path with one of its parts undone: edge gates unfused, "
+        "attention wholly in fp32",
+    )
+    p.add_argument(
         "--release-code",
         metavar="DIR",
         help="a checkout of the official release (dong03/MVSS-Net): also time its own "
         "model code with the same weights (fp32, and bf16 autocast + channels_last)",
     )
     args = p.parse_args(argv)
+    device = bench_device(args.device)
+    cuda = device.type == "cuda"
 
     def make():
-        return calibrated_model(args.backbone, args.size, 0, args.calibrate, args.weights)
+        net = calibrated_model(args.backbone, args.size, 0, args.calibrate, args.weights)
+        return net.to(device)
 
-    def autocast_run(net, cl):
+    def autocast_run(net, cl, dtype=torch.bfloat16):
         def forward(x):
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=dtype):
                 return net(x)
 
         return forward
+
+    def fast(dtype=torch.bfloat16, channels_last=True, **kwargs):
+        return optimize_for_inference(base, dtype, channels_last, **kwargs).to(device)
 
     base = make()
     paths = {
         "fp32 eager": lambda x: base(x),
         "bf16 autocast": None,
         "bf16 autocast + channels_last": None,
-        "fast fp32 (folded BN, merged head)": optimize_for_inference(base),
-        "fast bf16 + channels_last": optimize_for_inference(base, torch.bfloat16, True),
-        "fast bf16 + channels_last + winograd": optimize_for_inference(
-            base,
-            torch.bfloat16,
-            True,
-            winograd=True,
-            winograd_min_channels=args.winograd_min_channels,
+        "fast fp32 (folded BN, merged head)": fast(torch.float32, False),
+        "fast bf16 + channels_last": fast(),
+        "fast bf16 + channels_last + winograd": fast(
+            winograd=True, winograd_min_channels=args.winograd_min_channels
         ),
     }
     if args.winograd4:
-        paths["fast bf16 + channels_last + winograd F(4x4)"] = optimize_for_inference(
-            base, torch.bfloat16, True, winograd=True, winograd_tile=4
-        )
-    if args.int8:
+        paths["fast bf16 + channels_last + winograd F(4x4)"] = fast(winograd=True, winograd_tile=4)
+    if args.ablations:
+        paths["fast bf16 + winograd, edge gates unfused"] = fast(winograd=True, fuse_edge=False)
+        paths["fast bf16 + winograd, attention in fp32"] = fp32_attention(fast(winograd=True), base)
+    if cuda:  # fp16 tensor cores: the GPU's other half-precision path
+        paths["fp16 autocast + channels_last"] = None
+        paths["fast fp16 + channels_last + winograd"] = fast(torch.float16, winograd=True)
+    if args.int8 and cuda:
+        print("int8: left out (the int8 path runs on x86 CPUs only)", flush=True)
+    elif args.int8:
         from common.int8 import quantize_for_inference
 
         calibration = normalize_bgr_batch(torch.from_numpy(synthetic_images(8, args.size, seed=21)))
@@ -105,8 +151,9 @@ def run(argv: list[str]) -> int:
     if args.release_code:
         from bench.release_model import release_model
 
-        release = release_model(args.release_code, base)
-        release_cl = release_model(args.release_code, base).to(memory_format=torch.channels_last)
+        release = release_model(args.release_code, base).to(device)
+        release_cl = release_model(args.release_code, base).to(device)
+        release_cl = release_cl.to(memory_format=torch.channels_last)
         paths = {
             "release fp32 (its own code)": lambda x: release(x),
             "release bf16 autocast + channels_last": autocast_run(release_cl, True),
@@ -117,28 +164,30 @@ def run(argv: list[str]) -> int:
 
     paths["bf16 autocast"] = autocast_run(base, False)
     paths["bf16 autocast + channels_last"] = autocast_run(base_cl, True)
+    if cuda:
+        paths["fp16 autocast + channels_last"] = autocast_run(base_cl, True, torch.float16)
     build_s = {}
     if args.compile:
         compiled = {
-            "fast bf16 + channels_last + compile": optimize_for_inference(
-                base, torch.bfloat16, True, compile_model=True
-            ),
-            "fast bf16 + channels_last + winograd + compile": optimize_for_inference(
-                base, torch.bfloat16, True, compile_model=True, winograd=True
+            "fast bf16 + channels_last + compile": fast(compile_model=True),
+            "fast bf16 + channels_last + winograd + compile": fast(
+                compile_model=True, winograd=True
             ),
         }
         warm = normalize_bgr_batch(torch.from_numpy(synthetic_images(1, args.size, seed=5)))
+        warm = warm.to(device)
         for name, net in compiled.items():  # the first call builds the graph: timed apart
             start = time.perf_counter()
             with torch.inference_mode():
                 net(warm)
+            synchronize(device)
             build_s[name] = time.perf_counter() - start
             print(f"{name}: first call (build) {build_s[name]:.1f} s", flush=True)
         paths.update(compiled)
 
     # accuracy on real-looking inputs
     images = synthetic_images(args.accuracy_images, args.size, seed=11)
-    x_all = normalize_bgr_batch(torch.from_numpy(images))
+    x_all = normalize_bgr_batch(torch.from_numpy(images)).to(device)
     accuracy = map_accuracy(paths, "fp32 eager", x_all)
     reference = next(iter(paths))  # the release's own code when given, else ours in fp32
     rows = []
@@ -146,7 +195,7 @@ def run(argv: list[str]) -> int:
         x = x_all[:1].repeat(batch, 1, 1, 1) if batch > len(x_all) else x_all[:batch]
         fns = {name: (lambda fn=fn, x=x: fn(x)) for name, fn in paths.items()}
         with torch.inference_mode():
-            medians = interleaved_medians(fns, runs=args.runs)
+            medians = interleaved_medians(fns, runs=args.runs, device=device)
         for name, t in medians.items():
             rows.append(
                 {
@@ -162,7 +211,8 @@ def run(argv: list[str]) -> int:
     with torch.inference_mode(), counter:
         base(x_all[:1])
     flops = counter.get_total_flops()
-    rate_bf16, rate_fp32 = matmul_rate(torch.bfloat16), matmul_rate(torch.float32)
+    rate_bf16 = matmul_rate(torch.bfloat16, device)
+    rate_fp32 = matmul_rate(torch.float32, device)
     floor = {
         "gflop_per_image": flops / 1e9,
         "bf16_gflops": rate_bf16 / 1e9,
@@ -189,6 +239,8 @@ def run(argv: list[str]) -> int:
         {
             "rows": rows,
             "floor": floor,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
             "threads": torch.get_num_threads(),
             "images": args.accuracy_images,
             "compile_build_s": build_s,

@@ -5,8 +5,11 @@ follows their share of FLOPs) and which are memory-bound (far more time than FLO
 forward at 512×512, batch 1, under ``torch.profiler``; each part of the network is a
 ``record_function`` range (hooks on its modules, wrappers around the functions between
 them), so the table sums to the whole forward. FLOPs are counted per part with
-``FlopCounterMode`` on the same path (a Winograd or int8 layer counts what it multiplies).
-Writes bench/results/profile_<path>.json.
+``FlopCounterMode`` on the same path (a Winograd layer counts what it multiplies; an int8
+layer as the bf16 layer it replaces).
+On CUDA (``--device auto`` on a GPU machine) the ranges synchronise the GPU at each
+part's edges, so each range's time is that part's GPU time (the sums cost a little
+overlap). Writes bench/results/profile_<path>.json.
 """
 
 from __future__ import annotations
@@ -22,10 +25,16 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 import models.mvssnet as mvssnet
-from bench.common_bench import calibrated_model, synthetic_images, write_result
+from bench.common_bench import (
+    bench_device,
+    calibrated_model,
+    synchronize,
+    synthetic_images,
+    write_result,
+)
 from common.fast import PATH_NAMES, inference_path
 from common.transforms import normalize_bgr_batch
-from common.usage import Parser, at_least, positive_int, run_cli
+from common.usage import Parser, UsageError, at_least, positive_int, run_cli
 from models import BACKBONES
 
 # part label → attribute paths (relative to the MVSS-Net) of the modules it contains.
@@ -68,14 +77,16 @@ def _edge_modules(root: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def part_ranges(net: nn.Module) -> Iterator[None]:
-    """While active, every part of ``net``'s forward runs inside a named range."""
+def part_ranges(net: nn.Module, device: torch.device | None = None) -> Iterator[None]:
+    """While active, every part of ``net``'s forward runs inside a named range (with the
+    GPU synchronised at its edges on CUDA)."""
     root = mvss_of(net)
     handles = []
     stack: list[contextlib.AbstractContextManager] = []
 
     def enter(label: str) -> Callable:
         def hook(*_: object) -> None:
+            synchronize(device)
             rf = record_function(label)
             rf.__enter__()
             stack.append(rf)
@@ -83,6 +94,7 @@ def part_ranges(net: nn.Module) -> Iterator[None]:
         return hook
 
     def leave(*_: object) -> None:
+        synchronize(device)
         stack.pop().__exit__(None, None, None)
 
     for label, paths in PART_MODULES.items():
@@ -94,8 +106,11 @@ def part_ranges(net: nn.Module) -> Iterator[None]:
 
     def wrapped(label: str, fn: Callable) -> Callable:
         def run(*args: object, **kwargs: object) -> object:
+            synchronize(device)
             with record_function(label):
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+                synchronize(device)
+                return out
 
         return run
 
@@ -149,15 +164,19 @@ def part_flops(net: nn.Module, x: torch.Tensor) -> dict[str, float]:
     return totals
 
 
-def profile_parts(net: nn.Module, x: torch.Tensor, runs: int) -> tuple[dict[str, float], str]:
+def profile_parts(
+    net: nn.Module, x: torch.Tensor, runs: int, device: torch.device | None = None
+) -> tuple[dict[str, float], str]:
     """Mean milliseconds per part over ``runs`` profiled forwards, and the top operators."""
     labels = [*PART_MODULES, EDGE, UPSAMPLING]
     with torch.inference_mode():
         net(x)  # warm-up (allocations, oneDNN primitive caches)
-        with part_ranges(net), profile(activities=[ProfilerActivity.CPU]) as prof:
+        synchronize(device)
+        with part_ranges(net, device), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(runs):
                 with record_function("whole forward"):
                     net(x)
+                    synchronize(device)
     times: dict[str, float] = {}
     for event in prof.events():
         if event.name in labels or event.name == "whole forward":
@@ -169,17 +188,25 @@ def profile_parts(net: nn.Module, x: torch.Tensor, runs: int) -> tuple[dict[str,
 def run(argv: list[str]) -> int:
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--path", choices=PATH_NAMES, default="fast-winograd")
+    p.add_argument("--device", default="auto", help="auto (the GPU when present), cpu, cuda")
     p.add_argument("--size", type=at_least(64), default=512)
     p.add_argument("--runs", type=positive_int, default=3)
     p.add_argument("--backbone", default="resnet50", choices=BACKBONES)
     p.add_argument("--weights", help="checkpoint (default: random init)")
     args = p.parse_args(argv)
 
+    device = bench_device(args.device)
+    if args.path == "int8" and device.type != "cpu":
+        raise UsageError("the int8 path runs on x86 CPUs only", f"--device {args.device}")
     base = calibrated_model(args.backbone, args.size, 0, False, args.weights)
     x = normalize_bgr_batch(torch.from_numpy(synthetic_images(1, args.size, seed=3)))
-    net = inference_path(base, args.path, calibration=x)
-    flops = part_flops(net, x)
-    times, ops = profile_parts(net, x, args.runs)
+    net = inference_path(base, args.path, calibration=x).to(device)
+    x = x.to(device)
+    # FlopCounterMode has no formula for oneDNN's int8 convolutions; they multiply as
+    # many values as the bf16 layers they replace, so the int8 path counts those.
+    flop_net = inference_path(base, "fast-winograd").to(device) if args.path == "int8" else net
+    flops = part_flops(flop_net, x)
+    times, ops = profile_parts(net, x, args.runs, device)
     total_t, total_f = times["whole forward"], flops["whole forward"]
     rows = []
     for label in [*PART_MODULES, EDGE, UPSAMPLING]:
@@ -189,7 +216,10 @@ def run(argv: list[str]) -> int:
     other_f = total_f - sum(f for _, _, f in rows)
     rows.append(("other (casts, concatenation)", other_t, other_f))
     print(ops)
-    print(f"path {args.path}, {args.size}², batch 1, mean of {args.runs} profiled forwards")
+    print(
+        f"path {args.path} on {device}, {args.size}², batch 1, "
+        f"mean of {args.runs} profiled forwards"
+    )
     print(f"{'part':34s} {'ms':>8s} {'time %':>7s} {'GFLOP':>7s} {'FLOP %':>7s} {'GFLOP/s':>8s}")
     result = []
     for label, t, f in rows:
@@ -202,7 +232,13 @@ def run(argv: list[str]) -> int:
     print(f"{'whole forward':34s} {total_t:8.1f} {100.0:6.1f}% {total_f / 1e9:7.1f} {100.0:6.1f}%")
     write_result(
         f"profile_{args.path}",
-        {"path": args.path, "size": args.size, "total_ms": total_t, "parts": result},
+        {
+            "path": args.path,
+            "device": str(device),
+            "size": args.size,
+            "total_ms": total_t,
+            "parts": result,
+        },
     )
     return 0
 

@@ -5,7 +5,7 @@ Why: the accuracy bars of a faster path are about what users report, so each pat
 8-bit maps are compared with the fp32 run's (mean and max |Δ| in 1/255, binary agreement
 at the threshold) and its pixel-F1 and image AUC with fp32's. Times are the script's
 wall-clock, decoding and writing included (one run each).
-Writes bench/results/split_accuracy_<checkpoint stem>.json.
+Writes bench/results/split_accuracy_<run folder>_<checkpoint stem>_<list stem>.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,14 @@ from common.usage import Parser, at_least, positive_int, require_file, run_cli
 PATHS = {
     "fp32": [],
     "fast bf16 + winograd": ["--fast", "--amp", "bf16", "--channels-last", "--winograd"],
+    "fast bf16 + winograd F(4x4)": [
+        "--fast",
+        "--amp",
+        "bf16",
+        "--channels-last",
+        "--winograd",
+        "4",
+    ],
     "int8": ["--int8"],
 }
 
@@ -43,7 +51,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
     args = p.parse_args(argv)
     require_file(args.model_path, "checkpoint", "--model_path")
-    stem = Path(args.model_path).stem
+    model = Path(args.model_path).resolve()
+    run_name = model.parent.parent.name if model.parent.name == "checkpoints" else model.parent.name
+    stem = f"{run_name}_{model.stem}_{Path(args.test_file).stem}"
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         maps: dict[str, dict[str, np.ndarray]] = {}
@@ -98,7 +108,15 @@ def run(argv: list[str]) -> int:
             f"{100 * r['binary_agreement']:8.3f} {r['pixel_f1']:8.4f} {r['d_pixel_f1']:+7.4f} "
             f"{r['image_auc']:6.4f} {r['d_image_auc']:+7.4f}"
         )
-    write_result(f"split_accuracy_{stem}", {"model": args.model_path, "paths": results})
+    write_result(
+        f"split_accuracy_{stem}",
+        {
+            "model": args.model_path,
+            "test_file": args.test_file,
+            "resize": args.resize,
+            "paths": results,
+        },
+    )
     return 0
 
 

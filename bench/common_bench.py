@@ -121,17 +121,39 @@ def write_result(name: str, data: dict) -> Path:
     return out
 
 
+def bench_device(name: str = "auto") -> torch.device:
+    """A benchmark's ``--device``: ``auto`` is the GPU when there is one, so the same
+    command takes CPU figures here and GPU figures on a GPU machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("no CUDA device here", f"--device {name}", "use --device cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device | None) -> None:
+    """Wait for queued GPU work, so a timer around a call measures the call."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def interleaved_medians(
-    fns: dict[str, Callable[[], None]], runs: int = 5, warmup: int = 1
+    fns: dict[str, Callable[[], None]],
+    runs: int = 5,
+    warmup: int = 1,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
-    """Median seconds per call of each function, runs interleaved so drift hits all."""
+    """Median seconds per call of each function, runs interleaved so drift hits all
+    (GPU work synchronised before each timer stops)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
+    synchronize(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(runs):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}

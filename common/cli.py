@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from common.batch_run import EvalSettings, output_dir
-from common.fast import optimize_for_inference
+from common.fast import WINOGRAD_TILE, optimize_for_inference
 from common.inference import RunOptions
 from common.int8_calibration import BUNDLED, DEFAULT_CALIBRATION_IMAGES, int8_model
 from common.masks import (
@@ -42,6 +42,7 @@ from common.usage import (
     require_file,
     require_writable_dir,
 )
+from common.winograd import TILE_SIZES
 from models import (
     BACKBONES,
     WeightsError,
@@ -191,14 +192,21 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
     )
     g.add_argument(
         "--winograd",
-        action="store_true",
-        help="with --fast: the head's wide 3×3 convolutions by Winograd F(2×2, 3×3), "
-        "2.25× fewer multiply-adds there; maps within bf16 rounding (see README, Performance)",
+        nargs="?",
+        type=int,
+        choices=TILE_SIZES,
+        const=WINOGRAD_TILE,
+        default=None,
+        metavar="TILE",
+        help=f"with --fast: the head's wide 3×3 convolutions by Winograd F(TILE×TILE, 3×3); "
+        f"TILE {WINOGRAD_TILE} (the default, 2.25× fewer multiply-adds there) keeps maps "
+        "within bf16 rounding, 4 (4× fewer) is faster with larger rounding "
+        "(see README, Performance)",
     )
     g.add_argument(
         "--int8",
         action="store_true",
-        help="opt-in, x86 CPU: the fast path with both backbones' residual stages in int8 "
+        help="opt-in, x86 CPU: the fast path with the RGB backbone's residual stages in int8 "
         "(implies --fast --amp bf16 --channels-last --winograd); approximate, its cost is "
         "printed (see README, Performance)",
     )
@@ -255,13 +263,8 @@ def apply_int8(args: argparse.Namespace) -> None:
         raise UsageError("the int8 path runs on x86 CPUs only", f"--device {args.device}")
     if args.amp not in ("off", "bf16"):
         raise UsageError("the int8 path computes its other layers in bf16", f"--amp {args.amp}")
-    args.device, args.amp, args.fast, args.winograd, args.channels_last = (
-        "cpu",
-        "bf16",
-        True,
-        True,
-        True,
-    )
+    args.device, args.amp, args.fast, args.channels_last = "cpu", "bf16", True, True
+    args.winograd = getattr(args, "winograd", None) or WINOGRAD_TILE
 
 
 def run_options(args: argparse.Namespace, blend: str = "weighted") -> RunOptions:
@@ -337,8 +340,10 @@ def load_model(
         return int8_model(net, path, args.int8_calibration, args.int8_images, size, cache)
     if getattr(args, "fast", False):
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
-        winograd = bool(getattr(args, "winograd", False))
-        return optimize_for_inference(net, dtype, args.channels_last, winograd=winograd).to(device)
+        tile = getattr(args, "winograd", None)
+        return optimize_for_inference(
+            net, dtype, args.channels_last, winograd=bool(tile), winograd_tile=tile or WINOGRAD_TILE
+        ).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net

@@ -1,17 +1,26 @@
-"""Faster inference with the same maps: BatchNorm folding, bf16, channels_last, compile.
+"""Faster inference with the same maps: folding, merging, bf16, Winograd, fused gates.
 
 ``optimize_for_inference`` returns a new eval-only model (the original is untouched):
-- every BatchNorm that follows a convolution is folded into it (exact up to rounding);
+- every BatchNorm that follows a convolution is folded into it (exact up to rounding),
+  and the Bayar kernel becomes a fixed weight;
 - the two 3×3 4096→1024 convolutions of the dual-attention head that read the same
   input (``conv_p1``, ``conv_c1``: 61 % of the FLOPs) run as one convolution, one
   larger matrix product instead of two;
+- the edge branch's Sobel gates and first ERB projections run as one 3×3 convolution
+  per stage (``common/fast_edge.py``; ``fuse_edge=False`` keeps them apart);
 - optional: weights stored in bf16 (``dtype=torch.bfloat16``), so autocast does not
-  re-cast 147 M parameters at every forward; attention softmax and outputs stay fp32;
+  re-cast 147 M parameters at every forward; the attention blocks then keep their
+  energies and softmax in fp32 and run their weighted sums in bf16
+  (``common/fast_attention.py``); outputs come back in fp32;
 - optional: channels_last memory format and ``torch.compile``;
-- optional (``winograd=True``): the head's wide 3×3 convolutions by Winograd F(2×2, 3×3)
-  (``common/winograd.py``), 2.25× fewer multiply-adds there.
+- optional (``winograd=True``): the head's wide 3×3 convolutions by Winograd F(m×m, 3×3)
+  (``common/winograd.py``; m = ``winograd_tile``, 2 by default: 2.25× fewer multiply-adds
+  there; 4: 4× fewer, larger rounding).
 
-The accuracy cost is measured by ``bench/bench_inference.py`` and bounded by tests.
+``inference_path`` names the combinations the CLI, the benchmarks and the profiler share;
+the int8 path builds on the fastest one (``common/int8.py``). The accuracy cost is
+measured by ``bench/bench_inference.py`` and ``bench/bench_split_accuracy.py`` and bounded
+by tests.
 """
 
 from __future__ import annotations
@@ -164,7 +173,7 @@ def optimize_for_inference(
 
 # The named inference paths the benchmarks and the profiler compare (the CLI builds the
 # same ones from --fast, --amp, --channels-last, --winograd and --int8).
-PATH_NAMES = ("fast-fp32", "fast-bf16", "fast-winograd", "int8")
+PATH_NAMES = ("fast-fp32", "fast-bf16", "fast-winograd", "fast-winograd4", "int8")
 
 
 def inference_path(
@@ -178,6 +187,8 @@ def inference_path(
         return optimize_for_inference(model, torch.bfloat16, True)
     if name == "fast-winograd":
         return optimize_for_inference(model, torch.bfloat16, True, winograd=True)
+    if name == "fast-winograd4":
+        return optimize_for_inference(model, torch.bfloat16, True, winograd=True, winograd_tile=4)
     if name == "int8":
         from common.int8 import quantize_for_inference
 

@@ -393,3 +393,24 @@ def test_int8_path_calibrates_once_then_reads_its_cache(tiny_data, tmp_path, cap
     ref = cv2.imread(str(tmp_path / "f" / pred), 0)
     assert np.array_equal(a, b)
     assert np.abs(a.astype(int) - ref).mean() <= 8  # random weights: a loose bound
+
+
+@pytest.mark.parametrize(
+    ("flag", "tile"), [([], None), (["--winograd"], 2), (["--winograd", "4"], 4)]
+)
+def test_winograd_option_picks_the_tile(tmp_path, flag, tile):
+    """``--winograd`` alone is F(2×2, 3×3); ``--winograd 4`` is F(4×4, 3×3)."""
+    import argparse
+
+    from common.cli import add_model_args, add_run_args, load_model
+    from common.winograd import WinogradConv2d
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    add_run_args(parser)
+    args = parser.parse_args(["--model_path", str(ckpt), "--fast", "--amp", "bf16", *flag])
+    assert args.winograd == tile
+    net = load_model(args, torch.device("cpu"))
+    tiles = {m.tile for m in net.modules() if isinstance(m, WinogradConv2d)}
+    assert tiles == ({tile} if tile else set())

@@ -134,6 +134,7 @@ INFERENCE_CASES = {
     "resize below 64": ({"--resize": 32}, "at least 64"),
     "stride over tile": ({"--resize": "none", "--tile": 64, "--tile-stride": 65}, "stride 65"),
     "winograd without fast": ({"--winograd": ""}, "add --fast"),
+    "winograd tile 3": ({"--fast": "", "--winograd": 3}, "invalid choice: 3"),
     "int8 on a GPU": ({"--int8": "", "--device": "cuda"}, "runs on x86 CPUs only"),
     "int8 in fp16": ({"--int8": "", "--amp": "fp16"}, "computes its other layers in bf16"),
     "int8 calibration empty": (
