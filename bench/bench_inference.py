@@ -146,7 +146,7 @@ def run(argv: list[str]) -> int:
 
         calibration = normalize_bgr_batch(torch.from_numpy(synthetic_images(8, args.size, seed=21)))
         start = time.perf_counter()
-        paths["int8 backbones + fast bf16 + winograd"] = quantize_for_inference(base, calibration)
+        paths["int8 (--int8) + fast bf16 + winograd"] = quantize_for_inference(base, calibration)
         print(f"int8 calibration: {time.perf_counter() - start:.1f} s", flush=True)
     if args.release_code:
         from bench.release_model import release_model

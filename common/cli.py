@@ -206,7 +206,7 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
     g.add_argument(
         "--int8",
         action="store_true",
-        help="opt-in, x86 CPU: the fast path with the RGB backbone's residual stages in int8 "
+        help="opt-in, x86 CPU: the fast path with the RGB backbone's last two stages in int8 "
         "(implies --fast --amp bf16 --channels-last --winograd); approximate, its cost is "
         "printed (see README, Performance)",
     )

@@ -31,7 +31,7 @@ log = logging.getLogger("mvss")
 
 DEFAULT_CALIBRATION_IMAGES = 8
 BUNDLED = "bundled"  # synthetic forgeries cut from the bundled photographs
-_CACHE_VERSION = 2  # 2: the noise view stays bf16 (the cached cost was measured on the path)
+_CACHE_VERSION = 3  # the cached cost was measured on the path: new stage split, new version
 
 
 def file_digest(path: str | Path) -> str:

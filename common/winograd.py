@@ -71,12 +71,21 @@ def _matrix(rows: tuple, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.tensor(rows, dtype=dtype)
 
 
-def transform_weight(weight: torch.Tensor, tile: int = 2) -> torch.Tensor:
-    """K×C×3×3 kernel → the α² transformed C×K matrices (computed in float64)."""
+def transform_weight(
+    weight: torch.Tensor, tile: int = 2, dtype: torch.dtype = torch.float32, chunk: int = 128
+) -> torch.Tensor:
+    """K×C×3×3 kernel → the α² transformed C×K matrices in ``dtype``, computed in float64
+    ``chunk`` output channels at a time (the head's 4096→2048 kernel in float64 at once
+    would be a 1 GB transient for F(2×2))."""
     g = _matrix(_G[tile])
-    u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().double(), g)
     alpha = tile + 2
-    return u.reshape(alpha * alpha, weight.shape[1], weight.shape[0])
+    k, c = weight.shape[:2]
+    out = torch.empty(alpha * alpha, c, k, dtype=dtype)
+    w = weight.detach()
+    for start in range(0, k, chunk):
+        part = torch.einsum("ai,kcij,bj->abck", g, w[start : start + chunk].double(), g)
+        out[:, :, start : start + chunk] = part.reshape(alpha * alpha, c, -1).to(dtype)
+    return out
 
 
 class WinogradConv2d(nn.Module):
@@ -99,7 +108,7 @@ class WinogradConv2d(nn.Module):
         self.compute_dtype = compute_dtype
         self.tile = tile
         bt, at = _matrix(_BT[tile]), _matrix(_AT[tile])
-        self.register_buffer("weight_t", transform_weight(conv.weight, tile).to(compute_dtype))
+        self.register_buffer("weight_t", transform_weight(conv.weight, tile, compute_dtype))
         self.register_buffer("input_t", torch.kron(bt, bt).to(compute_dtype))
         self.register_buffer("output_t", torch.kron(at, at).to(compute_dtype))
         # The bias keeps its fp32 value: it is added once, after the products.

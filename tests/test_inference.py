@@ -414,3 +414,27 @@ def test_winograd_option_picks_the_tile(tmp_path, flag, tile):
     net = load_model(args, torch.device("cpu"))
     tiles = {m.tile for m in net.modules() if isinstance(m, WinogradConv2d)}
     assert tiles == ({tile} if tile else set())
+
+
+@pytest.mark.parametrize("script", ["three-class", "classifier"])
+@pytest.mark.parametrize("path", [["--fast", "--amp", "bf16", "--winograd"], ["--int8"]])
+def test_three_class_and_classifier_scripts_take_the_fast_paths(tmp_path, caplog, script, path):
+    """The 3-class and classifier scripts accept the fast and int8 options and finish."""
+    import infer_3labels_merge_calmetrics
+
+    data = make_tiny_dataset(tmp_path / "data", corrupt=False)
+    if script == "three-class":
+        ckpt = make_tiny_checkpoint(tmp_path / "tiny3.pt", nclass=3)
+        main = infer_3labels_merge_calmetrics.main
+        size = ["--tile", "64", "--tile-stride", "48"]
+    else:
+        ckpt = make_tiny_checkpoint(tmp_path / "cls.pt", cls_head="max")
+        main = infer_mvss_cls.main
+        size = ["--resize", "64"]
+    if path == ["--int8"]:
+        path = [*path, "--int8-images", "2"]
+    caplog.set_level("INFO", logger="mvss")
+    argv = ["--model_path", str(ckpt), "--test_file", str(data), "--workers", "0"]
+    argv += ["--save_dir", str(tmp_path / "out"), *size, *path]
+    assert main(argv) == 0
+    assert ("int8 is opt-in and approximate" in caplog.text) == ("--int8" in path)
