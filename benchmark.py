@@ -32,7 +32,6 @@ from common.bench_tables import (
 from common.benchmark import (
     ClassifierSettings,
     LoadedSet,
-    checkpoint_digest,
     choose_classifier_threshold,
     choose_localization_thresholds,
     level_name,
@@ -47,6 +46,7 @@ from common.benchmark import (
     stale_levels,
     write_stamp,
 )
+from common.checkpoint import checkpoint_digest
 from common.classify import DEFAULT_CROP, DEFAULT_CROP_STRIDE
 from common.cli import (
     add_io_args,

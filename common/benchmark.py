@@ -147,13 +147,6 @@ def _merged(parts: list[dict[str, str]]) -> dict[str, str]:
 STAMP = "maps.json"  # what made a level's maps (or scores): checked before they are reused
 
 
-def checkpoint_digest(path: str | Path) -> str:
-    """SHA-256 of the checkpoint file: a resumed level must come from the same weights,
-    whatever the file is called (many are called best.pt)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def level_stamp(stamp: dict, data: LoadedSet, perturbation: Perturbation | None) -> dict:
     """The run's stamp for one set at one level: with the set's images (their file names
     in order: another list under the same set name is caught) and, for a degraded level

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -24,6 +25,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 of the checkpoint file: what a resumed benchmark level or a cached int8
+    calibration must come from, whatever the file is called (many are called best.pt)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.checkpoint import checkpoint_digest, save_checkpoint
+from common.inference import probabilities
 from common.int8 import Qparams, quantize_for_inference
 from common.io import BadInputError, read_image
 from common.sources import load_source
@@ -32,14 +34,6 @@ log = logging.getLogger("mvss")
 DEFAULT_CALIBRATION_IMAGES = 8
 BUNDLED = "bundled"  # synthetic forgeries cut from the bundled photographs
 _CACHE_VERSION = 3  # the cached cost was measured on the path: new stage split, new version
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def calibration_images(source: str, count: int, size: int) -> tuple[torch.Tensor, str]:
@@ -76,8 +70,8 @@ def calibration_images(source: str, count: int, size: int) -> tuple[torch.Tensor
 
 def _manipulated_probability(seg: torch.Tensor) -> torch.Tensor:
     """P(manipulated) per pixel: sigmoid for one class, 1 − P(background) for several."""
-    seg = seg.float()
-    return torch.sigmoid(seg) if seg.shape[1] == 1 else 1 - torch.softmax(seg, 1)[:, :1]
+    prob = probabilities(seg)
+    return prob if prob.shape[1] == 1 else 1 - prob[:, :1]
 
 
 def map_cost(reference: nn.Module, int8: nn.Module, images: torch.Tensor) -> dict[str, float]:
@@ -112,10 +106,7 @@ def _read_cache(path: Path, key: dict[str, object]) -> tuple[Qparams, dict] | No
 
 
 def _write_cache(path: Path, key: dict, qparams: Qparams, cost: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"key": key, "qparams": qparams, "cost": cost}, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(path, {"key": key, "qparams": qparams, "cost": cost})  # atomic
 
 
 def int8_model(
@@ -132,7 +123,7 @@ def int8_model(
     images, digest = calibration_images(source, count, size)
     key = {
         "version": _CACHE_VERSION,
-        "checkpoint": file_digest(checkpoint),
+        "checkpoint": checkpoint_digest(checkpoint),
         "images": digest,
         "size": size,
         "backbone": type(model).__name__,
