@@ -2,14 +2,17 @@
 
 For each set and each level (``none`` = clean, then every perturbation), in two phases:
 
-1. every process predicts its share of the images (image ``i`` goes to rank ``i mod N``)
-   and writes the maps (``pred/``, ``bin/``) into the level's folder; maps already there
-   are reused, so an interrupted run resumes where it stopped;
+1. every process predicts its share of the images, as whole batches (batch ``k`` of the
+   batches one process would form goes to rank ``k mod N``), and writes the maps
+   (``pred/``, ``bin/``) into the level's folder; batches whose maps are all there are
+   reused, so an interrupted run resumes where it stopped;
 2. the main process scores all the maps in the set's order with the evaluators of
    ``infer_mvss_calmetrics.py`` (``per_image.csv``, ``summary.json``).
 
-Scores come from the 8-bit maps on disk, so a sharded run gives exactly the numbers of a
-single process, whatever the number of processes (the output folder must be on a
+Each map is computed in the same batch as in a single process (kernels may round
+differently for another batch), and scores come from the 8-bit maps on disk, so a sharded
+or resumed run gives exactly the numbers of a single process, whatever the number of
+processes (the output folder must be on a
 filesystem every process sees, as it is on one machine or a cluster's shared disk).
 The classifier's image scores are gathered instead (no maps) and reported in the set's
 order the same way.
@@ -131,10 +134,6 @@ def level_name(perturbation: Perturbation | None) -> str:
     return CLEAN if perturbation is None else perturbation.name
 
 
-def _shard(items: list[Any]) -> list[int]:
-    return list(range(dist.rank(), len(items), dist.world_size()))
-
-
 def _merged(parts: list[dict[str, str]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in parts:
@@ -206,7 +205,7 @@ def run_localization_level(
     """One set at one level: maps from every process, scores on the main one. Returns
     (the summary on the main process, else None; the failures)."""
     names = unique_names([r.image for r in data.records])
-    mine = _shard(data.records)
+    mine = dist.whole_batch_shard(len(data.records), settings.batch_size)
     failures = predict_maps(
         model,
         [data.records[i] for i in mine],
@@ -322,7 +321,7 @@ def run_classifier_level(
         if [i for i, _ in results] != list(range(len(data.records))):
             results = []  # another list, or cut short: scored again
     if not dist.gather_objects(bool(results))[0]:  # the main process decides for all
-        mine = _shard(data.records)
+        mine = dist.whole_batch_shard(len(data.records), cls.batch_size)
         scored = iter_scores(
             model,
             [data.records[i] for i in mine],

@@ -122,6 +122,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def whole_batch_shard(length: int, batch_size: int) -> list[int]:
+    """This rank's indices when ``length`` items are shared out as whole batches: the
+    batches one process would form (``[0, B)``, ``[B, 2B)``, …), batch ``k`` to rank
+    ``k mod W``. CPU (and GPU) kernels may round differently for another batch, so each
+    item is computed in the same batch as in a single process, bit for bit."""
+    size = max(1, batch_size)
+    starts = range(rank() * size, length, world_size() * size)
+    return [i for start in starts for i in range(start, min(start + size, length))]
+
+
 class ShardSampler(Sampler[int]):
     """Evaluation sampler: rank r takes indices r, r + W, r + 2W, … — every sample exactly
     once across ranks, no padding or dropped tail (unlike DistributedSampler)."""

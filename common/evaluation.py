@@ -110,7 +110,8 @@ def _written_maps(
     """Predict ``records`` and write ``pred/`` (the release's 8-bit maps), ``bin/`` and
     (optionally) ``overlay/`` under ``out``; yields (prediction, the map as scored — the
     8-bit levels / 255 — or None after an error, status). Maps already written are reused
-    with ``settings.skip_existing`` (status ``existing``)."""
+    with ``settings.skip_existing`` (status ``existing``), and left as they are when the
+    rest of their batch runs again."""
     pred_dir, bin_dir, ov_dir = out / "pred", out / "bin", out / "overlay"
 
     def exists(i: int) -> bool:
@@ -137,7 +138,7 @@ def _written_maps(
             if pred.error is not None:
                 yield pred, None, pred.error
                 continue
-            if pred.skipped:
+            if pred.skipped or exists(pred.index):  # recomputed only for its batch's sake
                 try:
                     yield pred, read_saved_map(pred_path), "existing"
                 except BadInputError as exc:

@@ -13,6 +13,8 @@
   energies and softmax in fp32 and run their weighted sums in bf16
   (``common/fast_attention.py``); outputs come back in fp32;
 - optional: channels_last memory format and ``torch.compile``;
+- on CPU, every remaining convolution keeps its weights laid out for the oneDNN kernel
+  that runs it (``common/packed_conv.py``: same outputs, no per-call weight copy);
 - optional (``winograd=True``): the head's wide 3×3 convolutions by Winograd F(m×m, 3×3)
   (``common/winograd.py``; m = ``winograd_tile``, 2 by default: 2.25× fewer multiply-adds
   there; 4: 4× fewer, larger rounding).
@@ -34,6 +36,7 @@ from torch import nn
 
 from common.fast_attention import mixed_attention
 from common.fast_edge import fuse_edge_gates
+from common.packed_conv import pack_convolutions
 from common.winograd import winograd_convs
 from models.attention import DAHead
 from models.backbone import BasicBlock, Bottleneck, ResNet
@@ -131,10 +134,12 @@ def optimize_for_inference(
     winograd_min_channels: int = WINOGRAD_MIN_CHANNELS,
     winograd_tile: int = WINOGRAD_TILE,
     fuse_edge: bool = True,
+    pack: bool = True,
 ) -> nn.Module:
     """An inference-only copy of an MVSS-Net (or classifier) that computes the same maps
     faster. ``dtype=torch.bfloat16`` stores weights in bf16 (CPUs with AVX-512 BF16/AMX,
-    recent GPUs)."""
+    recent GPUs). ``pack`` lays convolution weights out once for the CPU kernels (left
+    off under ``torch.compile``, which packs its own)."""
     net = copy.deepcopy(model).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -165,6 +170,8 @@ def optimize_for_inference(
     net = net.to(dtype)  # Winograd and attention layers keep their split of dtypes
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if pack and not compile_model:
+        pack_convolutions(net)
     wrapped: nn.Module = _CastIO(net, dtype, channels_last)
     if compile_model:
         wrapped = torch.compile(wrapped)

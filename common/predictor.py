@@ -145,6 +145,21 @@ def iter_decoded(
     )
 
 
+def _whole_batches(
+    skip: Callable[[int], bool], length: int, batch_size: int
+) -> Callable[[int], bool]:
+    """``skip`` widened to whole batches: an image is skipped only when every image of its
+    batch is, so a resumed run computes each map in the same batch as an uninterrupted
+    one (kernels may round differently for a smaller batch)."""
+    size = max(1, batch_size)
+
+    def whole(index: int) -> bool:
+        start = index - index % size
+        return all(skip(i) for i in range(start, min(start + size, length)))
+
+    return whole
+
+
 def iter_predictions(
     model: nn.Module,
     records: Sequence[Record],
@@ -159,9 +174,12 @@ def iter_predictions(
 ) -> Iterator[Prediction]:
     """Predict every record, yielding results in order. ``resize=None`` → tiled, full
     resolution. ``skip(index)`` marks images whose outputs already exist (their masks are
-    still read, so metrics stay complete). ``perturb`` degrades each image first; maps
+    still read, so metrics stay complete); a batch runs whole while any of its images
+    lacks an output. ``perturb`` degrades each image first; maps
     come back at the original size either way."""
     model.eval()
+    if skip is not None:
+        skip = _whole_batches(skip, len(records), batch_size)
     decoded = iter_decoded(records, resize, masks, batch_size, workers, keep_image, skip, perturb)
     for batch in decoded:
         ready = [b for b in batch if "input" in b]

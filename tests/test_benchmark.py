@@ -3,17 +3,20 @@ resume, and a 2-process run giving exactly the single-process numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from helpers import make_tiny_checkpoint, make_tiny_dataset
 
 import benchmark
@@ -98,6 +101,43 @@ def test_resize_round_trip_maps_come_back_at_the_original_size(tmp_path, tiny_mo
         preds = list(iter_predictions(tiny_model, records, opts, resize, workers=0, perturb=p))
         assert all(pr.probs.shape[-2:] == (72, 88) for pr in preds)
         assert all(pr.mask is None or pr.mask.shape == (72, 88) for pr in preds)
+
+
+@pytest.mark.parametrize(
+    ("length", "batch", "world"), [(6, 2, 2), (3, 4, 2), (10, 3, 3), (0, 4, 2)]
+)
+def test_shards_are_the_single_process_batches(monkeypatch, length, batch, world):
+    from common import distributed as dist
+
+    single = [list(range(s, min(s + batch, length))) for s in range(0, length, batch)]
+    shards = []
+    for r in range(world):
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        monkeypatch.setattr(dist, "world_size", lambda: world)
+        shards.append(dist.whole_batch_shard(length, batch))
+    assert sorted(i for shard in shards for i in shard) == list(range(length))
+    for shard in shards:  # chunked again as the predictor chunks a shard's records
+        assert all(shard[k : k + batch] in single for k in range(0, len(shard), batch))
+
+
+def test_a_resumed_batch_runs_whole(tmp_path, tiny_model, monkeypatch):
+    """Maps are computed in the batches of an uninterrupted run, however many exist."""
+    from common import predictor
+
+    list_file = make_tiny_dataset(tmp_path / "d", n_tampered=3, n_authentic=2, corrupt=False)
+    records, _ = load_source(str(list_file))
+    sizes: list[int] = []
+    real = predictor.forward_probs
+    monkeypatch.setattr(
+        predictor, "forward_probs", lambda m, x, o: sizes.append(len(x)) or real(m, x, o)
+    )
+    opts = RunOptions()
+    skip = {0, 1, 3}.__contains__  # batch [0, 1] done; [2, 3] half done; [4] to do
+    preds = list(
+        iter_predictions(tiny_model, records, opts, 64, batch_size=2, workers=0, skip=skip)
+    )
+    assert sizes == [2, 1]
+    assert [p.skipped for p in preds] == [True, True, False, False, False]
 
 
 def test_sweeps_parse_and_presets():
@@ -281,13 +321,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run in-process work on ``n`` threads, as each torchrun rank (OMP_NUM_THREADS=1):
+    CPU kernels may round (or even be chosen) differently for another thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_two_processes_give_the_single_process_numbers(bench_world, tmp_path):
+    """Whole batches are shared out, so each map comes from the batch (and the threads)
+    one process would use: the numbers are equal exactly, on any CPU."""
     single, sharded = tmp_path / "single", tmp_path / "sharded"
-    assert benchmark.main(_argv(bench_world, single, "--th-from", "a")) == 3
+    extra = ("--th-from", "a", "--batch-size", "2")  # batches of 2: both ranks get some
+    with _threads(1):
+        assert benchmark.main(_argv(bench_world, single, *extra)) == 3
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", str(_free_port()), str(ROOT / "benchmark.py")]
-    cmd += _argv(bench_world, sharded, "--th-from", "a", "--device", "cpu")
+    cmd += _argv(bench_world, sharded, *extra, "--device", "cpu")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     # each rank exits with 3 (set a holds a corrupt image); torchrun reports it
     assert re.search(r"exitcode\s*:\s*3", proc.stderr), proc.stderr[-3000:]
@@ -306,8 +362,9 @@ def test_two_processes_give_the_single_process_numbers(bench_world, tmp_path):
 
 def test_two_processes_give_the_single_process_classifier_numbers(bench_world, tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
-    extra = ("--crop", "64", "--crop-stride", "64")
-    assert benchmark.main(_argv(bench_world, single, *extra, ck="ckcls")) == 3
+    extra = ("--crop", "64", "--crop-stride", "64")  # batches of 4: set b on rank 0 alone
+    with _threads(1):
+        assert benchmark.main(_argv(bench_world, single, *extra, ck="ckcls")) == 3
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", str(_free_port()), str(ROOT / "benchmark.py")]

@@ -23,13 +23,14 @@ from models import get_mvss_cls, load_weights
 from tests.helpers import make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_BATCH = 2
 TINY = [
     "--backbone",
     "resnet18",
     "--size",
     "64",
     "--batch_size",
-    "2",
+    str(TINY_BATCH),
     "--workers",
     "0",
     "--tensorboard",
@@ -363,6 +364,7 @@ def test_classifier_validation_scores_crops_as_inference_does(tmp_path):
     val = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["val"]
     inference = ["--model_path", str(out / "checkpoints" / "last.pt"), "--test_file", str(data)]
     crops = ["--crop", "64", "--crop-stride", "64", "--workers", "0"]
+    crops += ["--batch-size", str(TINY_BATCH)]  # validation's crops per forward: same batches
     code = infer_mvss_cls.main([*inference, "--save_dir", str(tmp_path / "inf"), *crops])
     assert code == 0
     inferred = json.loads((tmp_path / "inf" / "test" / "last" / "summary.json").read_text())

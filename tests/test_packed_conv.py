@@ -1,0 +1,117 @@
+"""Convolutions packed for their CPU kernel: the same outputs, and no weight copy per call."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from common.packed_conv import PACKED_SHAPES, PackedConv2d, pack_convolutions, packing_available
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this build")
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 1},
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 3, "padding": 2, "dilation": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
+        {"kernel_size": 7, "stride": 2, "padding": 3},
+    ],
+)
+def test_outputs_are_bit_identical(dtype, kwargs):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, **kwargs).to(dtype).to(memory_format=torch.channels_last).eval()
+    packed = PackedConv2d(conv)
+    for batch in (1, 3):
+        x = torch.randn(batch, 16, 20, 18).to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            assert torch.equal(packed(x), conv(x))
+
+
+@needs_onednn
+def test_packs_per_shape_within_bounds_and_falls_back_off_its_path():
+    conv = nn.Conv2d(4, 8, 3, padding=1).eval()
+    packed = PackedConv2d(conv)
+    with torch.inference_mode():
+        for size in range(8, 8 + PACKED_SHAPES + 2):
+            packed(torch.randn(1, 4, size, size))
+    assert len(packed._packed) == PACKED_SHAPES  # the most recent shapes only
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    packed.weight.requires_grad_(True)
+    packed(x).sum().backward()  # autograd: the plain convolution, with gradients
+    assert x.grad is not None and packed.weight.grad is not None
+    packed.to(torch.bfloat16)
+    assert packed._packed == {}  # a dtype change repacks
+
+
+def test_pack_convolutions_replaces_plain_convolutions_only():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding="same"), nn.Conv2d(4, 4, 1), nn.ReLU())
+    count = pack_convolutions(net)
+    if not packing_available():
+        assert count == 0
+        return
+    assert count == 1  # "same" padding stays a plain convolution
+    assert type(net[0]) is nn.Conv2d and isinstance(net[1], PackedConv2d)
+
+
+PROBE = textwrap.dedent(
+    """
+    import warnings, torch
+    warnings.simplefilter("ignore")
+    from models import get_mvss
+    from common.fast import optimize_for_inference
+    from common.int8 import quantize_for_inference
+    torch.manual_seed(0)
+    net = get_mvss(backbone="resnet18").eval()
+    x = torch.randn(2, 3, 64, 64)
+    paths = {
+        "fast": optimize_for_inference(net, torch.bfloat16, True, winograd=True),
+        "int8": quantize_for_inference(net, torch.randn(2, 3, 64, 64)),
+    }
+    with torch.inference_mode():
+        for name, path in paths.items():
+            path(x)
+            print("=== again", name, flush=True)
+            path(x)
+            print("=== done", name, flush=True)
+    """
+)
+
+
+@needs_onednn
+def test_no_weight_is_laid_out_again_on_a_second_forward():
+    """ONEDNN_VERBOSE names every primitive oneDNN runs: once a shape has been seen, the
+    fast and int8 paths run convolutions and matrix products only, no reorders (a weight
+    packed for another kernel than the one picked on this CPU is re-laid out each call)."""
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    executed: dict[str, list[str]] = {}
+    current = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("=== again"):
+            current = line.split()[-1]
+            executed[current] = []
+        elif line.startswith("=== done"):
+            current = None
+        elif current and ",exec," in line:
+            executed[current].append(line)
+    assert set(executed) == {"fast", "int8"}
+    for name, lines in executed.items():
+        assert any(",convolution," in line for line in lines), name  # the log is read
+        reorders = [line for line in lines if ",reorder," in line]
+        assert not reorders, f"{name}: {reorders[:3]}"
