@@ -92,7 +92,7 @@ def run(argv: list[str]) -> int:
         "--ablations",
         action="store_true",
         help="also the fastest path with one of its parts undone: edge gates unfused, "
-        "attention wholly in fp32",
+        "attention wholly in fp32, convolution weights not packed for their CPU kernel",
     )
     p.add_argument(
         "--release-code",
@@ -136,6 +136,7 @@ def run(argv: list[str]) -> int:
     if args.ablations:
         paths["fast bf16 + winograd, edge gates unfused"] = fast(winograd=True, fuse_edge=False)
         paths["fast bf16 + winograd, attention in fp32"] = fp32_attention(fast(winograd=True), base)
+        paths["fast bf16 + winograd, weights unpacked"] = fast(winograd=True, pack=False)
     if cuda:  # fp16 tensor cores: the GPU's other half-precision path
         paths["fp16 autocast + channels_last"] = None
         paths["fast fp16 + channels_last + winograd"] = fast(torch.float16, winograd=True)
