@@ -14,7 +14,12 @@ from torch import nn
 from common.batch_run import EvalSettings, output_dir
 from common.fast import WINOGRAD_TILE, optimize_for_inference
 from common.inference import RunOptions
-from common.int8_calibration import BUNDLED, DEFAULT_CALIBRATION_IMAGES, int8_model
+from common.int8_calibration import (
+    BUNDLED,
+    DEFAULT_CALIBRATION_IMAGES,
+    INT8_MIN_GAIN,
+    int8_model,
+)
 from common.masks import (
     DEFAULT_EDGE_THICKNESS,
     DEFAULT_MASK_THRESHOLD,
@@ -36,6 +41,7 @@ from common.usage import (
     check_stride,
     clip,
     non_negative_int,
+    non_negative_number,
     open_unit_interval,
     positive_int,
     require_dir,
@@ -233,6 +239,16 @@ def add_run_args(parser: argparse.ArgumentParser, tile: int = 512, stride: int =
         help="calibration cache (default: <save_dir>/int8_calibration.pt); reused while "
         "the checkpoint, the images and the size match",
     )
+    g.add_argument(
+        "--int8-min-gain",
+        dest="int8_min_gain",
+        type=non_negative_number,
+        default=INT8_MIN_GAIN,
+        metavar="X",
+        help=f"--int8 runs only where it measured at least X times the fast path's speed on "
+        f"this CPU (default {INT8_MIN_GAIN}; measured once per CPU kind and kept in the "
+        "cache); elsewhere it says so and runs the fast path. 0: always int8",
+    )
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=4)
     g.add_argument(
         "--workers",
@@ -337,7 +353,15 @@ def load_model(
         apply_int8(args)
         size = args.resize if getattr(args, "resize", None) else args.tile
         cache = args.int8_cache or Path(getattr(args, "save_dir", ".")) / "int8_calibration.pt"
-        return int8_model(net, path, args.int8_calibration, args.int8_images, size, cache)
+        return int8_model(
+            net,
+            path,
+            args.int8_calibration,
+            args.int8_images,
+            size,
+            cache,
+            getattr(args, "int8_min_gain", INT8_MIN_GAIN),
+        )
     if getattr(args, "fast", False):
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
         tile = getattr(args, "winograd", None)

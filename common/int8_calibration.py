@@ -7,6 +7,9 @@ checkpoint, the images and the input size, so they are saved once (a small file 
 numbers, loaded with ``weights_only=True``) and reused while those three match. The
 cache also keeps what the int8 path cost on the calibration images (maps against fp32),
 which is printed at every use: int8 is opt-in because it does not always hold the bars.
+It also keeps, per CPU kind (the CPU's kernel features, see
+:func:`common.runtime.cpu_kernel_signature`), how much faster the int8 path ran than the
+fast path: where it does not pay, ``--int8`` says so in one line and runs the fast path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import statistics
+import time
 from pathlib import Path
 
 import cv2
@@ -22,9 +27,11 @@ import torch
 from torch import nn
 
 from common.checkpoint import checkpoint_digest, save_checkpoint
+from common.fast import optimize_for_inference
 from common.inference import probabilities
 from common.int8 import Qparams, quantize_for_inference
 from common.io import BadInputError, read_image
+from common.runtime import cpu_kernel_signature
 from common.sources import load_source
 from common.transforms import normalize_bgr_batch
 from common.usage import UsageError
@@ -34,6 +41,9 @@ log = logging.getLogger("mvss")
 DEFAULT_CALIBRATION_IMAGES = 8
 BUNDLED = "bundled"  # synthetic forgeries cut from the bundled photographs
 _CACHE_VERSION = 3  # the cached cost was measured on the path: new stage split, new version
+# The int8 path runs only where it is measurably faster than the fast path it replaces
+# (its gain is bounded: a quarter of the FLOPs run in int8); elsewhere the fast path runs.
+INT8_MIN_GAIN = 1.05
 
 
 def calibration_images(source: str, count: int, size: int) -> tuple[torch.Tensor, str]:
@@ -91,6 +101,28 @@ def map_cost(reference: nn.Module, int8: nn.Module, images: torch.Tensor) -> dic
     }
 
 
+def _fast_path(model: nn.Module) -> nn.Module:
+    """The path ``--int8`` builds on and replaces (``--fast --amp bf16 --channels-last
+    --winograd``)."""
+    return optimize_for_inference(model, torch.bfloat16, True, winograd=True)
+
+
+def speed_gain(fast: nn.Module, int8: nn.Module, image: torch.Tensor, runs: int = 3) -> float:
+    """How many times faster the int8 path runs than the fast path it replaces, on this
+    CPU (median of ``runs`` interleaved forwards after a warm-up, one image at the run's
+    size): int8 kernels pay on some CPUs and not on others, and only a measurement says."""
+    times: dict[str, list[float]] = {"fast": [], "int8": []}
+    with torch.inference_mode():
+        fast(image)
+        int8(image)
+        for _ in range(runs):
+            for name, net in (("fast", fast), ("int8", int8)):
+                start = time.perf_counter()
+                net(image)
+                times[name].append(time.perf_counter() - start)
+    return statistics.median(times["fast"]) / statistics.median(times["int8"])
+
+
 def _read_cache(path: Path, key: dict[str, object]) -> tuple[Qparams, dict] | None:
     if not path.is_file():
         return None
@@ -116,9 +148,11 @@ def int8_model(
     count: int,
     size: int,
     cache: str | Path,
+    min_gain: float = INT8_MIN_GAIN,
 ) -> nn.Module:
     """The int8 inference path of ``model``, calibrated (or read from ``cache``), with its
-    accuracy cost on the calibration images logged."""
+    accuracy cost on the calibration images logged; the fast path instead where int8 ran
+    under ``min_gain`` times its speed on this CPU (measured, kept in the cache)."""
     cache = Path(cache)
     images, digest = calibration_images(source, count, size)
     key = {
@@ -137,11 +171,26 @@ def int8_model(
         log.info("int8: calibrating on %d image(s) from %s at %d²…", len(images), source, size)
         net = quantize_for_inference(model, images)
         cost = map_cost(model, net, images)
+    signature = cpu_kernel_signature()
+    if cost.get("cpu") != signature:  # measured once per CPU kind (and cap), then cached
+        gain = speed_gain(_fast_path(model), net, images[:1])
+        cost = {**cost, "cpu": signature, "speed_gain": gain}
         try:
             _write_cache(cache, key, net.qparams, cost)
             log.info("int8: calibration saved to %s", cache)
         except OSError as exc:
             log.warning("int8: could not save the calibration to %s (%s)", cache, exc)
+    gain = float(cost["speed_gain"])
+    if gain < min_gain:
+        log.warning(
+            "int8: its kernels do not pay on this CPU (measured %.2f× the fast path's speed, "
+            "under %.2f×): running the fast path (--fast --amp bf16 --channels-last "
+            "--winograd) instead",
+            gain,
+            min_gain,
+        )
+        return _fast_path(model)
+    log.info("int8: %.2f× the fast path's speed on this CPU (measured)", gain)
     log.warning(
         "int8 is opt-in and approximate: on the calibration images its maps differ from "
         "fp32 by %.2f/255 on average (max %.1f/255), binary agreement %.3f %% "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -56,3 +57,33 @@ def autocast(device: torch.device, amp: str) -> Iterator[None]:
 
 def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+
+
+# CPU features that decide which oneDNN kernels run (bf16/int8 matrix units, dot-product
+# instructions), read from the CPU's own flags: capabilities, never the model name.
+_KERNEL_FLAGS = (
+    "amx_int8",
+    "amx_bf16",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512f",
+    "avx2",
+)
+
+
+def cpu_kernel_signature() -> str:
+    """What this CPU offers the kernels, as one comparable string (e.g.
+    ``aten=AVX512 onednn_cap=- amx_int8 amx_bf16 avx512_bf16 …``): measurements that depend
+    on the kernels (the int8 path's speed) are kept per signature. The caps set by
+    ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` are part of it."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", errors="replace") as info:
+        for line in info:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    present = [f for f in _KERNEL_FLAGS if f in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "-"
+    aten = torch.backends.cpu.get_cpu_capability()
+    return " ".join([f"aten={aten}", f"onednn_cap={cap}", *present])

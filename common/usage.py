@@ -115,6 +115,13 @@ def probability(text: str) -> float:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:

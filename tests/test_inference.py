@@ -15,6 +15,7 @@ import infer_mvss_calmetrics
 import infer_mvss_cls
 from common.inference import RunOptions, predict, predict_tiled, tile_windows
 from common.reports import EXIT_SOME_FAILED
+from common.runtime import cpu_kernel_signature
 from common.transforms import normalize_bgr
 from models import MVSSOutput, get_mvss, load_weights
 from tests.helpers import make_tiny_checkpoint, make_tiny_dataset, run_three_class_inference
@@ -379,7 +380,7 @@ def test_int8_path_calibrates_once_then_reads_its_cache(tiny_data, tmp_path, cap
     cache = tmp_path / "calib.pt"
     base = ["--model-path", str(ckpt), "--test-file", str(good), "--workers", "0"]
     base += ["--resize", "none", "--tile", "64", "--tile-stride", "48"]
-    int8 = ["--int8", "--int8-images", "2", "--int8-cache", str(cache)]
+    int8 = ["--int8", "--int8-images", "2", "--int8-cache", str(cache), "--int8-min-gain", "0"]
     caplog.set_level("INFO", logger="mvss")
     assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "a"), *int8]) == 0
     assert cache.is_file() and "calibrating on 2 image(s)" in caplog.text
@@ -395,6 +396,28 @@ def test_int8_path_calibrates_once_then_reads_its_cache(tiny_data, tmp_path, cap
     ref = cv2.imread(str(tmp_path / "f" / pred), 0)
     assert np.array_equal(a, b)
     assert np.abs(a.astype(int) - ref).mean() <= 8  # random weights: a loose bound
+    assert state["cost"]["cpu"] == cpu_kernel_signature() and state["cost"]["speed_gain"] > 0
+
+
+def test_int8_runs_the_fast_path_where_it_does_not_pay(tiny_data, tmp_path, caplog):
+    """Where int8 measured under --int8-min-gain times the fast path's speed on this CPU,
+    one line says so and the fast path's maps are written."""
+    _, _, ckpt = tiny_data
+    good = make_tiny_dataset(tmp_path / "good", corrupt=False)
+    base = ["--model-path", str(ckpt), "--test-file", str(good), "--workers", "0"]
+    base += ["--resize", "64", "--batch-size", "1"]
+    int8 = ["--int8", "--int8-images", "2", "--int8-cache", str(tmp_path / "c.pt")]
+    caplog.set_level("INFO", logger="mvss")
+    assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "a"), *int8]) == 0
+    caplog.clear()
+    slow = ["--int8-min-gain", "1000"]  # no CPU reaches it: int8 "does not pay"
+    assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "b"), *int8, *slow]) == 0
+    assert "do not pay on this CPU" in caplog.text and "opt-in and approximate" not in caplog.text
+    fast = ["--fast", "--amp", "bf16", "--channels-last", "--winograd"]
+    assert infer_mvss_calmetrics.main([*base, "--save-dir", str(tmp_path / "f"), *fast]) == 0
+    pred = "test/tiny/pred/img_00.png"
+    b, f = (cv2.imread(str(tmp_path / d / pred), 0) for d in ("b", "f"))
+    assert np.array_equal(b, f)
 
 
 @pytest.mark.parametrize(
@@ -434,7 +457,7 @@ def test_three_class_and_classifier_scripts_take_the_fast_paths(tmp_path, caplog
         main = infer_mvss_cls.main
         size = ["--resize", "64"]
     if path == ["--int8"]:
-        path = [*path, "--int8-images", "2"]
+        path = [*path, "--int8-images", "2", "--int8-min-gain", "0"]  # int8 whatever its speed
     caplog.set_level("INFO", logger="mvss")
     argv = ["--model_path", str(ckpt), "--test_file", str(data), "--workers", "0"]
     argv += ["--save_dir", str(tmp_path / "out"), *size, *path]
