@@ -33,6 +33,7 @@ from bench.common_bench import (
     write_result,
 )
 from common.fast import PATH_NAMES, inference_path
+from common.packed_conv import unpack_convolutions
 from common.transforms import normalize_bgr_batch
 from common.usage import Parser, UsageError, at_least, positive_int, run_cli
 from models import BACKBONES
@@ -203,8 +204,11 @@ def run(argv: list[str]) -> int:
     net = inference_path(base, args.path, calibration=x).to(device)
     x = x.to(device)
     # FlopCounterMode has no formula for oneDNN's int8 convolutions; they multiply as
-    # many values as the bf16 layers they replace, so the int8 path counts those.
-    flop_net = inference_path(base, "fast-winograd").to(device) if args.path == "int8" else net
+    # many values as the bf16 layers they replace, so the int8 path counts those. Nor for
+    # packed convolutions: it counts the same layers unpacked (the same arithmetic).
+    flop_net = inference_path(base, "fast-winograd" if args.path == "int8" else args.path)
+    unpack_convolutions(flop_net)
+    flop_net = flop_net.to(device)
     flops = part_flops(flop_net, x)
     times, ops = profile_parts(net, x, args.runs, device)
     total_t, total_f = times["whole forward"], flops["whole forward"]

@@ -26,7 +26,7 @@ from common.checkpoint import read_resume_state, rng_state, save_checkpoint, set
 from common.config import save_yaml
 from common.optim import build_optimizer, freeze_unused, lr_factor
 from common.progress import progress
-from common.runtime import autocast, to_memory_format
+from common.runtime import autocast, resolve_amp, to_memory_format
 from common.tasks import Task, initial_model
 from common.train_checks import check_config, check_values
 from common.train_log import RunLog
@@ -84,6 +84,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch, total)
         )
+        if cfg["amp"] == "auto":  # rank 0 measures, every rank runs its choice
+            amp, why = dist.gather_objects(resolve_amp("auto", self.device))[0]
+            cfg["amp"] = amp
+            if self.main:
+                log.info("amp auto → %s (%s)", amp, why)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
         self.start_epoch = 0
         self.best_score: float | None = None

@@ -121,3 +121,31 @@ def pack_convolutions(model: nn.Module) -> int:
     for parent, name, child in targets:
         setattr(parent, name, PackedConv2d(child))
     return len(targets)
+
+
+def unpack_convolutions(model: nn.Module) -> int:
+    """The inverse of :func:`pack_convolutions`, in place: plain ``nn.Conv2d`` layers with
+    the same weights (for tools that read ATen's convolutions, e.g. FLOP counters)."""
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, PackedConv2d)
+    ]
+    for parent, name, child in targets:
+        conv = nn.Conv2d(
+            child.in_channels,
+            child.out_channels,
+            tuple(child.kernel_size),
+            tuple(child.stride),
+            tuple(child.padding),
+            tuple(child.dilation),
+            child.groups,
+            child.bias is not None,
+            device=child.weight.device,
+            dtype=child.weight.dtype,
+        )
+        conv.weight = child.weight
+        conv.bias = child.bias
+        setattr(parent, name, conv)
+    return len(targets)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -11,6 +12,12 @@ import torch
 from common.usage import UsageError
 
 AMP_MODES = ("off", "fp16", "bf16")
+# Training may also say ``auto``: bf16 where this machine runs it faster than fp32.
+TRAIN_AMP_MODES = (*AMP_MODES, "auto")
+# bf16 matrix products must run at least this many times the fp32 rate for ``auto`` to
+# pick bf16 on a CPU (AMX: about 5×; AVX-512 BF16 without AMX: from below 1× to about 2×,
+# by CPU; AVX2: far below 1×, emulated).
+BF16_MIN_GAIN = 1.3
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -87,3 +94,34 @@ def cpu_kernel_signature() -> str:
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "-"
     aten = torch.backends.cpu.get_cpu_capability()
     return " ".join([f"aten={aten}", f"onednn_cap={cap}", *present])
+
+
+def bf16_matmul_gain(n: int = 1024, reps: int = 4) -> float:
+    """This CPU's bf16 matrix-product rate over its fp32 rate (best of ``reps``)."""
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up: kernels built
+        best = float("inf")
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        rates[dtype] = 1.0 / best
+    return rates[torch.bfloat16] / rates[torch.float32]
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """``auto`` → the mixed precision that pays on ``device`` (with the reason, for the
+    log); any other mode as it is. CUDA: bf16 where supported, else fp16. CPU: bf16 where
+    its bf16 matrix products measure ≥ ``BF16_MIN_GAIN`` × fp32, else off (fp32): decided
+    from what the CPU does, not from its name."""
+    if amp != "auto":
+        return amp, "as configured"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "this GPU supports bf16"
+        return "fp16", "this GPU has no bf16"
+    gain = bf16_matmul_gain()
+    choice = "bf16" if gain >= BF16_MIN_GAIN else "off"
+    return choice, f"bf16 matrix products measured {gain:.2f}× fp32 on this CPU"

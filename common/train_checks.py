@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.masks import DESENSITISED_POLICIES, MASK_SIZE_POLICIES
-from common.runtime import AMP_MODES, device_of
+from common.runtime import TRAIN_AMP_MODES, device_of
 from common.transforms import ONE_OF_CHOICES
 from common.usage import UsageError, require_file, require_writable_dir
 from models import BACKBONES
@@ -49,7 +49,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "backbone": BACKBONES,
     "optimizer": ("adam", "adamw", "sgd"),
     "scheduler": ("cosine", "step", "none"),
-    "amp": AMP_MODES,
+    "amp": TRAIN_AMP_MODES,
     "desensitised": DESENSITISED_POLICIES,
     "mask_size_policy": MASK_SIZE_POLICIES,
     "head": ("max", "linear"),

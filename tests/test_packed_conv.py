@@ -115,3 +115,16 @@ def test_no_weight_is_laid_out_again_on_a_second_forward():
         assert any(",convolution," in line for line in lines), name  # the log is read
         reorders = [line for line in lines if ",reorder," in line]
         assert not reorders, f"{name}: {reorders[:3]}"
+
+
+def test_unpacking_gives_plain_convolutions_with_the_same_outputs():
+    from common.packed_conv import unpack_convolutions
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv2d(4, 4, 1)).eval()
+    x = torch.randn(1, 3, 9, 9)
+    with torch.inference_mode():
+        before = net(x)
+        pack_convolutions(net)
+        unpack_convolutions(net)
+        assert torch.equal(net(x), before)
+    assert all(type(m) is nn.Conv2d for m in net) and net[0].bias is None

@@ -18,6 +18,7 @@ from common.config import ConfigError, parse_config, read_defaults
 from common.engine import NonFiniteLossError, Trainer
 from common.optim import build_optimizer, freeze_unused, lr_factor
 from common.tasks import ClassificationTask, LocalizationTask, ThreeClassTask
+from common.train_checks import check_values
 from common.usage import UsageError
 from models import get_mvss_cls, load_weights
 from tests.helpers import make_tiny_dataset
@@ -450,3 +451,21 @@ def test_validation_at_the_original_size_takes_one_image_per_batch(tmp_path):
     batches = list(val_loader(ds, cfg))
     assert len(batches) == 4 and all(b["count"] == 1 for b in batches)
     assert {tuple(b["image"].shape[-2:]) for b in batches} == {(72, 88), (80, 96)}
+
+
+def test_amp_auto_follows_what_the_machine_measures(monkeypatch):
+    """``amp: auto`` trains in bf16 only where bf16 matrix products measure faster than
+    fp32 here (AMX: yes; AVX-512 BF16 without AMX: depends on the CPU; AVX2: no)."""
+    from common import runtime
+
+    cpu = torch.device("cpu")
+    assert runtime.resolve_amp("bf16", cpu) == ("bf16", "as configured")
+    for gain, expected in ((5.0, "bf16"), (runtime.BF16_MIN_GAIN, "bf16"), (0.6, "off")):
+        monkeypatch.setattr(runtime, "bf16_matmul_gain", lambda g=gain: g)
+        choice, why = runtime.resolve_amp("auto", cpu)
+        assert choice == expected and f"{gain:.2f}×" in why
+    monkeypatch.undo()
+    assert runtime.bf16_matmul_gain(n=128, reps=1) > 0
+    check_values({"amp": "auto"})  # a valid training setting
+    with pytest.raises(UsageError, match="amp"):
+        check_values({"amp": "fastest"})
