@@ -145,8 +145,17 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
         "amp": args.amp,
         "fast": bool(getattr(args, "fast", False)),
         "winograd": getattr(args, "winograd", None) or 0,
+        "channels_last": bool(getattr(args, "channels_last", False)),
+        "batch_size": args.batch_size,  # kernels may round differently for another batch
+        "int8": bool(getattr(args, "int8", False)),
         "seed": args.seed,
     }
+    if stamp["int8"]:  # its scales come from these images; where it pays, from the CPU
+        stamp.update(
+            int8_calibration=args.int8_calibration,
+            int8_images=args.int8_images,
+            int8_min_gain=args.int8_min_gain,
+        )
     if task == "classification":
         stamp.update(crop=args.crop, crop_stride=args.crop_stride)
     else:

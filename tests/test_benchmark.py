@@ -270,6 +270,31 @@ def test_resume_refuses_maps_of_another_checkpoint_or_setting(bench_world, tmp_p
     assert again["sets"]["a"]["pixel_auc"] != first["sets"]["a"]["pixel_auc"]
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ["--int8"],
+        ["--int8", "--int8-images", "4"],
+        ["--int8", "--int8-calibration", "elsewhere.txt"],
+        ["--int8", "--int8-min-gain", "0"],
+        ["--fast"],
+        ["--fast", "--winograd", "4"],
+        ["--channels-last"],
+        ["--batch-size", "8"],
+        ["--amp", "bf16"],
+        ["--resize", "96"],
+    ],
+)
+def test_every_setting_that_changes_a_map_is_in_the_stamp(bench_world, tmp_path, setting):
+    """A level's maps are reused only by a run that would make the same maps: an int8 run
+    and a fast-path run (or another batch size) never reuse each other's."""
+    base = benchmark.parse_args(_argv(bench_world, tmp_path))
+    other = benchmark.parse_args([*_argv(bench_world, tmp_path), *setting])
+    if "--int8" in setting[1:]:  # compared with a plain --int8 run
+        base = benchmark.parse_args([*_argv(bench_world, tmp_path), "--int8"])
+    assert benchmark._stamp(base, "localization") != benchmark._stamp(other, "localization")
+
+
 def _one_error(module, argv) -> str:
     import contextlib
     import io
