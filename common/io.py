@@ -90,11 +90,22 @@ def read_image(path: str | Path) -> np.ndarray:
     return decode_image(_read_bytes(path), path)
 
 
+def _pillow():
+    """Pillow's Image module, with its own decompression-bomb refusal off: it raises on
+    headers over 2 × 89 M pixels before telling their size, which left such files to
+    OpenCV's internal error; the toolkit checks every header against its own limit
+    (``MVSS_MAX_PIXELS``) before Pillow or OpenCV decodes a pixel."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the file header alone (Pillow reads headers lazily), so a
     decompression bomb is refused before its pixels are allocated; None if unknown."""
     try:
-        from PIL import Image
+        Image = _pillow()  # noqa: N806 (the module, as Pillow names it)
 
         with Image.open(io.BytesIO(data)) as im:
             return int(im.size[0]), int(im.size[1])
@@ -125,7 +136,7 @@ def _palette_indices(data: bytes) -> np.ndarray | None:
     if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26 or data[25] != 3:
         return None
     try:
-        from PIL import Image
+        Image = _pillow()  # noqa: N806 (the module, as Pillow names it)
 
         with Image.open(io.BytesIO(data)) as im:
             if im.mode != "P":

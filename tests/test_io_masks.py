@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -241,3 +243,38 @@ def test_palette_png_indices_and_wide_sixteen_bit(tmp_path):
     assert read_mask(_write(tmp_path / "t16.png", three), (1, 3), nclass=3)[0].tolist() == [
         [0, 2, 1]
     ]
+
+
+def _bomb(ext: str) -> bytes:
+    """A tiny file whose header claims 60000×60000 pixels."""
+    import struct
+    import zlib
+
+    ok, buf = cv2.imencode(ext, np.zeros((8, 8, 3), np.uint8))
+    assert ok
+    data = bytearray(buf.tobytes())
+    if ext == ".png":  # IHDR: width, height at bytes 16–24, its CRC after the chunk
+        data[16:24] = struct.pack(">II", 60000, 60000)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    else:  # baseline JPEG: SOF0's height and width
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_decompression_bomb_headers_are_refused_in_plain_words(tmp_path, ext):
+    from common.io import decode_image, decode_mask_bytes
+
+    data = _bomb(ext)
+    assert len(data) < 1000
+    with pytest.raises(BadInputError) as caught:
+        decode_image(data, "bomb" + ext)
+    assert re.fullmatch(r"image too large \(60000×60000 > \d+ pixels\)", caught.value.reason)
+    with pytest.raises(BadInputError, match=r"mask too large \(60000×60000"):
+        decode_mask_bytes(data, "bomb" + ext)
+    path = tmp_path / f"bomb{ext}"
+    path.write_bytes(data)
+    with pytest.raises(BadInputError, match="image too large") as caught:
+        read_image(path)
+    assert str(path) in str(caught.value)  # the error names the file

@@ -165,6 +165,19 @@ def test_limits_are_413(checkpoints):
         assert r.status_code == 413 and "too large" in r.json()["error"]
 
 
+def test_a_decompression_bomb_is_refused_in_plain_words(binary):
+    """A few hundred bytes whose header claims 60000×60000: the header check's own words,
+    never a decoder's internal message."""
+    from test_io_masks import _bomb
+
+    _, client = binary
+    for ext in (".png", ".jpg"):
+        r = client.post("/api/predict", files={"image": (f"bomb{ext}", _bomb(ext), "image/png")})
+        assert r.status_code == 413, r.text
+        assert "image too large (60000×60000 >" in r.json()["error"]
+        assert "OpenCV" not in r.json()["error"] and ".cpp" not in r.json()["error"]
+
+
 def test_full_queue_is_503_with_retry_after(checkpoints):
     service, app = _app(checkpoints["binary"], "--no-fast", "--max-queue", "1")
     with TestClient(app) as client:
