@@ -96,7 +96,15 @@ class Analysis:
     seconds: float
     resize: str
 
-    def as_json(self, model_name: str, threshold: float, timings: dict[str, float]) -> dict:
+    def as_json(
+        self,
+        model_name: str,
+        threshold: float,
+        timings: dict[str, float],
+        preview: str | None = None,
+    ) -> dict:
+        """``preview``: a JPEG (base64) of what was decoded, for uploads a browser cannot
+        draw (TIFF, say), so the page shows the photo under the map."""
         out: dict[str, Any] = {
             "model": model_name,
             "width": self.width,
@@ -109,10 +117,36 @@ class Analysis:
             "map_png": _png_b64(self.levels),
             "timings": {**timings, "inference_s": round(self.seconds, 4)},
         }
+        if preview is not None:
+            out["preview_jpg"] = preview
         if self.classes is not None:
             out["classes_png"] = _png_b64(self.classes)
             out["class_names"] = ["pristine", "tampered", "desensitised"]
         return out
+
+
+# File signatures of the formats every current browser draws in an <img>.
+_BROWSER_DRAWABLE = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+PREVIEW_MAX_SIDE = 2048  # the page scales the preview to the map's size
+
+
+def browser_draws(data: bytes) -> bool:
+    """Whether a browser can show the uploaded bytes as they are (JPEG, PNG, GIF, BMP,
+    WebP); TIFF and the rest need a preview from the server."""
+    return data.startswith(_BROWSER_DRAWABLE) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def preview_jpg(image: np.ndarray) -> str:
+    """The decoded image as a base64 JPEG, at most ``PREVIEW_MAX_SIDE`` px on its long side."""
+    h, w = image.shape[:2]
+    scale = PREVIEW_MAX_SIDE / max(h, w)
+    if scale < 1:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
 def _png_b64(array: np.ndarray) -> str:
@@ -384,12 +418,14 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             return error(413, too_large)
         return data
 
-    def decode(data: bytes, name: str) -> np.ndarray | JSONResponse:
+    def decode(data: bytes, name: str) -> tuple[np.ndarray, str | None] | JSONResponse:
+        """The decoded image, and a preview where the browser cannot draw the upload."""
         try:
-            return decode_image(data, name or "upload", max_pixels)
+            image = decode_image(data, name or "upload", max_pixels)
         except BadInputError as exc:
             status = 413 if exc.reason.startswith("image too large") else 422
             return error(status, f"{exc.path}: {exc.reason}")
+        return image, None if browser_draws(data) else preview_jpg(image)
 
     def busy() -> JSONResponse:
         return error(
@@ -408,7 +444,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
 
     async def admit(
         upload: UploadFile, resize: str | None, threshold: str | None
-    ) -> tuple[Job, np.ndarray, int | None, float, dict[str, float]] | JSONResponse:
+    ) -> tuple[Job, np.ndarray, int | None, float, dict[str, float], str | None] | JSONResponse:
         """Options checked, a place in the queue taken (so decoding is bounded too), the
         upload read and decoded; the place is given back when any of that fails."""
         start = time.perf_counter()
@@ -425,15 +461,16 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             data = await read_upload(upload)
             if isinstance(data, JSONResponse):
                 return data
-            image = await asyncio.to_thread(decode, data, upload.filename or "upload")
-            if isinstance(image, JSONResponse):
-                return image
+            decoded = await asyncio.to_thread(decode, data, upload.filename or "upload")
+            if isinstance(decoded, JSONResponse):
+                return decoded
+            image, preview = decoded
             admitted = True
         finally:
             if not admitted:  # the job will not run: its place goes back
                 service.release()
         timings = {"decode_s": round(time.perf_counter() - start, 4)}
-        return service.new_job(), image, size, th, timings
+        return service.new_job(), image, size, th, timings, preview
 
     @app.post("/api/predict")
     async def predict(
@@ -445,7 +482,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         admitted = await admit(image, resize, threshold)
         if isinstance(admitted, JSONResponse):
             return admitted
-        job, decoded, size, th, timings = admitted
+        job, decoded, size, th, timings, preview = admitted
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(service.executor, service.run, job, decoded, size)
         while not future.done():
@@ -460,7 +497,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             return error(499, "request cancelled")
         except Exception as exc:  # the server stays up; the client learns why
             return error(500, f"inference failed: {type(exc).__name__}: {exc}")
-        return analysis.as_json(model_name, th, timings)
+        return analysis.as_json(model_name, th, timings, preview)
 
     @app.post("/api/jobs")
     async def submit(
@@ -471,13 +508,13 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         admitted = await admit(image, resize, threshold)
         if isinstance(admitted, JSONResponse):
             return admitted
-        job, decoded, size, th, timings = admitted
+        job, decoded, size, th, timings, preview = admitted
         job.polled = True
 
         def work() -> None:
             try:
                 analysis = service.run(job, decoded, size)
-                job.result = analysis.as_json(model_name, th, timings)
+                job.result = analysis.as_json(model_name, th, timings, preview)
             except JobCancelledError:
                 job.state = "cancelled"
                 return

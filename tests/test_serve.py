@@ -165,6 +165,40 @@ def test_limits_are_413(checkpoints):
         assert r.status_code == 413 and "too large" in r.json()["error"]
 
 
+def test_uploads_a_browser_cannot_draw_come_back_with_a_preview(binary):
+    """A TIFF (which the page accepts but browsers do not draw) gets a JPEG of what was
+    decoded, by /api/predict and by /api/jobs; a PNG needs none."""
+    _, client = binary
+    ramp = np.linspace(0, 255, 100, dtype=np.uint8)
+    photo = np.dstack(
+        [np.tile(ramp, (80, 1)), np.tile(ramp[::-1], (80, 1)), np.full((80, 100), 90, np.uint8)]
+    )
+    ok, tiff = cv2.imencode(".tif", photo)
+    assert ok
+    r = client.post("/api/predict", files={"image": ("x.tif", tiff.tobytes(), "image/tiff")})
+    assert r.status_code == 200, r.text
+    preview = _decode_map(r.json()["preview_jpg"])
+    assert preview.shape == photo.shape
+    assert np.abs(preview.astype(int) - photo).mean() < 3  # the photo, JPEG-compressed
+    job = client.post("/api/jobs", files={"image": ("x.tif", tiff.tobytes(), "image/tiff")})
+    for _ in range(200):
+        body = client.get(f"/api/jobs/{job.json()['id']}").json()
+        if body["state"] == "done":
+            break
+        time.sleep(0.05)
+    assert body["state"] == "done" and "preview_jpg" in body["result"]
+    r = client.post("/api/predict", files={"image": ("x.png", _png(photo), "image/png")})
+    assert "preview_jpg" not in r.json()
+
+
+def test_previews_are_bounded():
+    from common.serving import PREVIEW_MAX_SIDE, browser_draws, preview_jpg
+
+    wide = _decode_map(preview_jpg(np.zeros((50, 3 * PREVIEW_MAX_SIDE, 3), np.uint8)))
+    assert wide.shape[:2] == (17, PREVIEW_MAX_SIDE)
+    assert browser_draws(b"RIFF\x00\x00\x00\x00WEBPVP8 ") and not browser_draws(b"II*\x00")
+
+
 def test_a_decompression_bomb_is_refused_in_plain_words(binary):
     """A few hundred bytes whose header claims 60000×60000: the header check's own words,
     never a decoder's internal message."""

@@ -118,10 +118,13 @@ class Card {
     this.map = pixelsOf(await loadImage("data:image/png;base64," + result.map_png), w, h);
     this.classes = result.classes_png
       ? pixelsOf(await loadImage("data:image/png;base64," + result.classes_png), w, h) : null;
-    try {
-      this.photo = pixelsOf(await loadFile(this.file), w, h);
+    try {  // what the server decoded when the browser cannot draw the file (TIFF, say)
+      const img = result.preview_jpg
+        ? await loadImage("data:image/jpeg;base64," + result.preview_jpg)
+        : await loadFile(this.file);
+      this.photo = pixelsOf(img, w, h);
     } catch (e) {
-      this.photo = null;  // e.g. TIFF in most browsers: the map is shown alone
+      this.photo = null;  // neither drawable: the map is shown alone
     }
     $(".status", this.el).hidden = true;
     $(".result", this.el).hidden = false;
