@@ -156,3 +156,30 @@ def test_a_file_that_is_not_an_image_is_explained_in_the_page(server, browser, t
         ec.visibility_of_element_located((By.CSS_SELECTOR, ".card .error"))
     )
     assert "not a readable image" in error.text
+
+
+def test_a_tiff_shows_its_photo_under_the_map(server, browser, tmp_path):
+    """Browsers do not draw TIFF: the page draws the server's preview of it instead of a
+    grey field (the bright block of the photo shows through the overlay)."""
+    url, _ = server
+    browser.get(url)
+    img = cv2.imread(str(_photo(tmp_path / "photo.png")))
+    tiff = tmp_path / "photo.tif"
+    assert cv2.imwrite(str(tiff), img)
+    browser.find_element(By.ID, "files").send_keys(str(tiff))
+    WebDriverWait(browser, 120).until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, ".card .verdict"))
+    )
+    inside, outside = browser.execute_script(
+        """
+        const c = document.querySelector('.card canvas.overlay');
+        const g = c.getContext('2d');
+        const mean = (x, y, w, h) => { const d = g.getImageData(x, y, w, h).data;
+          let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2];
+          return s / (d.length / 4) / 3; };
+        return [mean(50, 40, 50, 30), mean(0, 90, 160, 30)];
+        """
+    )
+    assert inside - outside > 60, (inside, outside)
+    if SCREENSHOT:
+        browser.save_screenshot(str(Path(SCREENSHOT).with_name("page_tiff.png")))
