@@ -65,6 +65,11 @@ class PackedConv2d(nn.Module):
         self._packed = {}
         return super()._apply(fn, recurse)
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors
+        cannot be copied); they are packed again on first use."""
+        return {**self.__dict__, "_packed": {}}
+
     def _packable(self, x: torch.Tensor) -> bool:
         return (
             x.device.type == "cpu"

@@ -128,3 +128,28 @@ def test_unpacking_gives_plain_convolutions_with_the_same_outputs():
         unpack_convolutions(net)
         assert torch.equal(net(x), before)
     assert all(type(m) is nn.Conv2d for m in net) and net[0].bias is None
+
+
+@needs_onednn
+def test_used_fast_and_int8_models_can_be_copied():
+    """Packed weights (opaque oneDNN tensors) stay behind in copies, which pack again."""
+    import copy
+    import warnings
+
+    from common.fast import optimize_for_inference
+    from common.int8 import quantize_for_inference
+    from models import get_mvss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_mvss(backbone="resnet18").eval()
+        x = torch.randn(1, 3, 64, 64)
+        paths = [
+            optimize_for_inference(net, torch.bfloat16, True, winograd=True),
+            quantize_for_inference(net, torch.randn(2, 3, 64, 64)),
+        ]
+        with torch.inference_mode():
+            for path in paths:
+                before = path(x).seg
+                again = copy.deepcopy(path)(x).seg
+                assert torch.equal(before, again)
