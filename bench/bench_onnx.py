@@ -97,7 +97,7 @@ def run(argv: list[str]) -> int:
         ) from None
 
     base = calibrated_model(args.backbone, args.size, 0, False, args.weights)
-    exported = optimize_for_inference(base)  # folded BN, fp32: the graph ONNX Runtime gets
+    exported = optimize_for_inference(base, pack=False)  # folded BN, fp32: ONNX's graph
     fast = optimize_for_inference(base, torch.bfloat16, True, winograd=True)
     x_all = normalize_bgr_batch(
         torch.from_numpy(synthetic_images(args.accuracy_images, args.size, 11))

@@ -85,7 +85,8 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch, total)
         )
         if cfg["amp"] == "auto":  # rank 0 measures, every rank runs its choice
-            amp, why = dist.gather_objects(resolve_amp("auto", self.device))[0]
+            measured = resolve_amp("auto", self.device) if self.main else None
+            amp, why = dist.gather_objects(measured)[0]
             cfg["amp"] = amp
             if self.main:
                 log.info("amp auto → %s (%s)", amp, why)

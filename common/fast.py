@@ -13,8 +13,9 @@
   energies and softmax in fp32 and run their weighted sums in bf16
   (``common/fast_attention.py``); outputs come back in fp32;
 - optional: channels_last memory format and ``torch.compile``;
-- on CPU, every remaining convolution keeps its weights laid out for the oneDNN kernel
-  that runs it (``common/packed_conv.py``: same outputs, no per-call weight copy);
+- on CPU in bf16 + channels_last, every remaining convolution keeps its weights laid out
+  for the oneDNN kernel that runs it (``common/packed_conv.py``: same outputs, no
+  per-call weight copy);
 - optional (``winograd=True``): the head's wide 3×3 convolutions by Winograd F(m×m, 3×3)
   (``common/winograd.py``; m = ``winograd_tile``, 2 by default: 2.25× fewer multiply-adds
   there; 4: 4× fewer, larger rounding).
@@ -138,8 +139,8 @@ def optimize_for_inference(
 ) -> nn.Module:
     """An inference-only copy of an MVSS-Net (or classifier) that computes the same maps
     faster. ``dtype=torch.bfloat16`` stores weights in bf16 (CPUs with AVX-512 BF16/AMX,
-    recent GPUs). ``pack`` lays convolution weights out once for the CPU kernels (left
-    off under ``torch.compile``, which packs its own)."""
+    recent GPUs). ``pack`` lays bf16 channels_last convolution weights out once for the
+    CPU kernels (left off under ``torch.compile``, which packs its own)."""
     net = copy.deepcopy(model).eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -170,7 +171,7 @@ def optimize_for_inference(
     net = net.to(dtype)  # Winograd and attention layers keep their split of dtypes
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if pack and not compile_model:
+    if pack and not compile_model and dtype == torch.bfloat16 and channels_last:
         pack_convolutions(net)
     wrapped: nn.Module = _CastIO(net, dtype, channels_last)
     if compile_model:

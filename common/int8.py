@@ -94,7 +94,7 @@ class Int8Conv2d(nn.Module):
     def __getstate__(self) -> dict:
         """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors
         cannot be copied); they are packed again on first use."""
-        return {**self.__dict__, "_packed": {}}
+        return {**super().__getstate__(), "_packed": {}}
 
     def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The weights packed for an input of ``shape``: oneDNN picks its kernel (and the

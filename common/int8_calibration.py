@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import distributed as dist
 from common.checkpoint import checkpoint_digest, save_checkpoint
 from common.fast import optimize_for_inference
 from common.inference import probabilities
@@ -171,16 +172,19 @@ def int8_model(
         log.info("int8: calibrating on %d image(s) from %s at %d²…", len(images), source, size)
         net = quantize_for_inference(model, images)
         cost = map_cost(model, net, images)
+    # measured once per CPU kind (and ISA cap), kept in the cache; the main process
+    # measures and every process follows its choice, so shards never mix paths
     signature = cpu_kernel_signature()
-    if cost.get("cpu") != signature:  # measured once per CPU kind (and cap), then cached
-        gain = speed_gain(_fast_path(model), net, images[:1])
-        cost = {**cost, "cpu": signature, "speed_gain": gain}
+    gains = dict(cost.get("speed_gains") or {})
+    if dist.is_main() and signature not in gains:
+        gains[signature] = speed_gain(_fast_path(model), net, images[:1])
+        cost = {**cost, "speed_gains": gains}
         try:
             _write_cache(cache, key, net.qparams, cost)
             log.info("int8: calibration saved to %s", cache)
         except OSError as exc:
             log.warning("int8: could not save the calibration to %s (%s)", cache, exc)
-    gain = float(cost["speed_gain"])
+    gain = float(dist.gather_objects(gains.get(signature))[0])
     if gain < min_gain:
         log.warning(
             "int8: its kernels do not pay on this CPU (measured %.2f× the fast path's speed, "

@@ -35,9 +35,9 @@ def packing_available() -> bool:
 
 @functools.cache
 def _packable_dtypes() -> frozenset[torch.dtype]:
-    """The dtypes oneDNN's own kernels run on this CPU (bf16 needs AVX-512 BF16, AMX or
-    AVX-NE-CONVERT); PyTorch runs others its own way, which packing must leave alone."""
-    dtypes = {torch.float32}
+    """The dtypes packed on this CPU: bf16, where oneDNN runs it (AVX-512 BF16, AMX or
+    AVX-NE-CONVERT); elsewhere PyTorch runs it its own way, which packing leaves alone."""
+    dtypes = set()
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         dtypes.add(torch.bfloat16)
     return frozenset(dtypes)
@@ -68,21 +68,28 @@ class PackedConv2d(nn.Module):
     def __getstate__(self) -> dict:
         """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors
         cannot be copied); they are packed again on first use."""
-        return {**self.__dict__, "_packed": {}}
+        return {**super().__getstate__(), "_packed": {}}
 
     def _packable(self, x: torch.Tensor) -> bool:
+        """bf16 on the CPU with channels_last weights, outside autograd and graph capture:
+        where PyTorch itself runs oneDNN's kernels on a channels_last copy of the input,
+        so packing changes no output bit and no memory format (for fp32, PyTorch runs some
+        narrow convolutions its own way)."""
         return (
             x.device.type == "cpu"
             and self.weight.device.type == "cpu"
             and x.dtype == self.weight.dtype
             and x.dtype in _packable_dtypes()
             and x.dim() == 4
+            and self.weight.is_contiguous(memory_format=torch.channels_last)
             and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch.compiler.is_compiling()
         )
 
     def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The weights laid out for the kernel oneDNN picks for inputs of ``shape``."""
-        key = (shape, self.weight.dtype)
+        version = 0 if self.weight.is_inference() else self.weight._version
+        key = (shape, self.weight.dtype, version)  # weights edited in place: packed again
         packed = self._packed.get(key)
         if packed is None:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -98,6 +105,7 @@ class PackedConv2d(nn.Module):
             return F.conv2d(
                 x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
             )
+        x = x.contiguous(memory_format=torch.channels_last)  # as PyTorch's own call does
         packed = self.packed_for(tuple(x.shape))
         args = (self.padding, self.stride, self.dilation, self.groups)
         return torch.ops.mkldnn._convolution_pointwise(x, packed, self.bias, *args, "none", [], "")

@@ -178,7 +178,7 @@ def iter_predictions(
     lacks an output. ``perturb`` degrades each image first; maps
     come back at the original size either way."""
     model.eval()
-    if skip is not None:
+    if skip is not None and resize is not None:  # batched; tiles run one image at a time
         skip = _whole_batches(skip, len(records), batch_size)
     decoded = iter_decoded(records, resize, masks, batch_size, workers, keep_image, skip, perturb)
     for batch in decoded:

@@ -119,7 +119,7 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
     if amp != "auto":
         return amp, "as configured"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", "this GPU supports bf16"
         return "fp16", "this GPU has no bf16"
     gain = bf16_matmul_gain()

@@ -18,8 +18,17 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this build")
 
 
-@needs_onednn
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+needs_bf16 = pytest.mark.skipif(
+    not (packing_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="no oneDNN bf16 on this CPU (or build): nothing is packed",
+)
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@needs_bf16
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -28,32 +37,46 @@ needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in 
         {"kernel_size": 3, "padding": 2, "dilation": 2},
         {"kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
         {"kernel_size": 7, "stride": 2, "padding": 3},
+        {"kernel_size": 3, "padding": 1, "out_channels": 1},  # the edge branch's narrow ones
     ],
 )
-def test_outputs_are_bit_identical(dtype, kwargs):
+def test_outputs_are_bit_identical(kwargs):
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 24, **kwargs).to(dtype).to(memory_format=torch.channels_last).eval()
+    kwargs = {"out_channels": 24, **kwargs}
+    conv = nn.Conv2d(16, **kwargs).to(torch.bfloat16, memory_format=torch.channels_last).eval()
     packed = PackedConv2d(conv)
     for batch in (1, 3):
-        x = torch.randn(batch, 16, 20, 18).to(dtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            assert torch.equal(packed(x), conv(x))
+        x = _cl(torch.randn(batch, 32, 20, 18).to(torch.bfloat16))[:, 8:24]  # a channel slice
+        for inp in (x, _cl(x), x.contiguous()):  # as sliced, channels_last, plain layout
+            with torch.inference_mode():
+                got, want = packed(inp), conv(inp)
+            assert torch.equal(got, want) and got.stride() == want.stride()
+    assert len(packed._packed) == 2  # one packing per input shape: the packed path ran
 
 
-@needs_onednn
+@needs_bf16
 def test_packs_per_shape_within_bounds_and_falls_back_off_its_path():
-    conv = nn.Conv2d(4, 8, 3, padding=1).eval()
+    conv = nn.Conv2d(4, 8, 3, padding=1).to(torch.bfloat16, memory_format=torch.channels_last)
     packed = PackedConv2d(conv)
     with torch.inference_mode():
         for size in range(8, 8 + PACKED_SHAPES + 2):
-            packed(torch.randn(1, 4, size, size))
+            packed(_cl(torch.randn(1, 4, size, size).to(torch.bfloat16)))
     assert len(packed._packed) == PACKED_SHAPES  # the most recent shapes only
+    with torch.no_grad():  # weights edited in place: packed again
+        packed.weight.mul_(2)
+        conv.weight.copy_(packed.weight)
+        x = _cl(torch.randn(1, 4, 8, 8).to(torch.bfloat16))
+        assert torch.equal(packed(x), conv(x))
+    fp32 = PackedConv2d(nn.Conv2d(4, 8, 3, padding=1).eval())
+    with torch.inference_mode():
+        fp32(torch.randn(1, 4, 8, 8))  # fp32 and plain layouts: PyTorch's own way
+    assert fp32._packed == {}
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    packed.weight.requires_grad_(True)
-    packed(x).sum().backward()  # autograd: the plain convolution, with gradients
-    assert x.grad is not None and packed.weight.grad is not None
-    packed.to(torch.bfloat16)
-    assert packed._packed == {}  # a dtype change repacks
+    fp32.weight.requires_grad_(True)
+    fp32(x).sum().backward()  # autograd: the plain convolution, with gradients
+    assert x.grad is not None and fp32.weight.grad is not None
+    packed.to(torch.float32)
+    assert packed._packed == {}  # a dtype change drops the packed weights
 
 
 def test_pack_convolutions_replaces_plain_convolutions_only():
@@ -113,7 +136,9 @@ def test_no_weight_is_laid_out_again_on_a_second_forward():
     assert set(executed) == {"fast", "int8"}
     for name, lines in executed.items():
         assert any(",convolution," in line for line in lines), name  # the log is read
-        reorders = [line for line in lines if ",reorder," in line]
+        # bf16 and int8 weights are packed; the attention's small fp32 projections (its
+        # energies stay fp32) are left to PyTorch, which may run them its own way
+        reorders = [line for line in lines if ",reorder," in line and "src:f32" not in line]
         assert not reorders, f"{name}: {reorders[:3]}"
 
 
