@@ -31,14 +31,12 @@ from torch import nn
 from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver
 
 from common.fast import optimize_for_inference
+from common.packed_conv import PacksWeights
 from models.backbone import Bottleneck, ResNet
 
 # Which tensors get activation scales: the stem output, and in every block the outputs
 # of its inner convolutions, of its downsample branch and of the block itself.
 Qparams = dict[str, tuple[float, int]]
-# Input shapes each int8 convolution keeps packed weights for (a run sees one or two:
-# full batches and the last one, or tiles and their edge remainders).
-PACKED_SHAPES = 4
 
 
 def _observer() -> HistogramObserver:
@@ -60,7 +58,7 @@ def dequantize(q: torch.Tensor, scale: float, zero_point: int, dtype: torch.dtyp
     return (q.to(dtype) - zero_point) * scale
 
 
-class Int8Conv2d(nn.Module):
+class Int8Conv2d(PacksWeights):
     """A folded convolution on uint8 input: int8 weights per output channel, uint8 out
     (or ``out_dtype``), ReLU and a residual sum optionally fused."""
 
@@ -85,16 +83,10 @@ class Int8Conv2d(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.qweight = qweight.to(torch.int8)
-        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
         bias = conv.bias.detach().float() if conv.bias is not None else None
         self.bias = bias
         self.out_q = out_q
         self.relu = relu
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors
-        cannot be copied); they are packed again on first use."""
-        return {**super().__getstate__(), "_packed": {}}
 
     def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The weights packed for an input of ``shape``: oneDNN picks its kernel (and the
@@ -102,9 +94,9 @@ class Int8Conv2d(nn.Module):
         weights packed without the shape are re-laid out at every call on some CPUs (AVX-512
         VNNI without AMX: 14 reorders, about 240 ms per ResNet-50 forward). Packed once per
         shape, for the few most recent shapes."""
-        packed = self._packed.get(shape)
-        if packed is None:
-            packed = torch.ops.onednn.qconv_prepack(
+        return self._packed_once(
+            shape,
+            lambda: torch.ops.onednn.qconv_prepack(
                 self.qweight,
                 self.w_scale,
                 self.x_scale,
@@ -114,11 +106,8 @@ class Int8Conv2d(nn.Module):
                 self.dilation,
                 self.groups,
                 list(shape),
-            )
-            if len(self._packed) >= PACKED_SHAPES:
-                self._packed.pop(next(iter(self._packed)))
-            self._packed[shape] = packed
-        return packed
+            ),
+        )
 
     def _out(self) -> tuple[float, int, torch.dtype | None]:
         if self.out_q is None:  # real-valued output in bf16

@@ -14,13 +14,14 @@ same kernel on the same data: the outputs are bit-identical, only the copy is go
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Input shapes each convolution keeps packed weights for (a run sees one or two: full
-# batches and the last one, or tiles and their edge remainders).
+# Input shapes each convolution (bf16 or int8) keeps packed weights for (a run sees one or
+# two: full batches and the last one, or tiles and their edge remainders).
 PACKED_SHAPES = 4
 
 
@@ -43,7 +44,37 @@ def _packable_dtypes() -> frozenset[torch.dtype]:
     return frozenset(dtypes)
 
 
-class PackedConv2d(nn.Module):
+class PacksWeights(nn.Module):
+    """A module that keeps its weights packed (oneDNN's opaque tensors) for the few most
+    recent input shapes it met: the bf16 convolutions here and the int8 ones
+    (``common/int8.py``). A move or cast drops them; copies and pickles leave them behind
+    (opaque tensors cannot be copied); either way they are packed again on first use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._packed: dict[tuple, torch.Tensor] = {}
+
+    def _apply(self, fn, recurse=True):  # .to(dtype / device / memory format): repack
+        self._packed = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_packed": {}}
+
+    def _packed_once(self, key: tuple, pack: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The weights packed for ``key`` (an input shape, and whatever else decides the
+        layout), made by ``pack()`` the first time; the oldest are dropped past
+        ``PACKED_SHAPES``."""
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = pack()
+            if len(self._packed) >= PACKED_SHAPES:
+                self._packed.pop(next(iter(self._packed)))
+            self._packed[key] = packed
+        return packed
+
+
+class PackedConv2d(PacksWeights):
     """An inference-only ``nn.Conv2d`` (same weights, same outputs) that packs its weights
     for each CPU input shape it meets; elsewhere (CUDA, autograd, other dtypes) it is a
     plain ``F.conv2d``."""
@@ -59,16 +90,6 @@ class PackedConv2d(nn.Module):
         self.kernel_size = conv.kernel_size
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        self._packed: dict[tuple, torch.Tensor] = {}
-
-    def _apply(self, fn, recurse=True):  # .to(dtype / device / memory format): repack
-        self._packed = {}
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors
-        cannot be copied); they are packed again on first use."""
-        return {**super().__getstate__(), "_packed": {}}
 
     def _packable(self, x: torch.Tensor) -> bool:
         """bf16 on the CPU with channels_last weights, outside autograd and graph capture:
@@ -90,15 +111,12 @@ class PackedConv2d(nn.Module):
         """The weights laid out for the kernel oneDNN picks for inputs of ``shape``."""
         version = 0 if self.weight.is_inference() else self.weight._version
         key = (shape, self.weight.dtype, version)  # weights edited in place: packed again
-        packed = self._packed.get(key)
-        if packed is None:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
+        return self._packed_once(
+            key,
+            lambda: torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, self.dilation, self.groups, list(shape)
-            )
-            if len(self._packed) >= PACKED_SHAPES:
-                self._packed.pop(next(iter(self._packed)))
-            self._packed[key] = packed
-        return packed
+            ),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._packable(x):
