@@ -53,7 +53,7 @@ demo: setup
 			--amp bf16 --channels-last --batch-size 8 || exit $$?; \
 	done
 	@echo
-	@$(BIN)/python -m common.baselines \
+	@$(BIN)/python -m common.evaluation.baselines \
 		$(DEMO_DATA)/test.txt $(DEMO_OUT)/test/best/summary.json \
 		$(DEMO_DATA)/test_seen.txt $(DEMO_OUT)/test_seen/best/summary.json \
 		--names "unseen photos (test)" "seen photos (test_seen)"
@@ -71,7 +71,7 @@ serve: setup
 	else echo "error: no checkpoint: run make demo first, or make serve MODEL=path/to/checkpoint.pt" >&2; exit 2; fi
 
 bench: setup
-	$(BIN)/python bench/bench_model.py
+	$(BIN)/python -m bench.isolated model
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

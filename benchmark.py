@@ -18,18 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import distributed as dist
-from common.bench_tables import (
-    CLASSIFIER_AT_THRESHOLD,
-    CLASSIFIER_CURVES,
-    CLASSIFIER_ROWS,
-    LOCALIZATION_AT_THRESHOLD,
-    LOCALIZATION_CURVES,
-    LOCALIZATION_ROWS,
-    combined_table,
-    robustness_tables,
-)
-from common.benchmark import (
+from common.benchmark.degradations import PRESETS, Perturbation, parse_sweep, preset
+from common.benchmark.runner import (
     ClassifierSettings,
     LoadedSet,
     choose_classifier_threshold,
@@ -46,22 +36,20 @@ from common.benchmark import (
     stale_levels,
     write_stamp,
 )
-from common.checkpoint import checkpoint_digest
-from common.classify import DEFAULT_CROP, DEFAULT_CROP_STRIDE
-from common.cli import (
-    add_io_args,
-    add_model_args,
-    add_run_args,
-    add_threshold_arg,
-    eval_settings,
-    load_model,
-    parse_resize,
-    run_options,
+from common.benchmark.tables import (
+    CLASSIFIER_AT_THRESHOLD,
+    CLASSIFIER_CURVES,
+    CLASSIFIER_ROWS,
+    LOCALIZATION_AT_THRESHOLD,
+    LOCALIZATION_CURVES,
+    LOCALIZATION_ROWS,
+    combined_table,
+    robustness_tables,
 )
-from common.masks import CLASSIFIER_DESENSITISED, LOCALIZATION_DESENSITISED
-from common.perturb import PRESETS, Perturbation, parse_sweep, preset
-from common.reports import EXIT_SOME_FAILED
-from common.usage import (
+from common.core import distributed as dist
+from common.core.checkpoint import checkpoint_digest
+from common.core.reports import EXIT_SOME_FAILED
+from common.core.user_errors import (
     Parser,
     UsageError,
     check_stride,
@@ -70,7 +58,22 @@ from common.usage import (
     require_writable_dir,
     run_cli,
 )
-from models import read_checkpoint_config
+from common.data.masks import CLASSIFIER_DESENSITISED, LOCALIZATION_DESENSITISED
+from common.evaluation.arguments import (
+    add_io_args,
+    add_threshold_arg,
+    eval_settings,
+)
+from common.inference.arguments import (
+    add_model_args,
+    add_run_args,
+    load_model,
+    model_spec,
+    parse_resize,
+    run_options,
+)
+from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
+from common.inference.settings import describe_checkpoint
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -136,25 +139,26 @@ def _perturbations(args: argparse.Namespace) -> list[Perturbation]:
 
 def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
     """What decides a level's maps (localisation) or scores (classifier)."""
+    spec = model_spec(args)
     stamp: dict[str, Any] = {
         "checkpoint_sha256": checkpoint_digest(args.model_path),
         "task": task,
         "resize": args.resize,
         "tile": args.tile,
         "tile_stride": args.tile_stride,
-        "amp": args.amp,
-        "fast": bool(getattr(args, "fast", False)),
-        "winograd": getattr(args, "winograd", None) or 0,
-        "channels_last": bool(getattr(args, "channels_last", False)),
+        "amp": spec.amp,
+        "fast": spec.fast,
+        "winograd": spec.winograd or 0,
+        "channels_last": spec.channels_last,
         "batch_size": args.batch_size,  # kernels may round differently for another batch
-        "int8": bool(getattr(args, "int8", False)),
+        "int8": spec.int8,
         "seed": args.seed,
     }
     if stamp["int8"]:  # its scales come from these images; where it pays, from the CPU
         stamp.update(
-            int8_calibration=args.int8_calibration,
-            int8_images=args.int8_images,
-            int8_min_gain=args.int8_min_gain,
+            int8_calibration=spec.int8_calibration,
+            int8_images=spec.int8_images,
+            int8_min_gain=spec.int8_min_gain,
         )
     if task == "classification":
         stamp.update(crop=args.crop, crop_stride=args.crop_stride)
@@ -166,9 +170,7 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
 def _task(args: argparse.Namespace) -> str:
     if args.task != "auto":
         return args.task
-    config = read_checkpoint_config(args.model_path)
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
-    classifier = config.get("task") == "classification" or "head" in model
+    classifier = describe_checkpoint(args.model_path).is_classifier
     return "classification" if classifier else "localization"
 
 
@@ -191,7 +193,8 @@ def run(argv: list[str]) -> int:
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     require_writable_dir(args.save_dir, "--save_dir")
     loaded = load_sets(sets)
-    opts = run_options(args)  # validates device and precision before the group starts
+    spec = model_spec(args)  # validates device and precision before the group starts
+    opts = run_options(args, spec)
     out = Path(args.save_dir) / Path(args.model_path).stem
     stamp = _stamp(args, task)
     stale = stale_levels(out, loaded, perturbations, stamp)
@@ -208,7 +211,7 @@ def run(argv: list[str]) -> int:
             for folder, _ in stale:
                 shutil.rmtree(folder)
         dist.barrier()
-        model = load_model(args, opts.device, classifier=task == "classification")
+        model = load_model(args, spec, opts.device, task)
         runner = _classification if task == "classification" else _localization
         failed = runner(args, model, loaded, perturbations, out, opts, stamp)
     finally:

@@ -12,20 +12,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.cli import (
+from common.core.user_errors import Parser, run_cli
+from common.evaluation.arguments import (
     add_io_args,
-    add_model_args,
-    add_run_args,
     add_threshold_arg,
     check_outputs,
     checked_output_dir,
     eval_settings,
     load_inputs,
+)
+from common.evaluation.three_class import run_three_class_evaluation
+from common.inference.arguments import (
+    add_model_args,
+    add_run_args,
     load_model,
+    model_spec,
     run_options,
 )
-from common.evaluation_3class import run_three_class_evaluation
-from common.usage import Parser, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,8 +49,9 @@ def run(argv: list[str]) -> int:
     source, records, problems = load_inputs(args)
     settings = eval_settings(args, nclass=3)
     out = checked_output_dir(args, Path(args.model_path).stem)
-    opts = run_options(args, blend="average")
-    model = load_model(args, opts.device, required_nclass=3)
+    spec = model_spec(args)
+    opts = run_options(args, spec, blend="average")
+    model = load_model(args, spec, opts.device, task="three_class")
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_three_class_evaluation(model, records, problems, out, opts, settings)
 

@@ -12,22 +12,25 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.cli import (
+from common.core.user_errors import Parser, run_cli
+from common.data.masks import LOCALIZATION_DESENSITISED
+from common.evaluation.arguments import (
     add_io_args,
-    add_model_args,
-    add_run_args,
     add_threshold_arg,
     check_outputs,
     checked_output_dir,
     eval_settings,
     load_inputs,
-    load_model,
     require_maps,
+)
+from common.evaluation.localization import run_model_evaluation, run_pred_dir_evaluation
+from common.inference.arguments import (
+    add_model_args,
+    add_run_args,
+    load_model,
+    model_spec,
     run_options,
 )
-from common.evaluation import run_model_evaluation, run_pred_dir_evaluation
-from common.masks import LOCALIZATION_DESENSITISED
-from common.usage import Parser, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +65,9 @@ def run(argv: list[str]) -> int:
         out = checked_output_dir(args, f"eval_{pred_dir.name}")
         return run_pred_dir_evaluation(records, problems, pred_dir, out, settings)
     out = checked_output_dir(args, Path(args.model_path).stem)
-    opts = run_options(args)
-    model = load_model(args, opts.device)
+    spec = model_spec(args)
+    opts = run_options(args, spec)
+    model = load_model(args, spec, opts.device, task="localization")
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_model_evaluation(model, records, problems, out, opts, settings)
 

@@ -13,27 +13,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.classify import (
-    DEFAULT_CROP,
-    DEFAULT_CROP_STRIDE,
-    run_classification,
-    seed_name_label,
-)
-from common.cli import (
+from common.core.user_errors import Parser, check_stride, positive_int, run_cli
+from common.data.masks import CLASSIFIER_DESENSITISED
+from common.evaluation.arguments import (
     add_io_args,
-    add_model_args,
-    add_run_args,
     add_threshold_arg,
     check_outputs,
     checked_output_dir,
     load_inputs,
-    load_model,
     mask_options,
+)
+from common.evaluation.classification import run_classification, seed_name_label
+from common.inference.arguments import (
+    add_model_args,
+    add_run_args,
+    load_model,
+    model_spec,
     parse_resize,
     run_options,
 )
-from common.masks import CLASSIFIER_DESENSITISED
-from common.usage import Parser, check_stride, positive_int, run_cli
+from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,8 +83,9 @@ def run(argv: list[str]) -> int:
     if args.label_from_name:
         records = [seed_name_label(r) for r in records]
     out = checked_output_dir(args, Path(args.model_path).stem)
-    opts = run_options(args)
-    model = load_model(args, opts.device, classifier=True, head=args.head)
+    spec = model_spec(args)
+    opts = run_options(args, spec)
+    model = load_model(args, spec, opts.device, task="classification")
     print(f"{len(records)} images from {source}; writing to {out}")
     return run_classification(
         model,

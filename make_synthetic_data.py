@@ -16,20 +16,7 @@ import time
 
 import numpy as np
 
-from common.coco import CocoError, attach_objects, file_digest, read_objects
-from common.io import BadInputError
-from common.photos import (
-    SEEN_TEST,
-    PhotoPool,
-    assign_splits,
-    bundled_photo_set,
-    bundled_splits,
-    scan_folder,
-)
-from common.synthetic import SyntheticConfig
-from common.synthetic_generate import GenerationMismatchError, generate
-from common.synthetic_post import PostConfig
-from common.usage import (
+from common.core.user_errors import (
     Parser,
     UsageError,
     at_least,
@@ -40,6 +27,19 @@ from common.usage import (
     require_writable_dir,
     run_cli,
 )
+from common.data.decode import BadInputError
+from common.synth.coco import CocoError, attach_objects, file_digest, read_objects
+from common.synth.forgery import SyntheticConfig
+from common.synth.generate import GenerationMismatchError, generate
+from common.synth.photos import (
+    SEEN_TEST,
+    PhotoPool,
+    assign_splits,
+    bundled_photo_set,
+    bundled_splits,
+    scan_folder,
+)
+from common.synth.post import PostConfig
 
 
 def _fractions(text: str) -> tuple[float, float, float]:

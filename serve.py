@@ -2,9 +2,11 @@
 manipulated.
 
 Loads the model once and listens on 127.0.0.1:8000 (--host 0.0.0.0 to reach it from other
-machines). On CPU it runs the fast path by default (BatchNorm folded, merged head,
-channels_last, Winograd head; bf16 where the CPU computes bf16 natively, else fp32);
-CUDA when present. Exit code 2 for a user error (one line on stderr).
+machines). The model options are the inference scripts' (--amp, --fast, --int8, --device,
+--tile, --tile-stride); the defaults differ: the fast path (BatchNorm folded, merged head,
+channels_last, Winograd head; --no-fast for the plain model) and --amp auto (bf16 where
+the CPU computes bf16 natively, else fp32; fp16 on CUDA). Exit code 2 for a user error
+(one line on stderr).
 """
 
 from __future__ import annotations
@@ -13,42 +15,33 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from common.cli import add_model_args, load_model
-from common.fast import WINOGRAD_TILE
-from common.inference import RunOptions
-from common.io import MAX_PIXELS
-from common.runtime import device_of
-from common.serving import Analyser, ModelInfo, Service, create_app
-from common.usage import Parser, UsageError, at_least, check_stride, positive_int, run_cli
-from models import read_checkpoint_config
+from common.accel.fast_path import WINOGRAD_TILE
+from common.app.serving import Analyser, ModelInfo, Service, create_app
+from common.core.user_errors import Parser, UsageError, at_least, positive_int, run_cli
+from common.data.decode import MAX_PIXELS
+from common.inference.arguments import (
+    add_model_args,
+    add_run_args,
+    load_model,
+    model_spec,
+    run_options,
+)
+from common.inference.settings import describe_checkpoint
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoints/best.pt")
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX); elsewhere bf16 is
-    emulated and slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+# The names of --amp's modes as the page and the API report them.
+PRECISION_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
     add_model_args(parser)
+    add_run_args(parser, batches=False, amp="auto", fast=True)
+    parser.add_argument(  # the earlier spelling of --amp, kept working
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=positive_int, default=8000)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
-        help="auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32",
-    )
-    parser.add_argument("--no-fast", dest="fast", action="store_false", help="plain model")
     parser.add_argument(
         "--max-upload-mb", type=float, default=50.0, help="larger uploads get 413 (50)"
     )
@@ -61,12 +54,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--max-queue", type=positive_int, default=4, help="images waiting or running (4)"
     )
-    parser.add_argument("--tile", type=at_least(64), default=512, help="full-resolution tiles")
-    parser.add_argument("--tile-stride", dest="tile_stride", type=positive_int, default=384)
     args = parser.parse_args(argv)
+    if args.precision:
+        args.amp = {"fp32": "off"}.get(args.precision, args.precision)
+    if args.fast:  # the server's fast path: channels_last and the Winograd head too
+        args.channels_last = True
+        args.winograd = args.winograd or WINOGRAD_TILE
     if not args.max_upload_mb > 0 or args.max_upload_mb == float("inf"):  # nan fails too
         raise UsageError(f"must be a number > 0, got {args.max_upload_mb}", "--max-upload-mb")
-    check_stride(args.tile_stride, args.tile, "--tile-stride", "--tile")
     if not args.model_path:
         if not DEMO_CHECKPOINT.is_file():
             raise UsageError(
@@ -79,37 +74,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
-    device = device_of(args.device, "off")
-    precision = args.precision
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else ("bf16" if native_bf16() else "fp32")
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError("fp16 is for CUDA", "--precision", "use bf16 or fp32 on CPU")
-    config = read_checkpoint_config(args.model_path)
-    model_cfg = config.get("model") if isinstance(config.get("model"), dict) else {}
-    classifier = config.get("task") == "classification" or "head" in model_cfg
-    args.amp = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}[precision]
-    args.channels_last = args.fast
-    args.winograd = WINOGRAD_TILE if args.fast else None
-    model = load_model(args, device, classifier=classifier)
-    nclass = int(model_cfg.get("nclass", 1))
-    kind = "classification" if classifier else ("three_class" if nclass == 3 else "localization")
-    fast_bf16 = args.fast and precision == "bf16"
-    opts = RunOptions(
-        device=device,
-        amp="off" if fast_bf16 else args.amp,
-        channels_last=args.fast,
-        tile=args.tile,
-        tile_stride=args.tile_stride,
-    )
+    spec = model_spec(args)
+    opts = run_options(args, spec)
+    if spec.amp == "fp16" and opts.device.type != "cuda":
+        raise UsageError("fp16 is for CUDA", "--amp", "use bf16 or off on CPU")
+    description = describe_checkpoint(args.model_path)
+    model = load_model(args, spec, opts.device, description.task)
     info = ModelInfo(
         checkpoint=str(args.model_path),
-        backbone=str(args.backbone or model_cfg.get("backbone", "resnet50")),
-        nclass=nclass,
-        kind=kind,
-        precision=precision,
-        device=str(device),
-        fast=bool(args.fast),
+        backbone=spec.backbone or description.backbone,
+        nclass=description.nclass,
+        kind=description.task,
+        precision=PRECISION_NAMES[spec.amp],
+        device=str(opts.device),
+        fast=spec.fast,
     )
     return Service(Analyser(model, info, opts), max_queue=args.max_queue), info
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.cli import setup_logging
-from common.config import parse_config, read_defaults
-from common.engine import train
-from common.tasks import ThreeClassTask
-from common.usage import run_cli
+from common.core.user_errors import run_cli, setup_logging
+from common.training.config import parse_config, read_defaults
+from common.training.engine import train
+from common.training.tasks import ThreeClassTask
 
 DEFAULTS = Path(__file__).resolve().parent / "configs" / "train_demo_nclass3.yaml"
 

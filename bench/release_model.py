@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.usage import UsageError
+from common.core.user_errors import UsageError
 
 
 def _load_module(path: Path) -> types.ModuleType:

@@ -23,7 +23,14 @@ _MAX_NAMES = 10
 
 
 class WeightsError(RuntimeError):
-    """A weight file that cannot be read or does not fit the model."""
+    """A weight file that cannot be read or does not fit the model. ``path`` and
+    ``reason`` are kept apart, so callers can word their own message without parsing
+    this one."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
 
 
 @dataclass
@@ -56,14 +63,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weight file and return a flat, unwrapped ``name → tensor`` dict."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weight file")
+        raise WeightsError(path, "no such weight file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             raw: object = load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises several error types
-            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+            raise WeightsError(path, f"not a readable safetensors file ({exc})") from exc
     else:
         raw = load_torch_file(path)
     return _unwrap(raw, path)
@@ -81,7 +88,7 @@ def load_torch_file(path: str | Path) -> object:
     failure is a :class:`WeightsError` saying why in plain words."""
     path = Path(path)
     if path.stat().st_size == 0:
-        raise WeightsError(f"{path}: empty file, not a weight file")
+        raise WeightsError(path, "empty file, not a weight file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
@@ -95,7 +102,7 @@ def load_torch_file(path: str | Path) -> object:
         else:
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             reason = f"not a readable PyTorch weight file ({type(exc).__name__}: {first_line})"
-        raise WeightsError(f"{path}: {reason}") from exc
+        raise WeightsError(path, f"{reason}") from exc
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
@@ -110,11 +117,11 @@ def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
             break
         state = state[nested]
     if not isinstance(state, Mapping) or not state:
-        raise WeightsError(f"{path}: no state dict found (got {type(raw).__name__})")
+        raise WeightsError(path, f"no state dict found (got {type(raw).__name__})")
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != len(state):
         bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)][:_MAX_NAMES]
-        raise WeightsError(f"{path}: entries that are not tensors: {', '.join(map(str, bad))}")
+        raise WeightsError(path, f"entries that are not tensors: {', '.join(map(str, bad))}")
     return drop_stage_aliases({_strip_prefixes(k): v for k, v in tensors.items()}, path)
 
 
@@ -141,8 +148,9 @@ def drop_stage_aliases(state: dict[str, torch.Tensor], path: Path) -> dict[str, 
             out[target] = value
         elif original.shape != value.shape or not torch.equal(original, value):
             raise WeightsError(
-                f"{path}: {key} should be a copy of {target} (the seed's stage alias) but "
-                "differs from it; the file is inconsistent"
+                path,
+                f"{key} should be a copy of {target} (the seed's stage alias) but "
+                "differs from it; the file is inconsistent",
             )
     return out
 
@@ -185,7 +193,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     loaded = read_state_dict(path)
     report = compare_state_dicts(target.state_dict(), loaded)
     if strict and not report.ok:
-        raise WeightsError(f"{path}: weights do not fit the model: {report.describe()}")
+        raise WeightsError(path, f"weights do not fit the model: {report.describe()}")
     bad_shape = {m.split(" ", 1)[0] for m in report.mismatched}
     usable = {k: v for k, v in loaded.items() if k not in bad_shape and k not in report.unexpected}
     target.load_state_dict(usable, strict=False)
@@ -228,7 +236,7 @@ def init_backbones_from_imagenet(net: nn.Module, path: str | Path | None) -> Non
             # conv1 may differ (e.g. n_input ≠ 3); anything else means a wrong file.
             serious = [k for k in report.missing if not k.startswith("conv1.")]
             if serious or any(not m.startswith("conv1.") for m in report.mismatched):
-                raise WeightsError(f"{path}: not weights for this backbone: {report.describe()}")
+                raise WeightsError(path, f"not weights for this backbone: {report.describe()}")
         usable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
         backbone.load_state_dict(usable, strict=False)
 

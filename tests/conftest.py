@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -10,8 +9,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 REFERENCE_KEYS = ROOT.parent / "shared" / "reference" / "official_state_dict_keys.txt"
 # a copy kept in the repository (tests/data/ would be ignored by .gitignore's data/)

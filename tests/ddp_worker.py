@@ -16,12 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
-from common import distributed as dist
-from common.engine import Trainer
+from common.core import distributed as dist
+from common.training.engine import Trainer
 from models import unwrap_model
 
 

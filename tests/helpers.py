@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -87,3 +89,15 @@ def run_three_class_inference(model_path: Path, test_file: Path, save_dir: Path)
             "0",
         ]
     )
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run in-process work on ``n`` threads, as each torchrun rank (OMP_NUM_THREADS=1):
+    CPU kernels may round (or even be chosen) differently for another thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

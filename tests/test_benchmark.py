@@ -10,20 +10,18 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
-from helpers import make_tiny_checkpoint, make_tiny_dataset
+from helpers import make_tiny_checkpoint, make_tiny_dataset, threads
 
 import benchmark
-from common.inference import RunOptions
-from common.perturb import Perturbation, parse_sweep, preset
-from common.predictor import iter_predictions
-from common.sources import load_source
+from common.benchmark.degradations import Perturbation, parse_sweep, preset
+from common.data.sources import load_source
+from common.inference.batched import iter_predictions
+from common.inference.single_image import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +105,7 @@ def test_resize_round_trip_maps_come_back_at_the_original_size(tmp_path, tiny_mo
     ("length", "batch", "world"), [(6, 2, 2), (3, 4, 2), (10, 3, 3), (0, 4, 2)]
 )
 def test_shards_are_the_single_process_batches(monkeypatch, length, batch, world):
-    from common import distributed as dist
+    from common.core import distributed as dist
 
     single = [list(range(s, min(s + batch, length))) for s in range(0, length, batch)]
     shards = []
@@ -122,7 +120,7 @@ def test_shards_are_the_single_process_batches(monkeypatch, length, batch, world
 
 def test_a_resumed_batch_runs_whole(tmp_path, tiny_model, monkeypatch):
     """Maps are computed in the batches of an uninterrupted run, however many exist."""
-    from common import predictor
+    from common.inference import batched as predictor
 
     list_file = make_tiny_dataset(tmp_path / "d", n_tampered=3, n_authentic=2, corrupt=False)
     records, _ = load_source(str(list_file))
@@ -296,7 +294,6 @@ def test_every_setting_that_changes_a_map_is_in_the_stamp(bench_world, tmp_path,
 
 
 def _one_error(module, argv) -> str:
-    import contextlib
     import io
 
     buf = io.StringIO()
@@ -346,24 +343,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run in-process work on ``n`` threads, as each torchrun rank (OMP_NUM_THREADS=1):
-    CPU kernels may round (or even be chosen) differently for another thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_two_processes_give_the_single_process_numbers(bench_world, tmp_path):
     """Whole batches are shared out, so each map comes from the batch (and the threads)
     one process would use: the numbers are equal exactly, on any CPU."""
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     extra = ("--th-from", "a", "--batch-size", "2")  # batches of 2: both ranks get some
-    with _threads(1):
+    with threads(1):
         assert benchmark.main(_argv(bench_world, single, *extra)) == 3
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
@@ -388,7 +373,7 @@ def test_two_processes_give_the_single_process_numbers(bench_world, tmp_path):
 def test_two_processes_give_the_single_process_classifier_numbers(bench_world, tmp_path):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     extra = ("--crop", "64", "--crop-stride", "64")  # batches of 4: set b on rank 0 alone
-    with _threads(1):
+    with threads(1):
         assert benchmark.main(_argv(bench_world, single, *extra, ck="ckcls")) == 3
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]

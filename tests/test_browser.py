@@ -36,7 +36,7 @@ from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 import serve  # noqa: E402
-from common.serving import create_app  # noqa: E402
+from common.app.serving import create_app  # noqa: E402
 
 
 def _free_port() -> int:

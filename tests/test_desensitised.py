@@ -14,17 +14,17 @@ import torch
 
 import infer_mvss_calmetrics
 import infer_mvss_cls
-from common.datasets import ForgeryDataset
-from common.losses import MVSSLoss
-from common.masks import (
+from common.data.datasets import ForgeryDataset
+from common.data.masks import (
     IGNORE,
     MaskOptions,
     binary_from_classes,
     image_label,
     sample_labels,
 )
-from common.metrics import LocalizationEvaluator
-from common.sources import read_list_file
+from common.data.sources import read_list_file
+from common.evaluation.metrics import LocalizationEvaluator
+from common.training.losses import MVSSLoss
 from tests.helpers import make_tiny_checkpoint
 
 CLASSES = np.array([[0, 1, 2, 2]], np.uint8)
@@ -255,7 +255,7 @@ def test_classifier_label_from_name_is_the_seeds_rule(mosaic_data, tmp_path):
     [("positive", 320, 1024), ("negative", 64, 1024), ("ignore", 64, 768)],
 )
 def test_all_ones_baseline_follows_the_policy(tmp_path, policy, positives, total):
-    from common.baselines import all_ones_pixel_f1
+    from common.evaluation.baselines import all_ones_pixel_f1
 
     _colour_sample(tmp_path, tampered=True)
     got = all_ones_pixel_f1(tmp_path / "l.txt", desensitised=policy)

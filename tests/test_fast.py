@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.fast import fold_batchnorm, optimize_for_inference
-from common.photos import bundled_photos
-from common.synthetic import SyntheticConfig, make_sample
-from common.transforms import normalize_bgr_batch
-from common.winograd import WinogradConv2d, winograd_eligible
+from common.accel.fast_path import fold_batchnorm, optimize_for_inference
+from common.accel.winograd import WinogradConv2d, winograd_eligible
+from common.data.transforms import normalize_bgr_batch
+from common.synth.forgery import SyntheticConfig, make_sample
+from common.synth.photos import bundled_photos
 from tests.conftest import build
 
 
@@ -226,7 +226,7 @@ def test_winograd_layers_keep_their_dtypes_when_moved():
 
 
 def test_mixed_attention_close_to_fp32():
-    from common.fast_attention import mixed_attention
+    from common.accel.mixed_attention import mixed_attention
     from models.attention import ChannelAttention, PositionAttention
 
     torch.manual_seed(0)
@@ -254,7 +254,7 @@ def test_fastest_path_within_bars_on_trained_weights(trained, real_inputs, tile)
 
 
 def test_int8_conv_matches_float_within_quantisation():
-    from common.int8 import Int8Conv2d, dequantize, quantize
+    from common.accel.int8 import Int8Conv2d, dequantize, quantize
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(16, 32, 3, padding=2, dilation=2)
@@ -269,7 +269,7 @@ def test_int8_conv_matches_float_within_quantisation():
 
 
 def test_int8_path_within_bars_on_trained_weights(trained, real_inputs):
-    from common.int8 import Int8ResNet, quantize_for_inference
+    from common.accel.int8 import Int8ResNet, quantize_for_inference
 
     net = quantize_for_inference(trained, real_inputs[:2])
     assert sum(isinstance(m, Int8ResNet) for m in net.modules()) == 1  # the RGB view only
@@ -287,7 +287,7 @@ def test_int8_path_within_bars_on_trained_weights(trained, real_inputs):
 )
 def test_int8_stage_choices_within_quantisation_bounds(trained, real_inputs, float_stages):
     """Any split of stages between int8 and bf16 runs, and keeps the maps near fp32."""
-    from common.int8 import Int8ResNet, quantize_for_inference
+    from common.accel.int8 import Int8ResNet, quantize_for_inference
 
     net = quantize_for_inference(trained, real_inputs[:2], float_stages=float_stages)
     int8 = [m for m in net.modules() if isinstance(m, Int8ResNet)]
@@ -303,7 +303,7 @@ def test_int8_stage_choices_within_quantisation_bounds(trained, real_inputs, flo
 def test_three_class_and_classifier_take_the_same_fast_paths(kind, path, real_inputs):
     """The 3-class model and the classifier run through the same fast paths as the binary
     model: same output fields, maps and image scores close to fp32."""
-    from common.fast import inference_path
+    from common.accel.paths import inference_path
     from models import get_mvss_cls
 
     torch.manual_seed(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,27 +14,34 @@ import torch
 
 import infer_mvss_calmetrics
 import infer_mvss_cls
-from common.inference import RunOptions, predict, predict_tiled, tile_windows
-from common.reports import EXIT_SOME_FAILED
-from common.runtime import cpu_kernel_signature
-from common.transforms import normalize_bgr
+from common.core.reports import EXIT_SOME_FAILED
+from common.core.runtime import cpu_kernel_signature
+from common.data.transforms import normalize_bgr
+from common.inference.single_image import RunOptions, predict, predict_tiled, tile_windows
 from models import MVSSOutput, get_mvss, load_weights
-from tests.helpers import make_tiny_checkpoint, make_tiny_dataset, run_three_class_inference
+from tests.helpers import (
+    make_tiny_checkpoint,
+    make_tiny_dataset,
+    run_three_class_inference,
+    threads,
+)
 
 
 def test_predict_follows_release_pipeline(tiny_model):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)
     tiny_model.train()
-    prob, score = predict(tiny_model, image, resize=128)
+    levels, score = predict(tiny_model, image, resize=128)
     assert not tiny_model.training  # always evaluated in eval mode
     net_in = cv2.resize(image, (128, 128), interpolation=cv2.INTER_LINEAR)
     with torch.inference_mode():
         _, seg = tiny_model(normalize_bgr(net_in)[None])
-    ref = cv2.resize(torch.sigmoid(seg)[0, 0].numpy(), (70, 90), interpolation=cv2.INTER_LINEAR)
-    assert prob.shape == (90, 70) and prob.dtype == np.float32
-    np.testing.assert_allclose(prob, ref, atol=1e-6)
-    assert score == pytest.approx(float(prob.max()))
+    # the release: floor(255·p) at the network's size, then the uint8 map resized
+    net_levels = np.floor(torch.sigmoid(seg)[0, 0].numpy() * 255).astype(np.uint8)
+    ref = cv2.resize(net_levels, (70, 90), interpolation=cv2.INTER_LINEAR)
+    assert levels.shape == (90, 70) and levels.dtype == np.uint8
+    assert np.abs(levels.astype(int) - ref.astype(int)).max() <= 1  # kernels may round
+    assert score == float(np.float32(levels.max()) / np.float32(255))  # as the metrics
 
 
 def test_tile_windows_cover_the_image():
@@ -70,7 +78,7 @@ def test_tiled_equals_full_for_pointwise_model(blend):
 
 def test_tiled_equals_untiled_when_one_tile_fits(tiny_model):
     image = np.random.default_rng(2).integers(0, 255, (96, 80, 3), dtype=np.uint8)
-    tiled, _ = predict(tiny_model, image, resize=None, opts=RunOptions(tile=128, tile_stride=64))
+    tiled = predict_tiled(tiny_model, image, RunOptions(tile=128, tile_stride=64))[0]
     with torch.inference_mode():
         direct = torch.sigmoid(tiny_model(normalize_bgr(image)[None])[1])[0, 0].numpy()
     np.testing.assert_allclose(tiled, direct, atol=1e-6)
@@ -342,10 +350,10 @@ def test_pred_dir_finds_maps_by_the_writers_and_the_releases_names(tmp_path):
     """Colliding stems carry our writer's hash suffix; the release names a map by the
     file name up to its first dot. Each map is the image's own mask, so pixel-F1 = 1 only
     if every image is matched to its own map."""
-    from common.batch_run import EvalSettings
-    from common.evaluation import run_pred_dir_evaluation
-    from common.reports import unique_names
-    from common.sources import read_list_file
+    from common.core.reports import unique_names
+    from common.data.sources import read_list_file
+    from common.evaluation.batch_run import EvalSettings
+    from common.evaluation.localization import run_pred_dir_evaluation
 
     rows = []
     images = ["one/a.png", "two/a.png", "b.v2.png"]
@@ -427,8 +435,8 @@ def test_winograd_option_picks_the_tile(tmp_path, flag, tile):
     """``--winograd`` alone is F(2×2, 3×3); ``--winograd 4`` is F(4×4, 3×3)."""
     import argparse
 
-    from common.cli import add_model_args, add_run_args, load_model
-    from common.winograd import WinogradConv2d
+    from common.accel.winograd import WinogradConv2d
+    from common.inference.arguments import add_model_args, add_run_args, load_model, model_spec
 
     ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
     parser = argparse.ArgumentParser()
@@ -436,7 +444,7 @@ def test_winograd_option_picks_the_tile(tmp_path, flag, tile):
     add_run_args(parser)
     args = parser.parse_args(["--model_path", str(ckpt), "--fast", "--amp", "bf16", *flag])
     assert args.winograd == tile
-    net = load_model(args, torch.device("cpu"))
+    net = load_model(args, model_spec(args), torch.device("cpu"))
     tiles = {m.tile for m in net.modules() if isinstance(m, WinogradConv2d)}
     assert tiles == ({tile} if tile else set())
 
@@ -463,3 +471,33 @@ def test_three_class_and_classifier_scripts_take_the_fast_paths(tmp_path, caplog
     argv += ["--save_dir", str(tmp_path / "out"), *size, *path]
     assert main(argv) == 0
     assert ("int8 is opt-in and approximate" in caplog.text) == ("--int8" in path)
+
+
+@pytest.mark.parametrize("resize", ["96", "none"])
+def test_the_python_api_gives_what_the_script_writes(tiny_data, resize):
+    """``common.inference.predict`` and infer_mvss_calmetrics.py: the same 8-bit map and
+    the same image score, to the last bit (both at batch 1, on one thread)."""
+    from common.inference import load_model
+    from common.inference import predict as api_predict
+
+    root, list_file, ckpt = tiny_data
+    save = root / f"api_{resize}"
+    argv = ["--model_path", str(ckpt), "--test_file", str(list_file), "--save_dir", str(save)]
+    argv += ["--resize", resize, "--workers", "0", "--batch-size", "1"]
+    argv += ["--tile", "64", "--tile-stride", "48"]
+    with threads(1):
+        infer_mvss_calmetrics.main(argv)
+        model = load_model(ckpt, torch.device("cpu"))
+        out = save / "test" / "tiny"
+        rows = {Path(r["path"]).name: r for r in _rows(out / "per_image.csv") if r["score"]}
+        size = None if resize == "none" else int(resize)
+        opts = RunOptions(tile=64, tile_stride=48, tile_batch=1)
+        for name, row in rows.items():
+            image = cv2.imread(str(list_file.parent / row["path"]), cv2.IMREAD_COLOR)
+            if image is None:
+                image = cv2.imread(row["path"], cv2.IMREAD_COLOR)
+            levels, score = api_predict(model, image, resize=size, opts=opts)
+            written = cv2.imread(str(out / "pred" / f"{Path(name).stem}.png"), 0)
+            assert np.array_equal(levels, written), name
+            assert f"{score:.6f}" == row["score"], name  # the CSV keeps 6 decimals
+    assert len(rows) == 5

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.io import BadInputError, read_image, read_mask_raw
-from common.masks import (
+from common.data.decode import BadInputError, read_image, read_mask_raw
+from common.data.masks import (
     decode_classes,
     edge_from_mask,
     edge_map_size,
@@ -264,7 +264,7 @@ def _bomb(ext: str) -> bytes:
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])
 def test_decompression_bomb_headers_are_refused_in_plain_words(tmp_path, ext):
-    from common.io import decode_image, decode_mask_bytes
+    from common.data.decode import decode_image, decode_mask_bytes
 
     data = _bomb(ext)
     assert len(data) < 1000

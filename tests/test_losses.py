@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.losses import MVSSLoss, ThreeClassLoss, dice_loss, multiclass_dice_loss
+from common.training.losses import MVSSLoss, ThreeClassLoss, dice_loss, multiclass_dice_loss
 
 
 def test_dice_perfect_and_disjoint():

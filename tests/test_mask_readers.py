@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from common.baselines import all_ones_pixel_f1
-from common.batch_run import EvalSettings
-from common.datasets import ForgeryDataset
-from common.evaluation import run_pred_dir_evaluation
-from common.masks import MaskOptions
-from common.predictor import _InferenceItems
-from common.sources import read_list_file
+from common.data.datasets import ForgeryDataset
+from common.data.masks import MaskOptions
+from common.data.sources import read_list_file
+from common.evaluation.baselines import all_ones_pixel_f1
+from common.evaluation.batch_run import EvalSettings
+from common.evaluation.localization import run_pred_dir_evaluation
+from common.inference.batched import _InferenceItems
 
 H, W = 32, 40
 # BGR colours of the seed's palette

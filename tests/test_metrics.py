@@ -13,7 +13,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from common.metrics import (
+from common.evaluation.metrics import (
     ClassificationEvaluator,
     LocalizationEvaluator,
     ThreeClassEvaluator,

@@ -12,7 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from common.packed_conv import PACKED_SHAPES, PackedConv2d, pack_convolutions, packing_available
+from common.accel.packed_conv import (
+    PACKED_SHAPES,
+    PackedConv2d,
+    pack_convolutions,
+    packing_available,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_onednn = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this build")
@@ -94,8 +99,8 @@ PROBE = textwrap.dedent(
     import warnings, torch
     warnings.simplefilter("ignore")
     from models import get_mvss
-    from common.fast import optimize_for_inference
-    from common.int8 import quantize_for_inference
+    from common.accel.fast_path import optimize_for_inference
+    from common.accel.int8 import quantize_for_inference
     torch.manual_seed(0)
     net = get_mvss(backbone="resnet18").eval()
     x = torch.randn(2, 3, 64, 64)
@@ -143,7 +148,7 @@ def test_no_weight_is_laid_out_again_on_a_second_forward():
 
 
 def test_unpacking_gives_plain_convolutions_with_the_same_outputs():
-    from common.packed_conv import unpack_convolutions
+    from common.accel.packed_conv import unpack_convolutions
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv2d(4, 4, 1)).eval()
     x = torch.randn(1, 3, 9, 9)
@@ -161,8 +166,8 @@ def test_used_fast_and_int8_models_can_be_copied():
     import copy
     import warnings
 
-    from common.fast import optimize_for_inference
-    from common.int8 import quantize_for_inference
+    from common.accel.fast_path import optimize_for_inference
+    from common.accel.int8 import quantize_for_inference
     from models import get_mvss
 
     with warnings.catch_warnings():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from common.progress import progress
+from common.core.progress import progress
 
 
 class _Terminal(io.StringIO):

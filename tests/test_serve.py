@@ -18,15 +18,15 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 import serve
-from common.inference import (
+from common.app.serving import JobCancelledError, create_app
+from common.core.user_errors import UsageError
+from common.inference.single_image import (
     RunOptions,
     forward_probs,
     manipulated_map,
     release_levels,
     resize_input,
 )
-from common.serving import JobCancelledError, create_app
-from common.usage import UsageError
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 
@@ -192,7 +192,7 @@ def test_uploads_a_browser_cannot_draw_come_back_with_a_preview(binary):
 
 
 def test_previews_are_bounded():
-    from common.serving import PREVIEW_MAX_SIDE, browser_draws, preview_jpg
+    from common.app.serving import PREVIEW_MAX_SIDE, browser_draws, preview_jpg
 
     wide = _decode_map(preview_jpg(np.zeros((50, 3 * PREVIEW_MAX_SIDE, 3), np.uint8)))
     assert wide.shape[:2] == (17, PREVIEW_MAX_SIDE)
@@ -354,7 +354,7 @@ def test_missing_field_is_explained(binary):
 
 
 def test_classifier_score_at_full_resolution_is_the_classifiers(checkpoints):
-    from common.classify import DEFAULT_CROP, DEFAULT_CROP_STRIDE, score_crops
+    from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE, score_crops
 
     service, app = _app(checkpoints["cls"], "--no-fast")
     image = _photo(150, 170)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from common.datasets import ForgeryDataset, collate_samples
-from common.masks import MaskOptions
-from common.sources import load_source, read_list_file, scan_folder_pair
-from common.transforms import AugmentConfig, build_eval_transform, build_train_transform
+from common.data.datasets import ForgeryDataset, collate_samples
+from common.data.masks import MaskOptions
+from common.data.sources import load_source, read_list_file, scan_folder_pair
+from common.data.transforms import AugmentConfig, build_eval_transform, build_train_transform
 
 
 def _img(path, h=40, w=48, value=None):
@@ -221,7 +221,7 @@ def test_three_class_config_defaults_to_the_seeds_augmentation_recipe():
     import albumentations as A
     import yaml
 
-    from common.transforms import VarianceGaussNoise
+    from common.data.transforms import VarianceGaussNoise
 
     config = Path(__file__).resolve().parents[1] / "configs" / "train_demo_nclass3.yaml"
     cfg = yaml.safe_load(config.read_text())
@@ -253,7 +253,7 @@ def test_three_class_config_defaults_to_the_seeds_augmentation_recipe():
 def test_noise_variance_is_drawn_uniformly():
     """Mean noise variance over many draws from 25–900 is 462.5 when the variance is
     uniform (the seed's albumentations); a uniform standard deviation would give 358."""
-    from common.transforms import VarianceGaussNoise
+    from common.data.transforms import VarianceGaussNoise
 
     noise = VarianceGaussNoise(var_limit=(25.0, 900.0), p=1.0)
     noise.set_random_seed(0)

@@ -7,16 +7,8 @@ import numpy as np
 import pytest
 
 import make_synthetic_data
-from common.photos import (
-    BUNDLED_SPLITS,
-    SEEN_TEST,
-    ArrayPool,
-    assign_splits,
-    bundled_photos,
-    scan_folder,
-)
-from common.sources import read_list_file
-from common.synthetic import (
+from common.data.sources import read_list_file
+from common.synth.forgery import (
     SyntheticConfig,
     copy_move,
     desensitise,
@@ -26,7 +18,15 @@ from common.synthetic import (
     remove,
     splice,
 )
-from common.synthetic_generate import GenerationMismatchError, generate
+from common.synth.generate import GenerationMismatchError, generate
+from common.synth.photos import (
+    BUNDLED_SPLITS,
+    SEEN_TEST,
+    ArrayPool,
+    assign_splits,
+    bundled_photos,
+    scan_folder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_unreadable_photos_are_one_line(tmp_path, capsys):
 
 
 def test_assign_splits_is_stable_and_keeps_groups():
-    from common.photos import Photo
+    from common.synth.photos import Photo
 
     photos = [Photo(f"p{i}", group=f"g{i // 2}") for i in range(20)]
     a = assign_splits(photos, ["train", "val", "test"], [0.8, 0.1, 0.1], seed=0)
@@ -250,8 +250,8 @@ def _coco(photos_dir, tmp_path):
 
 
 def test_coco_outlines_make_object_shaped_regions(tmp_path):
-    from common.coco import attach_objects, read_objects
-    from common.photos import PhotoPool
+    from common.synth.coco import attach_objects, read_objects
+    from common.synth.photos import PhotoPool
 
     photos_dir = _photo_folder(tmp_path / "photos")
     objects = read_objects(_coco(photos_dir, tmp_path))
@@ -292,7 +292,7 @@ def _blockiness_offset(image: np.ndarray) -> tuple[int, int]:
 
 
 def test_post_processing_does_what_it_says():
-    from common.synthetic_post import PostConfig, encode_jpeg, finish, first_compression
+    from common.synth.post import PostConfig, encode_jpeg, finish, first_compression
 
     rng = np.random.default_rng(0)
     smooth = cv2.resize(rng.integers(0, 255, (8, 8, 3)).astype(np.uint8), (128, 128))

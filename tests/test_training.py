@@ -9,17 +9,16 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-import yaml
 
 import train_demo
 import train_demo_cls
 import train_demo_nclass3
-from common.config import ConfigError, parse_config, read_defaults
-from common.engine import NonFiniteLossError, Trainer
-from common.optim import build_optimizer, freeze_unused, lr_factor
-from common.tasks import ClassificationTask, LocalizationTask, ThreeClassTask
-from common.train_checks import check_values
-from common.usage import UsageError
+from common.core.user_errors import UsageError
+from common.training.checks import check_values
+from common.training.config import ConfigError, parse_config, read_defaults
+from common.training.engine import NonFiniteLossError, Trainer
+from common.training.optim import build_optimizer, freeze_unused, lr_factor
+from common.training.tasks import ClassificationTask, LocalizationTask, ThreeClassTask
 from models import get_mvss_cls, load_weights
 from tests.helpers import make_tiny_dataset
 
@@ -88,8 +87,18 @@ def test_config_layers_and_suggestions(tmp_path):
 
 def test_shipped_configs_parse():
     for name in ("train_demo", "train_demo_nclass3", "train_demo_cls"):
-        cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+        cfg, comments = read_defaults(ROOT / "configs" / f"{name}.yaml")
         assert cfg["lr"] == 1e-4 and cfg["optimizer"] == "adam" and cfg["amp"] == "off"
+        assert "base" not in cfg and set(comments) == set(cfg)  # every option documented
+
+
+def test_a_config_layers_over_its_base(tmp_path):
+    """The three training files keep the shared options in one base file."""
+    (tmp_path / "base.yaml").write_text("a: 1  # first\nb: 2  # second\n")
+    (tmp_path / "task.yaml").write_text("base: base.yaml\nb: 3  # task's own\nc: 4  # extra\n")
+    values, comments = read_defaults(tmp_path / "task.yaml")
+    assert values == {"a": 1, "b": 3, "c": 4}
+    assert comments == {"a": "first", "b": "task's own", "c": "extra"}
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
@@ -249,7 +258,7 @@ def test_nclass3_and_cls_scripts(tmp_path):
 
 def test_nonfinite_losses_stop_the_run(data, tmp_path, monkeypatch):
     cfg = parse_config(
-        __import__("common.config", fromlist=["read_defaults"]).read_defaults(
+        __import__("common.training.config", fromlist=["read_defaults"]).read_defaults(
             ROOT / "configs" / "train_demo.yaml"
         )[0],
         "t",
@@ -377,9 +386,9 @@ def test_classifier_validation_scores_crops_as_inference_does(tmp_path):
 def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
     """Per image: the validation output of train_demo_cls's task is the crop that
     infer_mvss_cls.py's score_image picks, not a resized whole image."""
-    from common.classify import manipulated_score, score_image
-    from common.inference import RunOptions
-    from common.training_data import build_dataset
+    from common.inference.crops import manipulated_score, score_image
+    from common.inference.single_image import RunOptions
+    from common.training.loaders import build_dataset
 
     data = make_tiny_dataset(tmp_path / "d", n_tampered=2, n_authentic=1, corrupt=False)
     cfg, _ = read_defaults(ROOT / "configs" / "train_demo_cls.yaml")
@@ -388,7 +397,7 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
     torch.manual_seed(0)
     model = task.build_model(cfg).eval()
     ds = build_dataset(str(data), cfg, 1, train=False, eval_size=task.eval_size(cfg))
-    from common.transforms import MinSide
+    from common.data.transforms import MinSide
 
     assert isinstance(ds.transform, MinSide)  # whole images (under 64 px: scaled up)
     opts = RunOptions(tile_batch=2)
@@ -421,13 +430,13 @@ def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkey
     bad) steps on what it gathered instead of merging into the next window."""
     cfg = _tiny_cfg(data, tmp_path / "run", accumulate=2)
     trainer = Trainer(cfg, LocalizationTask(cfg))
-    from common.datasets import collate_samples
+    from common.data.datasets import collate_samples
 
     items = [trainer.train_ds[i] for i in range(len(trainer.train_ds))]
     good = collate_samples([it for it in items if "error" not in it][:2])
     empty = {"skipped": [("bad.jpg", "truncated JPEG")], "count": 0}
     batches = [good, empty, good, good]
-    monkeypatch.setattr("common.engine.train_loader", lambda *a, **k: iter(batches))
+    monkeypatch.setattr("common.training.engine.train_loader", lambda *a, **k: iter(batches))
     trainer.batches_per_epoch = len(batches)
     stats = trainer.train_epoch(0)
     assert stats["optimizer_steps"] == 2 and stats["skipped_samples"] == 1
@@ -435,11 +444,11 @@ def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkey
 
 def test_validation_at_the_original_size_takes_one_image_per_batch(tmp_path):
     """The classifier validates whole images of different sizes: they cannot be stacked."""
-    from common.training_data import build_dataset, val_loader
+    from common.training.loaders import build_dataset, val_loader
 
     a = make_tiny_dataset(tmp_path / "a", n_tampered=1, n_authentic=1, corrupt=False)
     b = make_tiny_dataset(tmp_path / "b", n_tampered=1, n_authentic=1, size=(80, 96), corrupt=False)
-    from common.sources import read_list_file
+    from common.data.sources import read_list_file
 
     records = read_list_file(a)[0] + read_list_file(b)[0]  # paths resolved beside each list
     mixed = tmp_path / "mixed.txt"
@@ -456,7 +465,7 @@ def test_validation_at_the_original_size_takes_one_image_per_batch(tmp_path):
 def test_amp_auto_follows_what_the_machine_measures(monkeypatch):
     """``amp: auto`` trains in bf16 only where bf16 matrix products measure faster than
     fp32 here (AMX: yes; AVX-512 BF16 without AMX: depends on the CPU; AVX2: no)."""
-    from common import runtime
+    from common.core import runtime
 
     cpu = torch.device("cpu")
     assert runtime.resolve_amp("bf16", cpu) == ("bf16", "as configured")

@@ -24,7 +24,7 @@ import make_synthetic_data
 import train_demo
 import train_demo_cls
 import train_demo_nclass3
-from common.usage import UsageError, run_cli
+from common.core.user_errors import UsageError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER = {
@@ -380,7 +380,7 @@ def test_real_processes_exit_2_with_one_line(world, tmp_path):
             str(tmp_path / "run"),
         ],
         "synthetic": ["make_synthetic_data.py", "--out", str(tmp_path / "s"), "--size", "8"],
-        "bench": ["-m", "bench.bench_tiled", "--tile", "64", "--stride", "128"],
+        "bench": ["-m", "bench.isolated", "tiled", "--tile", "64", "--stride", "128"],
     }
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("MVSS_DEBUG", None)

@@ -1,0 +1,1 @@
+"""The web page's HTTP API (the page itself is in web/)."""

@@ -1,0 +1,384 @@
+"""Many test sets × degradations in one run: what benchmark.py runs.
+
+For each set and each level (``none`` = clean, then every perturbation), in two phases:
+
+1. every process predicts its share of the images, as whole batches (batch ``k`` of the
+   batches one process would form goes to rank ``k mod N``), and writes the maps
+   (``pred/``, ``bin/``) into the level's folder; batches whose maps are all there are
+   reused, so an interrupted run resumes where it stopped;
+2. the main process scores all the maps in the set's order with the evaluators of
+   ``infer_mvss_calmetrics.py`` (``per_image.csv``, ``summary.json``).
+
+Each map is computed in the same batch as in a single process (kernels may round
+differently for another batch), and scores come from the 8-bit maps on disk, so a sharded
+or resumed run gives exactly the numbers of a single process, whatever the number of
+processes (the output folder must be on a
+filesystem every process sees, as it is on one machine or a cluster's shared disk).
+The classifier's image scores are gathered instead (no maps) and reported in the set's
+order the same way.
+
+Layout: ``<out>/<set>/<level>/`` per set and level, and at ``<out>`` the combined tables
+(see :mod:`common.benchmark.tables`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from torch import nn
+
+from common.benchmark.degradations import Perturbation
+from common.core import distributed as dist
+from common.core.progress import progress
+from common.core.reports import unique_names
+from common.core.user_errors import UsageError
+from common.data.decode import BadInputError
+from common.data.masks import read_ground_truth
+from common.data.sources import (
+    Problem,
+    Record,
+    decode_record,
+    load_usable,
+    require_one_readable,
+)
+from common.evaluation.batch_run import EvalSettings
+from common.evaluation.classification import report_classification
+from common.evaluation.localization import (
+    map_candidates,
+    predict_maps,
+    read_saved_map,
+    run_pred_dir_evaluation,
+)
+from common.evaluation.metrics import EMPTY_F1_RULES
+from common.evaluation.thresholds import PixelF1Curve, best_image_threshold
+from common.inference.crops import iter_scores
+from common.inference.single_image import RunOptions
+
+CLEAN = "none"
+
+
+@dataclass(frozen=True)
+class BenchSet:
+    """A named test set: any source the scripts accept (list, JSON, folder, glob)."""
+
+    name: str
+    source: str
+
+
+def parse_sets(items: list[str]) -> list[BenchSet]:
+    """``NAME=SOURCE`` items → sets; names must be unique and folder-safe."""
+    sets = []
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise UsageError(f"expected NAME=LIST, got {item!r}", "--sets")
+        sets.append(BenchSet(name.strip(), source.strip()))
+    return _checked(sets, "--sets")
+
+
+def read_sets_file(path: str | Path) -> list[BenchSet]:
+    """A YAML mapping ``NAME: SOURCE`` (or ``sets: {NAME: SOURCE}``); relative sources
+    are taken from the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as exc:
+        raise UsageError("not a text (YAML) file", f"--sets-file {path}") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read the sets file ({exc})", f"--sets-file {path}") from exc
+    if isinstance(data, dict) and isinstance(data.get("sets"), dict):
+        data = data["sets"]
+    if not isinstance(data, dict) or not data:
+        raise UsageError("expected a mapping NAME: LIST", f"--sets-file {path}")
+    sets = []
+    for name, source in data.items():
+        src = Path(str(source)).expanduser()
+        if not src.is_absolute() and (path.parent / src).exists():
+            src = path.parent / src
+        sets.append(BenchSet(str(name), str(src)))
+    return _checked(sets, f"--sets-file {path}")
+
+
+def _checked(sets: list[BenchSet], where: str) -> list[BenchSet]:
+    names = [s.name for s in sets]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"set names must be unique: {', '.join(dupes)}", where)
+    bad = [n for n in names if "/" in n or n in (".", "..")]
+    if bad:
+        raise UsageError(f"set names are folder names: {', '.join(bad)}", where)
+    return sets
+
+
+@dataclass
+class LoadedSet:
+    name: str
+    source: str
+    records: list[Record]
+    problems: list[Problem]
+
+
+def load_sets(sets: list[BenchSet]) -> list[LoadedSet]:
+    """Every set's records, read before any work (a set with no usable image is a user
+    error naming it)."""
+    loaded = []
+    for s in sets:
+        where = f"--sets {s.name}={s.source}"
+        records, problems = load_usable(s.source, where)
+        require_one_readable(records, where, lambda i, r=records: decode_record(r[i]))
+        loaded.append(LoadedSet(s.name, s.source, records, problems))
+    return loaded
+
+
+def level_name(perturbation: Perturbation | None) -> str:
+    return CLEAN if perturbation is None else perturbation.name
+
+
+def _merged(parts: list[dict[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in parts:
+        out.update(part)
+    return out
+
+
+# ----------------------------------------------------------------------------- resume
+
+STAMP = "maps.json"  # what made a level's maps (or scores): checked before they are reused
+
+
+def level_stamp(stamp: dict, data: LoadedSet, perturbation: Perturbation | None) -> dict:
+    """The run's stamp for one set at one level: with the set's images (their file names
+    in order: another list under the same set name is caught) and, for a degraded level
+    only, the perturbation seed."""
+    out = dict(stamp)
+    if perturbation is None:
+        out.pop("seed", None)
+    names = "\n".join(Path(r.image).name for r in data.records)
+    out["images_sha256"] = hashlib.sha256(names.encode()).hexdigest()
+    return out
+
+
+def stale_levels(
+    out: Path, loaded: list[LoadedSet], perturbations: list[Perturbation], stamp: dict
+) -> list[tuple[Path, str]]:
+    """Level folders holding results made otherwise (another checkpoint, set list, resize,
+    tiling, precision, threshold, seed), or of unknown origin: (folder, what differs)."""
+    stale = []
+    for data in loaded:
+        for p in [None, *perturbations]:
+            folder = out / data.name / level_name(p)
+            problem = _stamp_problem(folder, level_stamp(stamp, data, p))
+            if problem:
+                stale.append((folder, problem))
+    return stale
+
+
+def _stamp_problem(folder: Path, stamp: dict) -> str | None:
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    try:
+        previous = json.loads((folder / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "no record of what made them"
+    differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
+    return ", ".join(differs) + " differ" if differs else None
+
+
+def write_stamp(folder: Path, stamp: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STAMP}.tmp"
+    tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+    tmp.replace(folder / STAMP)
+
+
+# ----------------------------------------------------------------------------- localisation
+
+
+def run_localization_level(
+    model: nn.Module,
+    data: LoadedSet,
+    perturbation: Perturbation | None,
+    out: Path,
+    opts: RunOptions,
+    settings: EvalSettings,
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """One set at one level: maps from every process, scores on the main one. Returns
+    (the summary on the main process, else None; the failures)."""
+    names = unique_names([r.image for r in data.records])
+    mine = dist.whole_batch_shard(len(data.records), settings.batch_size)
+    failures = predict_maps(
+        model,
+        [data.records[i] for i in mine],
+        [names[i] for i in mine],
+        out,
+        opts,
+        replace(settings, skip_existing=True, save_overlay=False),
+        perturbation,
+        desc=f"{data.name} {level_name(perturbation)}",
+        show_progress=dist.is_main(),
+    )
+    failures = _merged(dist.gather_objects(failures))
+    summary = None
+    if dist.is_main():
+        quiet = replace(settings, quiet=True)
+        run_pred_dir_evaluation(data.records, data.problems, out / "pred", out, quiet, failures)
+        summary = json.loads((out / "summary.json").read_text())
+    dist.barrier()
+    return summary, failures
+
+
+def choose_localization_thresholds(
+    data: LoadedSet, pred_dir: Path, settings: EvalSettings, failures: dict[str, str]
+) -> dict[str, Any]:
+    """The pixel and image thresholds that maximise pixel-F1 and image-F1 on ``data``'s
+    clean maps (main process)."""
+    curve = PixelF1Curve(EMPTY_F1_RULES[settings.empty_f1])
+    scores, labels = [], []
+    strict = replace(settings.masks, nclass=1, size_policy="reject")
+    names = unique_names([r.image for r in data.records])
+    for rec, name in zip(data.records, names, strict=True):
+        if rec.image in failures:
+            continue
+        path = pred_dir / f"{map_candidates(rec.image, name)[0]}.png"
+        try:
+            prob = read_saved_map(path)
+            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict)
+        except BadInputError:
+            continue  # failed or size-mismatched: as the report leaves it out
+        levels = np.rint(prob * 255).astype(np.uint8)
+        if label > 0 and mask is not None:
+            curve.update(levels, mask)
+        if label >= 0:
+            scores.append(float(prob.max()))
+            labels.append(label)
+    pixel = curve.best()
+    image = best_image_threshold(scores, labels, "sens_spec")
+    return {
+        "chosen_on": data.name,
+        "pixel_threshold": None if pixel is None else round(pixel[0], 6),
+        "pixel_f1_there": None if pixel is None else pixel[1],
+        "image_threshold": None if image is None else round(image[0], 6),
+        "image_f1_there": None if image is None else image[1],
+    }
+
+
+def _or_default(value: float | None, default: float) -> float:
+    """A chosen threshold (0.0 is a real choice), or the default where none was."""
+    return default if value is None else value
+
+
+def rescore_at(
+    data: LoadedSet,
+    level_out: Path,
+    settings: EvalSettings,
+    chosen: dict[str, Any],
+    failures: dict[str, str],
+) -> dict[str, Any]:
+    """``data``'s clean maps scored at the chosen thresholds (0.5 where none could be
+    chosen), into ``<level>/th_from_<set>/`` (main process)."""
+    at = replace(
+        settings,
+        threshold=_or_default(chosen["pixel_threshold"], settings.threshold),
+        image_threshold=_or_default(chosen["image_threshold"], settings.image_threshold),
+        quiet=True,
+    )
+    out = level_out / f"th_from_{chosen['chosen_on']}"
+    run_pred_dir_evaluation(data.records, data.problems, level_out / "pred", out, at, failures)
+    return json.loads((out / "summary.json").read_text())
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+@dataclass
+class ClassifierSettings:
+    crop: int | None
+    stride: int
+    resize: int | None
+    threshold: float
+    batch_size: int
+    workers: int
+
+
+def run_classifier_level(
+    model: nn.Module,
+    data: LoadedSet,
+    perturbation: Perturbation | None,
+    out: Path,
+    opts: RunOptions,
+    cls: ClassifierSettings,
+    settings: EvalSettings,
+) -> tuple[dict[str, Any] | None, list[tuple[int, dict[str, Any]]]]:
+    """One set at one level for the classifier: scores from every process (reused from
+    ``scores.json`` when a previous run finished this level), reported on the main one."""
+    saved = out / "scores.json"
+    results: list[tuple[int, dict[str, Any]]] = []
+    if dist.is_main() and saved.is_file():
+        try:
+            results = [(int(i), r) for i, r in json.loads(saved.read_text())]
+        except (json.JSONDecodeError, TypeError, ValueError):
+            results = []
+        if [i for i, _ in results] != list(range(len(data.records))):
+            results = []  # another list, or cut short: scored again
+    if not dist.gather_objects(bool(results))[0]:  # the main process decides for all
+        mine = dist.whole_batch_shard(len(data.records), cls.batch_size)
+        scored = iter_scores(
+            model,
+            [data.records[i] for i in mine],
+            opts,
+            cls.crop,
+            cls.stride,
+            cls.resize,
+            settings.masks,
+            cls.batch_size,
+            cls.workers,
+            perturbation,
+        )
+        desc = f"{data.name} {level_name(perturbation)}"
+        bar = progress(scored, total=len(mine), desc=desc, unit="img", disable=not dist.is_main())
+        local = [(mine[j], r) for j, r in bar]
+        shards = dist.gather_objects(local)
+        results = sorted((pair for shard in shards for pair in shard), key=lambda x: x[0])
+    summary = None
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(".scores.json.tmp")
+        tmp.write_text(json.dumps(results))
+        tmp.replace(saved)
+        report_classification(data.records, results, data.problems, out, cls.threshold, True)
+        summary = json.loads((out / "summary.json").read_text())
+    dist.barrier()
+    return summary, results
+
+
+def choose_classifier_threshold(
+    data: LoadedSet, results: list[tuple[int, dict[str, Any]]]
+) -> dict[str, Any]:
+    ok = [r for _, r in results if "error" not in r]
+    image = best_image_threshold(
+        [r["score"] for r in ok], [r["label"] for r in ok], "precision_recall"
+    )
+    return {
+        "chosen_on": data.name,
+        "image_threshold": None if image is None else round(image[0], 6),
+        "f1_there": None if image is None else image[1],
+    }
+
+
+def rescore_classifier_at(
+    data: LoadedSet,
+    level_out: Path,
+    results: list[tuple[int, dict[str, Any]]],
+    chosen: dict[str, Any],
+    default: float,
+) -> dict[str, Any]:
+    out = level_out / f"th_from_{chosen['chosen_on']}"
+    threshold = _or_default(chosen["image_threshold"], default)
+    report_classification(data.records, results, data.problems, out, threshold, True)
+    return json.loads((out / "summary.json").read_text())

@@ -1,0 +1,2 @@
+"""Scoring predictions: metrics, the three batch runners (localisation, three-class,
+classifier), thresholds, baselines and the evaluating commands' options."""

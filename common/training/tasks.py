@@ -1,0 +1,233 @@
+"""What differs between the three training scripts: model, loss, and metrics.
+
+The engine (:mod:`common.training.engine`) never special-cases a task; it calls these methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from common.core.user_errors import UsageError, clip
+from common.evaluation.metrics import (
+    ClassificationEvaluator,
+    LocalizationEvaluator,
+    ThreeClassEvaluator,
+)
+from common.inference.crops import Window, strongest_crop
+from common.training.losses import MVSSLoss, ThreeClassLoss
+from models import MVSSClsOutput, WeightsError, get_mvss, get_mvss_cls, load_weights
+
+
+class Task(Protocol):
+    """What a training script supplies (see :mod:`common.training.tasks`)."""
+
+    name: str
+    nclass: int
+    criterion: Any  # a loss from common.training.losses; its ``terms`` name the log's columns
+
+    def build_model(self, cfg: dict[str, Any]) -> nn.Module: ...
+    def model_config(self, cfg: dict[str, Any]) -> dict[str, Any]: ...
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def new_evaluator(self) -> Any: ...
+    def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None: ...
+    def eval_size(self, cfg: dict[str, Any]) -> int | None: ...
+    def val_outputs(self, forward: Any, batch: dict[str, Any]) -> Any: ...
+
+
+def _build(factory: Any, cfg: dict[str, Any], **kwargs: Any) -> nn.Module:
+    with warnings.catch_warnings():
+        if cfg.get("init") or cfg.get("resume"):
+            warnings.simplefilter("ignore")  # random init is replaced by checkpoint weights
+        return factory(
+            backbone=cfg["backbone"], pretrained_base=cfg.get("pretrained_base"), **kwargs
+        )
+
+
+Forward = Callable[[torch.Tensor], Any]
+
+
+class _Validation:
+    """How a task validates: on the whole image resized to the training size."""
+
+    def eval_size(self, cfg: dict[str, Any]) -> int | None:
+        """Validation input size (None: the image as it is, one image per batch)."""
+        return cfg["size"]
+
+    def val_outputs(self, forward: Forward, batch: dict[str, Any]) -> Any:
+        """Model outputs for a validation batch (``forward`` runs the model)."""
+        return forward(batch["image"])
+
+
+class LocalizationTask(_Validation):
+    """Binary localisation with MVSS-Net's multi-view multi-scale loss."""
+
+    name = "localization"
+    nclass = 1
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.criterion = MVSSLoss(cfg["alpha"], cfg["beta"], cfg.get("pixel_bce", 0.0))
+
+    def build_model(self, cfg: dict[str, Any]) -> nn.Module:
+        return _build(get_mvss, cfg, nclass=1)
+
+    def model_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        return {"backbone": cfg["backbone"], "nclass": 1}
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.criterion(
+            outputs.edge, outputs.seg, batch["mask"], batch["edge"], batch["label"]
+        )
+
+    def new_evaluator(self) -> LocalizationEvaluator:
+        return LocalizationEvaluator()
+
+    def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
+        probs = torch.sigmoid(outputs.seg.float())[:, 0]
+        evaluator.update(probs, batch["mask"][:, 0], batch["label"])
+
+
+class ThreeClassTask(_Validation):
+    """Three-class localisation (0 pristine, 1 tampered, 2 desensitised), the seed's loss."""
+
+    name = "three_class"
+    nclass = 3
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.criterion = ThreeClassLoss(cfg["seg_weight"], cfg["edge_weight"], cfg["ce_weight"])
+
+    def build_model(self, cfg: dict[str, Any]) -> nn.Module:
+        return _build(get_mvss, cfg, nclass=3)
+
+    def model_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        return {"backbone": cfg["backbone"], "nclass": 3}
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.criterion(
+            outputs.edge, outputs.seg, batch["mask"], batch["edge"], batch["label"]
+        )
+
+    def new_evaluator(self) -> ThreeClassEvaluator:
+        return ThreeClassEvaluator()
+
+    def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
+        evaluator.update(torch.softmax(outputs.seg.float(), dim=1), batch["mask"])
+
+
+class ClassificationTask(_Validation):
+    """get_mvss_cls on crops: Dice on seg and edge for manipulated crops, and an image
+    loss for all (BCE on the pooled score, or cross-entropy with the linear head).
+
+    With ``crop: true`` validation scores whole images the way ``infer_mvss_cls.py``
+    does: crops of ``size`` at stride ``size``, the image represented by its most
+    manipulated crop, so ``best.pt`` is picked on the regime the model is used in.
+    """
+
+    name = "classification"
+    nclass = 1
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.crop = cfg["size"] if cfg["crop"] else None
+        self.crops_per_forward = cfg["batch_size"]
+        self.head = cfg["head"]
+        self.num_image_classes = cfg["num_image_classes"]
+        self.criterion = MVSSLoss(alpha=cfg["alpha"], beta=cfg["beta"])
+
+    def build_model(self, cfg: dict[str, Any]) -> nn.Module:
+        return _build(get_mvss_cls, cfg, head=self.head, num_image_classes=self.num_image_classes)
+
+    def model_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "backbone": cfg["backbone"],
+            "nclass": 1,
+            "head": self.head,
+            "num_image_classes": self.num_image_classes,
+        }
+
+    def image_target(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Binary label, or with 3 image classes what the mask shows: 0 authentic,
+        1 tampered, 2 desensitised only."""
+        if self.head == "linear" and self.num_image_classes == 3:
+            return batch["image_class"]
+        return batch["label"]
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        edge, seg, cls = outputs.edge, outputs.seg, outputs.cls
+        linear = self.head == "linear"
+        return self.criterion(
+            edge,
+            seg,
+            batch["mask"],
+            batch["edge"],
+            batch["label"],
+            image_logits=cls if linear else None,
+            image_target=self.image_target(batch) if linear else None,
+        )
+
+    def eval_size(self, cfg: dict[str, Any]) -> int | None:
+        return None if self.crop else cfg["size"]
+
+    def val_outputs(self, forward: Forward, batch: dict[str, Any]) -> Any:
+        if self.crop is None:
+            return forward(batch["image"])
+        rows = []
+        for image in batch["image"]:  # at least MIN_SIDE per side (the eval transform)
+            h, w = image.shape[-2:]
+
+            def crops_of(windows: list[Window], image: torch.Tensor = image) -> torch.Tensor:
+                return torch.stack([image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in windows])
+
+            best, _ = strongest_crop(
+                lambda x: forward(x).cls,
+                crops_of,
+                h,
+                w,
+                self.crop,
+                self.crop,
+                self.crops_per_forward,
+            )
+            rows.append(best)
+        return MVSSClsOutput(None, None, torch.stack(rows))  # the image outputs only
+
+    def new_evaluator(self) -> ClassificationEvaluator:
+        return ClassificationEvaluator()
+
+    def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
+        cls = outputs.cls.float()
+        if self.head == "linear":
+            cls = torch.softmax(cls, dim=1)
+        evaluator.update(cls, self.image_target(batch))
+
+
+def initial_model(task: Task, cfg: dict[str, Any], log: logging.Logger | None) -> nn.Module:
+    """The task's network, from ``pretrained_base`` and ``init`` when given; weights
+    that cannot be read, or that share nothing with the network, are user errors."""
+    try:
+        model = task.build_model(cfg)
+    except WeightsError as exc:
+        raise UsageError(
+            f"cannot use these ImageNet weights: {clip(exc.reason)}",
+            f"--pretrained_base {cfg['pretrained_base']}",
+        ) from exc
+    if cfg.get("init"):
+        where = f"--init {cfg['init']}"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the partial-load note: logged below
+                report = load_weights(model, cfg["init"], strict=False)
+        except WeightsError as exc:
+            raise UsageError(f"cannot read this checkpoint: {clip(exc.reason)}", where) from exc
+        fitted = len(model.state_dict()) - len(report.missing) - len(report.mismatched)
+        if fitted == 0:
+            raise UsageError(
+                "this checkpoint has no weights for this network", where, report.describe()
+            )
+        if log is not None:
+            level = logging.INFO if report.ok else logging.WARNING
+            log.log(level, "initialised from %s (%s)", cfg["init"], report.describe())
+    return model
