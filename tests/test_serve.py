@@ -430,3 +430,41 @@ def test_nan_upload_limit_is_a_user_error():
     with pytest.raises(UsageError, match="must be a number > 0, got nan") as err:
         serve.parse_args(["--model_path", "x.pt", "--max-upload-mb", "nan"])
     assert err.value.where == "--max-upload-mb"
+
+
+def test_the_server_takes_the_scripts_options(checkpoints):
+    """--amp, --fast/--no-fast, --channels-last, --winograd, --tile: the scripts' names
+    and meanings; the server's defaults are the fast path and --amp auto."""
+    path = str(checkpoints["binary"])
+    default = serve.parse_args(["--model_path", path])
+    assert (default.amp, default.fast, default.channels_last) == ("auto", True, True)
+    assert default.winograd == 2 and default.tile == 512 and default.tile_stride == 384
+    plain = serve.parse_args(["--model_path", path, "--no-fast", "--amp", "off"])
+    assert (plain.fast, plain.amp, plain.winograd) == (False, "off", None)
+    tiles = serve.parse_args(["--model_path", path, "--tile", "128", "--tile-stride", "96"])
+    assert (tiles.tile, tiles.tile_stride) == (128, 96)
+    with pytest.raises(UsageError, match="stride 200"):
+        serve.build(
+            serve.parse_args([*["--model_path", path], "--tile", "128", "--tile-stride", "200"])
+        )
+
+
+@pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available() or os.uname().machine not in ("x86_64", "AMD64"),
+    reason="the int8 path is for x86 CPUs",
+)
+def test_the_server_runs_the_int8_path(checkpoints, tmp_path):
+    cache = tmp_path / "int8.pt"
+    service, app = _app(
+        checkpoints["binary"],
+        *["--int8", "--int8-images", "2", "--int8-min-gain", "0", "--int8-cache", str(cache)],
+    )
+    assert service.analyser.info.precision == "bf16" and cache.is_file()
+    with TestClient(app) as client:
+        r = client.post(
+            "/api/predict",
+            files={"image": ("photo.png", _png(_photo()), "image/png")},
+            data={"resize": "512"},
+        )
+    assert r.status_code == 200, r.text
+    assert 0.0 <= r.json()["score"] <= 1.0
