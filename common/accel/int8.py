@@ -277,7 +277,7 @@ BACKBONE_PREFIXES = {"model": "rgb", "noise_extractor.model": "noise"}
 # stage, moved the demo ResNet-18's maps by 0.84/255 (99.71 % binary agreement) against
 # 0.30/255 (99.92 %) with the noise view in bf16. The RGB view's first two stages stay
 # bf16 too: on the ResNet-50 model they took its maps from 1.74/255 to 0.75/255 while
-# holding a quarter of its FLOPs (layer3 and the dilated layer4 hold the rest; README).
+# holding a quarter of its FLOPs (layer3 and the dilated layer4 hold the rest; docs/performance.md).
 FLOAT_STAGES: dict[str, tuple[int, ...]] = {"rgb": (1, 2), "noise": (1, 2, 3, 4)}
 ALL_STAGES = {1, 2, 3, 4}
 

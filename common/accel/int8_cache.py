@@ -199,7 +199,7 @@ def int8_model(
     log.warning(
         "int8 is opt-in and approximate: on the calibration images its maps differ from "
         "fp32 by %.2f/255 on average (max %.1f/255), binary agreement %.3f %% "
-        "(bars: ≤ 1/255, ≥ 99.9 %%; see README, Performance)",
+        "(bars: ≤ 1/255, ≥ 99.9 %%; see docs/performance.md)",
         cost["mean_abs_255"],
         cost["max_abs_255"],
         100 * cost["binary_agreement"],

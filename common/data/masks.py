@@ -46,7 +46,7 @@ MASK_SIZE_POLICIES = ("resize", "reject")
 MASK_ENCODINGS = ("colour", "index", "seed-luma", "grey")
 DESENSITISED_POLICIES = ("positive", "negative", "ignore")
 IGNORE = 255  # binary-mask value of pixels left out of losses and metrics
-# The desensitised policy each kind of task starts from (README, Data: why): the seed's
+# The desensitised policy each kind of task starts from (docs/data-formats.md says why): the seed's
 # binary localisation merges tampered and desensitised; its classifier does not.
 LOCALIZATION_DESENSITISED = "positive"
 CLASSIFIER_DESENSITISED = "negative"

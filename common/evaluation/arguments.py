@@ -115,7 +115,7 @@ def add_io_args(
             default=desensitised,
             help="desensitised regions (class 2 of three-class masks): positive = "
             "manipulated, negative = pristine, ignore = left out of the metrics "
-            f"(default {desensitised}; see README, Data)",
+            f"(default {desensitised}; see docs/data-formats.md)",
         )
     g.add_argument(
         "--empty-f1",

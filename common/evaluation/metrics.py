@@ -1,4 +1,4 @@
-"""Streaming evaluators with the release's metric definitions (see README, Metrics).
+"""Streaming evaluators with the release's metric definitions (see docs/metrics.md).
 
 Each evaluator has ``update(...)`` per batch (vectorised, no full maps kept),
 ``merge(other)`` to combine shards (DDP), and ``compute()`` → a plain dict. Undefined
@@ -148,7 +148,7 @@ def image_level_metrics(
 
 
 class LocalizationEvaluator:
-    """Binary localisation + detection, as the release evaluates (see README).
+    """Binary localisation + detection, as the release evaluates (see docs/metrics.md).
 
     Pixel metrics are over tampered images (label > 0) with a mask: per-image F1 and IoU
     at ``threshold`` (``p > threshold``) averaged over those images (``pixel_f1``, the

@@ -1,4 +1,9 @@
-"""Choosing thresholds on one set, to report the others at them (``--th-from``).
+"""Thresholds chosen once on a labelled set, and used everywhere after.
+
+``benchmark.py --th-from NAME``, the inference scripts' ``--write-thresholds FILE`` and
+the end of a training run choose them; every inference script, the benchmark and the
+server read them (``--thresholds FILE``, or the checkpoint's own), with the image-score
+calibration fitted on the same set (:mod:`common.evaluation.calibration`).
 
 The pixel threshold maximises the release's pixel-F1 (the mean over manipulated images
 of the per-image F1) on the chosen set's 8-bit maps: with 256 map levels there are 255
@@ -10,11 +15,24 @@ classifier) over every distinct cut of the image scores.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.core.release import MAP_LEVELS
+from common.core.reports import unique_names, write_json
+from common.core.user_errors import UsageError, clip, require_file
+from common.data.decode import BadInputError
+from common.data.masks import MaskOptions, read_ground_truth
+from common.data.sources import Record
+from common.evaluation.calibration import Calibration, fit_platt
+from common.evaluation.localization import map_candidates, read_saved_map
+from common.evaluation.metrics import EMPTY_F1_RULES
+from models.weights import WeightsError, load_torch_file
 
 LEVELS = MAP_LEVELS
 
@@ -80,3 +98,168 @@ def best_image_threshold(
     f1 = np.where(a + b > 0, 2 * a * b / np.maximum(a + b, 1e-12), 0.0)
     j = int(np.argmax(f1))
     return float(np.clip(cuts[j], 0.0, 1.0)), float(f1[j])
+
+
+# ----------------------------------------------------------------------------- the file
+
+THRESHOLDS_VERSION = 1
+DEFAULT_THRESHOLD = 0.5  # the release's, for pixels and images alike
+CRITERIA = {
+    "pixel": "mean per-image pixel-F1 (the release's pixel-F1)",
+    "localization": "image F1: harmonic mean of sensitivity and specificity (the paper's)",
+    "classification": "image F1 of precision and recall",
+}
+
+
+@dataclass(frozen=True)
+class ChosenThresholds:
+    """Thresholds chosen on one labelled set, and the image-score calibration fitted there:
+    what a thresholds file and a checkpoint's metadata hold. ``None``: none could be
+    chosen (e.g. no authentic image), the default applies."""
+
+    task: str  # localization | three_class | classification
+    pixel: float | None
+    image: float | None
+    chosen_on: str
+    images: int
+    checkpoint_sha256: str | None = None
+    pixel_f1_there: float | None = None
+    image_f1_there: float | None = None
+    calibration: Calibration | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["calibration"] = None if self.calibration is None else self.calibration.to_dict()
+        criterion = {
+            "image": CRITERIA["classification" if self.task == "classification" else "localization"]
+        }
+        if self.task != "classification":
+            criterion["pixel"] = CRITERIA["pixel"]
+        return {"version": THRESHOLDS_VERSION, **data, "criterion": criterion}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChosenThresholds:
+        fields = {k: data.get(k) for k in cls.__dataclass_fields__}
+        if fields["calibration"] is not None:
+            fields["calibration"] = Calibration.from_dict(fields["calibration"])
+        for key in ("pixel", "image"):
+            value = fields[key]
+            if value is not None and not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ValueError(f"{key} threshold must be a number in [0, 1), got {value!r}")
+        if not isinstance(fields["task"], str) or not isinstance(fields["chosen_on"], str):
+            raise ValueError("task and chosen_on must be names")
+        fields["images"] = int(fields["images"] or 0)
+        return cls(**fields)
+
+    def describe(self) -> str:
+        return f"chosen on {self.chosen_on} ({self.images} images)"
+
+
+def write_thresholds(path: str | Path, chosen: ChosenThresholds) -> Path:
+    """Atomic JSON write; returns the path."""
+    path = Path(path)
+    write_json(path, chosen.to_dict())
+    return path
+
+
+def read_thresholds(path: str | Path, option: str = "--thresholds") -> ChosenThresholds:
+    """A thresholds file; one that is missing or malformed is a :class:`UsageError`."""
+    path = require_file(path, "thresholds file", option)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("version") != THRESHOLDS_VERSION:
+            raise ValueError(f"not a version-{THRESHOLDS_VERSION} thresholds file")
+        return ChosenThresholds.from_dict(data)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"not a usable thresholds file: {clip(str(exc))}", f"{option} {path}"
+        ) from exc
+
+
+def stored_thresholds(checkpoint: str | Path) -> ChosenThresholds | None:
+    """The thresholds a training run stored in its checkpoint (``thresholds``), if any.
+    Official checkpoints hold none."""
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:
+        raw = load_torch_file(path)
+    except WeightsError:
+        return None
+    data = raw.get("thresholds") if isinstance(raw, dict) else None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return ChosenThresholds.from_dict(data)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+def choose_from_maps(
+    records: Sequence[Record],
+    pred_dir: Path,
+    masks: MaskOptions,
+    empty_f1: str,
+    chosen_on: str,
+    task: str = "localization",
+    failures: Collection[str] = (),
+    checkpoint_sha256: str | None = None,
+) -> ChosenThresholds:
+    """The pixel and image thresholds that maximise pixel-F1 and image-F1 on the 8-bit
+    maps in ``pred_dir`` (as the scripts write them), and the image-score calibration.
+    Images that failed, or whose mask size differs, are left out as the report does."""
+    curve = PixelF1Curve(EMPTY_F1_RULES[empty_f1])
+    scores, labels = [], []
+    strict = replace(masks, nclass=1, size_policy="reject")
+    names = unique_names([r.image for r in records])
+    for rec, name in zip(records, names, strict=True):
+        if rec.image in failures:
+            continue
+        try:
+            prob = read_saved_map(pred_dir / f"{map_candidates(rec.image, name)[0]}.png")
+            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict)
+        except BadInputError:
+            continue
+        levels = np.rint(prob * (LEVELS - 1)).astype(np.uint8)
+        if label > 0 and mask is not None:
+            curve.update(levels, mask)
+        if label >= 0:
+            scores.append(float(prob.max()))
+            labels.append(label)
+    pixel = curve.best()
+    image = best_image_threshold(scores, labels, "sens_spec")
+    return ChosenThresholds(
+        task=task,
+        pixel=None if pixel is None else round(pixel[0], 6),
+        image=None if image is None else round(image[0], 6),
+        chosen_on=chosen_on,
+        images=len(scores),
+        checkpoint_sha256=checkpoint_sha256,
+        pixel_f1_there=None if pixel is None else pixel[1],
+        image_f1_there=None if image is None else image[1],
+        calibration=fit_platt(np.array(scores), np.array(labels), chosen_on),
+    )
+
+
+def choose_from_scores(
+    scores: Sequence[float],
+    labels: Sequence[int],
+    chosen_on: str,
+    checkpoint_sha256: str | None = None,
+) -> ChosenThresholds:
+    """The classifier's image threshold (precision/recall F1) and calibration."""
+    image = best_image_threshold(scores, labels, "precision_recall")
+    labelled = [y for y in labels if y >= 0]
+    return ChosenThresholds(
+        task="classification",
+        pixel=None,
+        image=None if image is None else round(image[0], 6),
+        chosen_on=chosen_on,
+        images=len(labelled),
+        checkpoint_sha256=checkpoint_sha256,
+        image_f1_there=None if image is None else image[1],
+        calibration=fit_platt(np.array(scores, float), np.array(labels), chosen_on),
+    )
