@@ -50,7 +50,7 @@ demo: setup
 	for split in test test_seen; do \
 		$(BIN)/python infer_mvss_calmetrics.py --model_path $(DEMO_RUN)/checkpoints/best.pt \
 			--test_file $(DEMO_DATA)/$$split.txt --save_dir $(DEMO_OUT) --resize 192 --overlay \
-			--amp bf16 --channels-last --batch-size 8 || exit $$?; \
+			--amp auto --channels-last --batch-size 8 || exit $$?; \
 	done
 	@echo
 	@$(BIN)/python -m common.evaluation.baselines \

@@ -22,8 +22,6 @@ from common.benchmark.degradations import PRESETS, Perturbation, parse_sweep, pr
 from common.benchmark.runner import (
     ClassifierSettings,
     LoadedSet,
-    choose_classifier_threshold,
-    choose_localization_thresholds,
     level_name,
     level_stamp,
     load_sets,
@@ -37,6 +35,7 @@ from common.benchmark.runner import (
     write_stamp,
 )
 from common.benchmark.tables import (
+    CALIBRATION_ROWS,
     CLASSIFIER_AT_THRESHOLD,
     CLASSIFIER_CURVES,
     CLASSIFIER_ROWS,
@@ -60,9 +59,18 @@ from common.core.user_errors import (
 )
 from common.data.masks import CLASSIFIER_DESENSITISED, LOCALIZATION_DESENSITISED
 from common.evaluation.arguments import (
+    Thresholds,
     add_io_args,
-    add_threshold_arg,
+    add_threshold_args,
     eval_settings,
+    resolve_thresholds,
+)
+from common.evaluation.score_report import calibration_report, mask_rule_line, mask_rule_report
+from common.evaluation.thresholds import (
+    ChosenThresholds,
+    choose_from_maps,
+    choose_from_scores,
+    write_thresholds,
 )
 from common.inference.arguments import (
     add_model_args,
@@ -99,7 +107,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--th-from",
         "--th_from",
         dest="th_from",
-        help="choose the thresholds that maximise F1 on this set; report the others there",
+        help="choose the thresholds that maximise F1 on this set (and fit the image-score "
+        "calibration there); report the others at them; written to "
+        "<save_dir>/<checkpoint>/thresholds_from_<NAME>.json for --thresholds",
     )
     g.add_argument(
         "--task",
@@ -118,7 +128,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add_model_args(parser)
     add_run_args(parser)
-    add_threshold_arg(parser, "threshold in (0, 1) (default 0.5)")
+    add_threshold_args(
+        parser,
+        "pixel threshold in (0, 1), p > th (the classifier: its image threshold)",
+        "image threshold in (0, 1), score > th",
+    )
     args = parser.parse_args(argv)
     if not args.model_path:
         raise UsageError("a checkpoint is required", "--model_path")
@@ -163,7 +177,8 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
     if task == "classification":
         stamp.update(crop=args.crop, crop_stride=args.crop_stride)
     else:
-        stamp["threshold"] = args.th  # bin/ maps are written at it
+        pixel = resolve_thresholds(args, args.model_path, task).pixel
+        stamp["threshold"] = pixel  # bin/ maps are written at it
     return stamp
 
 
@@ -190,6 +205,9 @@ def run(argv: list[str]) -> int:
     task = _task(args)
     if task == "classification" and not any(a.startswith("--desensitised") for a in argv):
         args.desensitised = CLASSIFIER_DESENSITISED  # as infer_mvss_cls.py
+    if task == "classification" and args.image_th is None:
+        args.image_th = args.th  # the classifier's --th is its image threshold
+    thresholds = resolve_thresholds(args, args.model_path, task)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     require_writable_dir(args.save_dir, "--save_dir")
     loaded = load_sets(sets)
@@ -213,7 +231,7 @@ def run(argv: list[str]) -> int:
         dist.barrier()
         model = load_model(args, spec, opts.device, task)
         runner = _classification if task == "classification" else _localization
-        failed = runner(args, model, loaded, perturbations, out, opts, stamp)
+        failed = runner(args, model, loaded, perturbations, out, opts, stamp, thresholds)
     finally:
         dist.shutdown()
     return EXIT_SOME_FAILED if failed else 0
@@ -254,8 +272,9 @@ def _localization(
     out: Path,
     opts: Any,
     stamp: dict[str, Any],
+    thresholds: Thresholds,
 ) -> bool:
-    settings = replace(eval_settings(args), quiet=True)
+    settings = replace(eval_settings(args, thresholds), quiet=True)
 
     def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
         return run_localization_level(model, data, p, where, opts, settings)
@@ -267,13 +286,31 @@ def _localization(
     if args.th_from:
         source = next(d for d in loaded if d.name == args.th_from)
         pred_dir = out / source.name / "none" / "pred"
-        chosen = choose_localization_thresholds(source, pred_dir, settings, failures[source.name])
+        chosen = choose_from_maps(
+            source.records,
+            pred_dir,
+            settings.masks,
+            settings.empty_f1,
+            source.name,
+            failures=failures[source.name],
+            checkpoint_sha256=stamp["checkpoint_sha256"],
+        )
         rescored = {
             d.name: rescore_at(d, out / d.name / "none", settings, chosen, failures[d.name])
             for d in loaded
             if d.name != args.th_from
         }
-    _report(out, perturbations, results, "localization", chosen, rescored)
+    _report(
+        out,
+        perturbations,
+        results,
+        "localization",
+        thresholds,
+        chosen,
+        rescored,
+        loaded,
+        args.mask_threshold,
+    )
     return _any_failed(results)
 
 
@@ -285,10 +322,11 @@ def _classification(
     out: Path,
     opts: Any,
     stamp: dict[str, Any],
+    thresholds: Thresholds,
 ) -> bool:
-    settings = eval_settings(args)
+    settings = eval_settings(args, thresholds)
     cls = ClassifierSettings(
-        args.crop, args.crop_stride, args.resize, args.th, args.batch_size, args.workers
+        args.crop, args.crop_stride, args.resize, thresholds.image, args.batch_size, args.workers
     )
 
     def level(data: LoadedSet, p: Perturbation | None, where: Path) -> tuple[Any, Any]:
@@ -300,13 +338,31 @@ def _classification(
     chosen, rescored = None, None
     if args.th_from:
         source = next(d for d in loaded if d.name == args.th_from)
-        chosen = choose_classifier_threshold(source, scores[source.name])
+        ok = [r for _, r in scores[source.name] if "error" not in r]
+        chosen = choose_from_scores(
+            [r["score"] for r in ok],
+            [r["label"] for r in ok],
+            source.name,
+            stamp["checkpoint_sha256"],
+        )
         rescored = {
-            d.name: rescore_classifier_at(d, out / d.name / "none", scores[d.name], chosen, args.th)
+            d.name: rescore_classifier_at(
+                d, out / d.name / "none", scores[d.name], chosen, thresholds.image
+            )
             for d in loaded
             if d.name != args.th_from
         }
-    _report(out, perturbations, results, "classification", chosen, rescored)
+    _report(
+        out,
+        perturbations,
+        results,
+        "classification",
+        thresholds,
+        chosen,
+        rescored,
+        loaded,
+        args.mask_threshold,
+    )
     return _any_failed(results)
 
 
@@ -322,16 +378,47 @@ def _report(
     perturbations: list[Perturbation],
     results: dict[str, dict[str, Any]],
     task: str,
-    chosen: dict[str, Any] | None,
+    thresholds: Thresholds,
+    chosen: ChosenThresholds | None,
     rescored: dict[str, Any] | None,
+    loaded: list[LoadedSet],
+    mask_threshold: int,
 ) -> None:
     rows, at_threshold, curves = _TABLES[task]
-    clean = {name: levels["none"] for name, levels in results.items()}
-    print(combined_table(out, clean, rows, at_threshold, chosen, rescored))
+    calibration = chosen.calibration if chosen else thresholds.calibration
+    clean = {}
+    for name, levels in results.items():
+        summary = dict(levels["none"] or {})
+        folder = out / name / "none"
+        if (folder / "per_image.csv").is_file():
+            summary.update(calibration_report(folder, calibration, f"{name}: image scores"))
+        records = next(d.records for d in loaded if d.name == name)
+        summary.update(mask_rule_report(records, mask_threshold))
+        rule = mask_rule_line(summary)
+        if rule:
+            print(f"{name}: {rule}")
+        clean[name] = summary
+    view = None if chosen is None else _chosen_view(chosen)
+    print(thresholds.line(task) if chosen is None else f"thresholds: {chosen.describe()}")
+    table_rows = (*rows, *CALIBRATION_ROWS, "masks_rules_disagree")
+    print(combined_table(out, clean, table_rows, at_threshold, view, rescored))
     print(f"\ntables: {out / 'benchmark.md'} (.csv, .json)")
+    print(f"reliability diagrams: {out}/<set>/none/reliability.png")
+    if chosen is not None:
+        path = write_thresholds(out / f"thresholds_from_{chosen.chosen_on}.json", chosen)
+        print(f"thresholds for --thresholds: {path}")
     if perturbations:
         files = robustness_tables(out, perturbations, results, curves)
         print("robustness: " + ", ".join(str(f) for f in files if f.suffix == ".png"))
+
+
+def _chosen_view(chosen: ChosenThresholds) -> dict[str, Any]:
+    """The chosen thresholds as the table's footnote lists them."""
+    view: dict[str, Any] = {"chosen_on": chosen.chosen_on}
+    if chosen.task != "classification":
+        view.update(pixel_threshold=chosen.pixel, pixel_f1_there=chosen.pixel_f1_there)
+    view.update(image_threshold=chosen.image, image_f1_there=chosen.image_f1_there)
+    return view
 
 
 def _any_failed(results: dict[str, dict[str, Any]]) -> bool:

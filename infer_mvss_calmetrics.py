@@ -16,14 +16,17 @@ from common.core.user_errors import Parser, run_cli
 from common.data.masks import LOCALIZATION_DESENSITISED
 from common.evaluation.arguments import (
     add_io_args,
-    add_threshold_arg,
+    add_threshold_args,
+    add_write_thresholds_arg,
     check_outputs,
     checked_output_dir,
     eval_settings,
     load_inputs,
     require_maps,
+    resolve_thresholds,
 )
 from common.evaluation.localization import run_model_evaluation, run_pred_dir_evaluation
+from common.evaluation.score_report import choose_and_write, finish_evaluation
 from common.inference.arguments import (
     add_model_args,
     add_run_args,
@@ -38,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_io_args(parser, desensitised=LOCALIZATION_DESENSITISED)
     add_model_args(parser)
     add_run_args(parser)
-    add_threshold_arg(parser, "pixel threshold in (0, 1) (default 0.5, p > th)")
+    add_threshold_args(
+        parser,
+        "pixel threshold in (0, 1), p > th",
+        "image threshold in (0, 1) on the image score (the map's maximum), score > th",
+    )
+    add_write_thresholds_arg(parser)
     parser.add_argument("--overlay", action="store_true", help="also write map-over-image overlays")
     parser.add_argument(
         "--pred-dir",
@@ -58,18 +66,37 @@ def run(argv: list[str]) -> int:
     args = parse_args(argv)
     check_outputs(args)
     source, records, problems = load_inputs(args)
-    settings = eval_settings(args)
+    thresholds = resolve_thresholds(args, args.model_path, "localization")
+    settings = eval_settings(args, thresholds)
     if args.pred_dir:
-        pred_dir = Path(args.pred_dir)
+        maps = Path(args.pred_dir)
         require_maps(records, args.pred_dir)
-        out = checked_output_dir(args, f"eval_{pred_dir.name}")
-        return run_pred_dir_evaluation(records, problems, pred_dir, out, settings)
-    out = checked_output_dir(args, Path(args.model_path).stem)
-    spec = model_spec(args)
-    opts = run_options(args, spec)
-    model = load_model(args, spec, opts.device, task="localization")
-    print(f"{len(records)} images from {source}; writing to {out}")
-    return run_model_evaluation(model, records, problems, out, opts, settings)
+        out = checked_output_dir(args, f"eval_{maps.name}")
+        print(thresholds.line("localization"))
+        code = run_pred_dir_evaluation(records, problems, maps, out, settings)
+    else:
+        out = checked_output_dir(args, Path(args.model_path).stem)
+        spec = model_spec(args)
+        opts = run_options(args, spec)
+        model = load_model(args, spec, opts.device, task="localization")
+        print(f"{len(records)} images from {source}; writing to {out}")
+        print(thresholds.line("localization"))
+        code = run_model_evaluation(model, records, problems, out, opts, settings)
+        maps = out / "pred"
+    finish_evaluation(out, thresholds, "localization", records, args.mask_threshold)
+    if args.write_thresholds:
+        choose_and_write(
+            args.write_thresholds,
+            "localization",
+            out,
+            maps,
+            records,
+            settings.masks,
+            settings.empty_f1,
+            out.parent.name,
+            None if args.pred_dir else args.model_path,
+        )
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,19 @@ import sys
 from pathlib import Path
 
 from common.core.user_errors import Parser, check_stride, positive_int, run_cli
-from common.data.masks import CLASSIFIER_DESENSITISED
+from common.data.masks import CLASSIFIER_DESENSITISED, DEFAULT_MASK_THRESHOLD
 from common.evaluation.arguments import (
     add_io_args,
-    add_threshold_arg,
+    add_threshold_args,
+    add_write_thresholds_arg,
     check_outputs,
     checked_output_dir,
     load_inputs,
     mask_options,
+    resolve_thresholds,
 )
 from common.evaluation.classification import run_classification, seed_name_label
+from common.evaluation.score_report import choose_and_write, finish_evaluation
 from common.inference.arguments import (
     add_model_args,
     add_run_args,
@@ -37,7 +40,7 @@ from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    add_io_args(parser, desensitised=CLASSIFIER_DESENSITISED)
+    add_io_args(parser, desensitised=CLASSIFIER_DESENSITISED, mask_rule=DEFAULT_MASK_THRESHOLD)
     add_model_args(parser)
     add_run_args(parser)
     parser.add_argument(
@@ -54,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_CROP_STRIDE,
         help=f"crop stride, at most --crop (default {DEFAULT_CROP_STRIDE})",
     )
-    add_threshold_arg(parser, "image threshold in (0, 1) (default 0.5, score > th)")
+    add_threshold_args(parser, None, "image threshold in (0, 1), score > th")
+    add_write_thresholds_arg(parser)
     parser.add_argument(
         "--label-from-name",
         "--label_from_name",
@@ -83,11 +87,13 @@ def run(argv: list[str]) -> int:
     if args.label_from_name:
         records = [seed_name_label(r) for r in records]
     out = checked_output_dir(args, Path(args.model_path).stem)
+    thresholds = resolve_thresholds(args, args.model_path, "classification")
     spec = model_spec(args)
     opts = run_options(args, spec)
     model = load_model(args, spec, opts.device, task="classification")
     print(f"{len(records)} images from {source}; writing to {out}")
-    return run_classification(
+    print(thresholds.line("classification"))
+    code = run_classification(
         model,
         records,
         problems,
@@ -96,11 +102,25 @@ def run(argv: list[str]) -> int:
         args.crop,
         args.crop_stride,
         args.resize,
-        args.th,
+        thresholds.image,
         mask_options(args),
         args.batch_size,
         args.workers,
     )
+    finish_evaluation(out, thresholds, "classification", records, args.mask_threshold)
+    if args.write_thresholds:
+        choose_and_write(
+            args.write_thresholds,
+            "classification",
+            out,
+            None,
+            records,
+            mask_options(args),
+            args.empty_f1,
+            out.parent.name,
+            args.model_path,
+        )
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from common.accel.fast_path import WINOGRAD_TILE
 from common.app.serving import Analyser, ModelInfo, Service, create_app
 from common.core.user_errors import Parser, UsageError, at_least, positive_int, run_cli
 from common.data.decode import MAX_PIXELS
+from common.evaluation.arguments import Thresholds, add_threshold_args, resolve_thresholds
 from common.inference.arguments import (
     add_model_args,
     add_run_args,
@@ -37,6 +38,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
     add_model_args(parser)
     add_run_args(parser, batches=False, amp="auto", fast=True)
+    add_threshold_args(
+        parser,
+        "pixel threshold in (0, 1) the page starts at and the API applies by default",
+        "image threshold in (0, 1) of the verdict",
+    )
     parser.add_argument(  # the earlier spelling of --amp, kept working
         "--precision", choices=("auto", "fp32", "bf16", "fp16"), help=argparse.SUPPRESS
     )
@@ -79,6 +85,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
     if spec.amp == "fp16" and opts.device.type != "cuda":
         raise UsageError("fp16 is for CUDA", "--amp", "use bf16 or off on CPU")
     description = describe_checkpoint(args.model_path)
+    thresholds = resolve_thresholds(args, args.model_path, description.task)
     model = load_model(args, spec, opts.device, description.task)
     info = ModelInfo(
         checkpoint=str(args.model_path),
@@ -88,6 +95,10 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
         precision=PRECISION_NAMES[spec.amp],
         device=str(opts.device),
         fast=spec.fast,
+        pixel_threshold=thresholds.pixel,
+        image_threshold=thresholds.image,
+        thresholds_source=thresholds.source,
+        calibration=thresholds.calibration,
     )
     return Service(Analyser(model, info, opts), max_queue=args.max_queue), info
 
@@ -100,6 +111,12 @@ def run(argv: list[str]) -> int:
     app = create_app(service, args.max_upload_mb, args.max_pixels)
     where = f"http://{args.host}:{args.port}/"
     print(f"serving {info.checkpoint} ({info.kind}, {info.precision}) at {where}", flush=True)
+    print(
+        Thresholds(
+            info.pixel_threshold, info.image_threshold, info.calibration, info.thresholds_source
+        ).line(info.kind),
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -468,3 +468,39 @@ def test_the_server_runs_the_int8_path(checkpoints, tmp_path):
         )
     assert r.status_code == 200, r.text
     assert 0.0 <= r.json()["score"] <= 1.0
+
+
+def test_verdicts_claim_only_what_was_measured(checkpoints, tmp_path):
+    """Without a calibration the verdict says the score is not a probability (and never
+    "confident"); with one, how often such images were manipulated where it was fitted."""
+    from common.evaluation.calibration import Calibration
+    from common.evaluation.thresholds import ChosenThresholds
+
+    _, app = _app(checkpoints["binary"], "--no-fast")
+    with TestClient(app) as client:
+        plain = client.post("/api/predict", files={"image": ("a.png", _png(_photo()), "image/png")})
+        model = client.get("/api/model").json()
+    body = plain.json()
+    assert body["calibrated"] is False and body["probability"] is None
+    assert "not a probability" in body["verdict"] and "confident" not in body["verdict"]
+    assert model["calibrated"] is False and model["image_threshold"] == 0.5
+
+    state = torch.load(checkpoints["binary"], weights_only=True)
+    calibration = Calibration(2.0, -1.0, "val", 60, 0.3, 0.05)
+    chosen = ChosenThresholds("localization", 0.3, 0.6, "val", 60, calibration=calibration)
+    state["thresholds"] = chosen.to_dict()
+    calibrated = tmp_path / "calibrated.pt"
+    torch.save(state, calibrated)
+    _, app = _app(calibrated, "--no-fast")
+    with TestClient(app) as client:
+        model = client.get("/api/model").json()
+        body = client.post(
+            "/api/predict", files={"image": ("a.png", _png(_photo()), "image/png")}
+        ).json()
+    assert model["calibrated"] is True and model["pixel_threshold"] == 0.3
+    assert model["calibration"]["fitted_on"] == "val"
+    assert body["threshold"] == 0.3 and body["image_threshold"] == 0.6
+    assert body["probability"] == pytest.approx(float(calibration(body["score"])))
+    assert body["manipulated"] == (body["score"] > 0.6)
+    assert f"{100 * body['probability']:.0f} % of the time" in body["verdict"]
+    assert "on val (60 images)" in body["verdict"]

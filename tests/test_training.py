@@ -162,6 +162,12 @@ def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
     for key in ("train_loss", "train_pixel_bce", "val_pixel_iou", "val_pixel_auc", "val_com_f1"):
         assert logged[key] != "", key
     assert float(logged["train_pixel_bce"]) == pytest.approx(row["train_pixel_bce"], rel=1e-4)
+    # best.pt carries the thresholds chosen on its validation set, for every script
+    stored = _weights(out / "checkpoints" / "best.pt")["thresholds"]
+    assert stored["task"] == "localization" and stored["chosen_on"] == data.stem
+    assert stored["images"] == row["val"]["num_images"]  # the images validation scored
+    assert stored["pixel"] is None or 0 <= stored["pixel"] < 1
+    assert "thresholds" not in state  # last.pt resumes; best.pt is the one that is used
 
 
 class _KilledError(Exception):
@@ -252,6 +258,8 @@ def test_nclass3_and_cls_scripts(tmp_path):
         )
         row = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
         assert "auc" in row["val"]
+        stored = _weights(out / "checkpoints" / "best.pt")["thresholds"]
+        assert stored["task"] == "classification" and stored["pixel"] is None
         net = get_mvss_cls(backbone="resnet18", head=head)
         load_weights(net, out / "checkpoints" / "last.pt")
 

@@ -19,6 +19,15 @@ async function describeModel() {
                    classification: "classifier" }[m.kind] || m.kind;
     $("#model-info").textContent =
       `${m.name}: ${kind}, ${m.backbone}, ${m.precision}${m.fast ? " fast path" : ""} on ${m.device}`;
+    // the page starts at the model's own pixel threshold (chosen on a validation set
+    // where the checkpoint or a thresholds file says so)
+    thresholdInput.value = m.pixel_threshold;
+    $("#threshold-value").textContent = Number(m.pixel_threshold).toFixed(2);
+    const c = m.calibration;
+    $("#thresholds-info").textContent =
+      `Thresholds: ${m.thresholds_source}. ` + (c
+        ? `Image scores are calibrated on ${c.fitted_on} (${c.images} images).`
+        : "Image scores are not calibrated: a score is not a probability.");
   } catch (e) {
     $("#model-info").textContent = "the server does not answer: is serve.py running?";
   }
@@ -134,7 +143,9 @@ class Card {
     link.download = this.file.name.replace(/\.[^.]+$/, "") + "_map.png";
     const t = result.timings;
     $(".details", this.el).textContent =
-      `image-level score ${result.score.toFixed(3)} · ${w}×${h} px · ` +
+      `image-level score ${result.score.toFixed(3)}` +
+      (result.calibrated ? ` (calibrated: ${(100 * result.probability).toFixed(0)} %)` : " (uncalibrated)") +
+      ` · ${w}×${h} px · ` +
       `${result.resize === "none" ? "full resolution" : "resized to " + result.resize} · ` +
       `${(t.inference_s + (t.decode_s || 0)).toFixed(2)} s`;
     this.redraw();
@@ -143,10 +154,11 @@ class Card {
   redraw() {
     if (!this.result) return;
     const w = this.result.width, h = this.result.height, cut = threshold() * 255, alpha = opacity();
-    const score = this.result.score;
+    // the verdict is the server's: the image threshold, and words that claim only what
+    // was measured (a calibrated frequency, or an uncalibrated score's side of the cut)
     const v = $(".verdict", this.el);
-    v.textContent = verdict(score, threshold());
-    v.classList.toggle("flagged", score > threshold());
+    v.textContent = this.result.verdict.charAt(0).toUpperCase() + this.result.verdict.slice(1) + ".";
+    v.classList.toggle("flagged", this.result.manipulated);
     const over = $("canvas.overlay", this.el), bin = $("canvas.binary", this.el);
     for (const c of [over, bin]) { c.width = w; c.height = h; }
     const o = over.getContext("2d").createImageData(w, h), b = bin.getContext("2d").createImageData(w, h);
@@ -200,13 +212,6 @@ class Card {
     const f1 = tp + fp + fn ? 2 * tp / (2 * tp + fp + fn) : 1, iou = tp + fp + fn ? tp / (tp + fp + fn) : 1;
     $(".gt-metrics", this.el).textContent = `pixel-F1 ${f1.toFixed(3)} · IoU ${iou.toFixed(3)}`;
   }
-}
-
-function verdict(score, th) {
-  if (score > Math.max(th, 0.8)) return "Likely manipulated: the model is confident some region was altered.";
-  if (score > th) return "Possibly manipulated: the score is above the threshold, but not by much.";
-  if (score > th / 2) return "Probably authentic: no region reached the threshold.";
-  return "No sign of manipulation found by this model.";
 }
 
 async function submit(files) {

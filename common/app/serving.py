@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -47,6 +47,8 @@ from common.core.scores import probabilities
 from common.data.decode import BadInputError, TooLargeError, decode_image, decode_mask_bytes
 from common.data.masks import binary_from_classes, decode_classes
 from common.data.transforms import normalize_bgr_batch
+from common.evaluation.calibration import Calibration
+from common.evaluation.thresholds import DEFAULT_THRESHOLD
 from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE, manipulated_score, score_crops
 from common.inference.single_image import (
     RunOptions,
@@ -69,6 +71,13 @@ JOB_ABANDON_S = 180
 MULTIPART_SLACK = 1024 * 1024  # form fields and boundaries beside the file
 
 
+class Cuts(NamedTuple):
+    """The thresholds of one request: pixels (the maps) and the image score."""
+
+    pixel: float
+    image: float
+
+
 class JobCancelledError(Exception):
     """The client went away: the image is abandoned."""
 
@@ -84,6 +93,27 @@ class ModelInfo:
     precision: str
     device: str
     fast: bool
+    pixel_threshold: float = DEFAULT_THRESHOLD
+    image_threshold: float = DEFAULT_THRESHOLD
+    thresholds_source: str = "the release's default 0.5"
+    calibration: Calibration | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "calibration"}
+        c = self.calibration
+        out["calibrated"] = c is not None
+        out["calibration"] = (
+            None
+            if c is None
+            else {
+                "method": c.method,
+                "fitted_on": c.fitted_on,
+                "images": c.images,
+                "ece_before": c.ece_before,
+                "ece_after": c.ece_after,
+            }
+        )
+        return out
 
 
 @dataclass
@@ -104,17 +134,25 @@ class Analysis:
         threshold: float,
         timings: dict[str, float],
         preview: str | None = None,
+        image_threshold: float = DEFAULT_THRESHOLD,
+        calibration: Calibration | None = None,
     ) -> dict:
         """``preview``: a JPEG (base64) of what was decoded, for uploads a browser cannot
-        draw (TIFF, say), so the page shows the photo under the map."""
+        draw (TIFF, say), so the page shows the photo under the map. ``probability`` is
+        the calibrated P(manipulated) where the checkpoint's thresholds carry a
+        calibration, else None (the score is not a probability)."""
+        probability = None if calibration is None else float(calibration(self.score))
         out: dict[str, Any] = {
             "model": model_name,
             "width": self.width,
             "height": self.height,
             "score": self.score,
+            "probability": probability,
+            "calibrated": calibration is not None,
             "threshold": threshold,
-            "manipulated": self.score > threshold,
-            "verdict": verdict(self.score, threshold),
+            "image_threshold": image_threshold,
+            "manipulated": self.score > image_threshold,
+            "verdict": verdict(self.score, image_threshold, calibration),
             "resize": self.resize,
             "map_png": _png_b64(self.levels),
             "timings": {**timings, "inference_s": round(self.seconds, 4)},
@@ -166,15 +204,24 @@ def _mask_png(data: bytes, name: str, width: int, height: int, max_pixels: int) 
     return binary_from_classes(classes).astype(np.uint8) * 255
 
 
-def verdict(score: float, threshold: float) -> str:
-    """Plain words for the image-level score."""
-    if score > max(threshold, 0.8):
-        return "likely manipulated: the model is confident some region was altered"
-    if score > threshold:
-        return "possibly manipulated: the score is above the threshold, but not by much"
-    if score > threshold / 2:
-        return "probably authentic: no region reached the threshold"
-    return "no sign of manipulation found by this model"
+def verdict(score: float, image_threshold: float, calibration: Calibration | None) -> str:
+    """Plain words for the image-level score that claim only what was measured: with a
+    calibration, how often images scoring like this were manipulated on the set it was
+    fitted on; without one, only which side of the threshold the score is on."""
+    side = "above" if score > image_threshold else "at or below"
+    decision = "flagged as manipulated" if score > image_threshold else "not flagged"
+    if calibration is None:
+        return (
+            f"{decision}: the score {score:.3f} is {side} the image threshold "
+            f"{image_threshold:g}; this checkpoint has no calibration, so the score is "
+            "not a probability"
+        )
+    p = float(calibration(score))
+    return (
+        f"{decision} (score {score:.3f}, image threshold {image_threshold:g}): on "
+        f"{calibration.fitted_on} ({calibration.images} images), images scoring like this "
+        f"were manipulated about {100 * p:.0f} % of the time"
+    )
 
 
 class Analyser:
@@ -314,9 +361,9 @@ def parse_resize_option(text: str | None) -> int | None:
     return None if value == "none" else RELEASE_SIZE
 
 
-def parse_threshold(text: str | None) -> float:
+def parse_threshold(text: str | None, default: float = DEFAULT_THRESHOLD) -> float:
     try:
-        value = float(text) if text not in (None, "") else 0.5
+        value = float(text) if text not in (None, "") else default
     except ValueError as exc:
         raise ValueError(f"threshold must be a number in (0, 1), got {text!r}") from exc
     if not 0 < value < 1:
@@ -443,16 +490,20 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
 
     @app.get("/api/model")
     async def model() -> dict:
-        return {**info.__dict__, "name": model_name}
+        return {**info.as_json(), "name": model_name}
 
     async def admit(
-        upload: UploadFile, resize: str | None, threshold: str | None
-    ) -> tuple[Job, np.ndarray, int | None, float, dict[str, float], str | None] | JSONResponse:
+        upload: UploadFile, resize: str | None, threshold: str | None, image_th: str | None
+    ) -> tuple[Job, np.ndarray, int | None, Cuts, dict[str, float], str | None] | JSONResponse:
         """Options checked, a place in the queue taken (so decoding is bounded too), the
         upload read and decoded; the place is given back when any of that fails."""
         start = time.perf_counter()
         try:
-            size, th = parse_resize_option(resize), parse_threshold(threshold)
+            size = parse_resize_option(resize)
+            th = Cuts(
+                parse_threshold(threshold, info.pixel_threshold),
+                parse_threshold(image_th, info.image_threshold),
+            )
         except ValueError as exc:
             return error(422, str(exc))
         try:
@@ -481,8 +532,9 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         image: UploadFile = File(...),  # noqa: B008
         resize: str | None = Form(None),
         threshold: str | None = Form(None),
+        image_threshold: str | None = Form(None),
     ) -> Any:
-        admitted = await admit(image, resize, threshold)
+        admitted = await admit(image, resize, threshold, image_threshold)
         if isinstance(admitted, JSONResponse):
             return admitted
         job, decoded, size, th, timings, preview = admitted
@@ -500,15 +552,16 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             return error(499, "request cancelled")
         except Exception as exc:  # the server stays up; the client learns why
             return error(500, f"inference failed: {type(exc).__name__}: {exc}")
-        return analysis.as_json(model_name, th, timings, preview)
+        return analysis.as_json(model_name, th.pixel, timings, preview, th.image, info.calibration)
 
     @app.post("/api/jobs")
     async def submit(
         image: UploadFile = File(...),  # noqa: B008
         resize: str | None = Form(None),
         threshold: str | None = Form(None),
+        image_threshold: str | None = Form(None),
     ) -> Any:
-        admitted = await admit(image, resize, threshold)
+        admitted = await admit(image, resize, threshold, image_threshold)
         if isinstance(admitted, JSONResponse):
             return admitted
         job, decoded, size, th, timings, preview = admitted
@@ -517,7 +570,9 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         def work() -> None:
             try:
                 analysis = service.run(job, decoded, size)
-                job.result = analysis.as_json(model_name, th, timings, preview)
+                job.result = analysis.as_json(
+                    model_name, th.pixel, timings, preview, th.image, info.calibration
+                )
             except JobCancelledError:
                 job.state = "cancelled"
                 return

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from torch import nn
 
@@ -38,8 +37,6 @@ from common.core import distributed as dist
 from common.core.progress import progress
 from common.core.reports import unique_names
 from common.core.user_errors import UsageError
-from common.data.decode import BadInputError
-from common.data.masks import read_ground_truth
 from common.data.sources import (
     Problem,
     Record,
@@ -50,13 +47,10 @@ from common.data.sources import (
 from common.evaluation.batch_run import EvalSettings
 from common.evaluation.classification import report_classification
 from common.evaluation.localization import (
-    map_candidates,
     predict_maps,
-    read_saved_map,
     run_pred_dir_evaluation,
 )
-from common.evaluation.metrics import EMPTY_F1_RULES
-from common.evaluation.thresholds import PixelF1Curve, best_image_threshold
+from common.evaluation.thresholds import ChosenThresholds
 from common.inference.crops import iter_scores
 from common.inference.single_image import RunOptions
 
@@ -233,41 +227,6 @@ def run_localization_level(
     return summary, failures
 
 
-def choose_localization_thresholds(
-    data: LoadedSet, pred_dir: Path, settings: EvalSettings, failures: dict[str, str]
-) -> dict[str, Any]:
-    """The pixel and image thresholds that maximise pixel-F1 and image-F1 on ``data``'s
-    clean maps (main process)."""
-    curve = PixelF1Curve(EMPTY_F1_RULES[settings.empty_f1])
-    scores, labels = [], []
-    strict = replace(settings.masks, nclass=1, size_policy="reject")
-    names = unique_names([r.image for r in data.records])
-    for rec, name in zip(data.records, names, strict=True):
-        if rec.image in failures:
-            continue
-        path = pred_dir / f"{map_candidates(rec.image, name)[0]}.png"
-        try:
-            prob = read_saved_map(path)
-            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict)
-        except BadInputError:
-            continue  # failed or size-mismatched: as the report leaves it out
-        levels = np.rint(prob * 255).astype(np.uint8)
-        if label > 0 and mask is not None:
-            curve.update(levels, mask)
-        if label >= 0:
-            scores.append(float(prob.max()))
-            labels.append(label)
-    pixel = curve.best()
-    image = best_image_threshold(scores, labels, "sens_spec")
-    return {
-        "chosen_on": data.name,
-        "pixel_threshold": None if pixel is None else round(pixel[0], 6),
-        "pixel_f1_there": None if pixel is None else pixel[1],
-        "image_threshold": None if image is None else round(image[0], 6),
-        "image_f1_there": None if image is None else image[1],
-    }
-
-
 def _or_default(value: float | None, default: float) -> float:
     """A chosen threshold (0.0 is a real choice), or the default where none was."""
     return default if value is None else value
@@ -277,18 +236,18 @@ def rescore_at(
     data: LoadedSet,
     level_out: Path,
     settings: EvalSettings,
-    chosen: dict[str, Any],
+    chosen: ChosenThresholds,
     failures: dict[str, str],
 ) -> dict[str, Any]:
     """``data``'s clean maps scored at the chosen thresholds (0.5 where none could be
     chosen), into ``<level>/th_from_<set>/`` (main process)."""
     at = replace(
         settings,
-        threshold=_or_default(chosen["pixel_threshold"], settings.threshold),
-        image_threshold=_or_default(chosen["image_threshold"], settings.image_threshold),
+        threshold=_or_default(chosen.pixel, settings.threshold),
+        image_threshold=_or_default(chosen.image, settings.image_threshold),
         quiet=True,
     )
-    out = level_out / f"th_from_{chosen['chosen_on']}"
+    out = level_out / f"th_from_{chosen.chosen_on}"
     run_pred_dir_evaluation(data.records, data.problems, level_out / "pred", out, at, failures)
     return json.loads((out / "summary.json").read_text())
 
@@ -357,28 +316,14 @@ def run_classifier_level(
     return summary, results
 
 
-def choose_classifier_threshold(
-    data: LoadedSet, results: list[tuple[int, dict[str, Any]]]
-) -> dict[str, Any]:
-    ok = [r for _, r in results if "error" not in r]
-    image = best_image_threshold(
-        [r["score"] for r in ok], [r["label"] for r in ok], "precision_recall"
-    )
-    return {
-        "chosen_on": data.name,
-        "image_threshold": None if image is None else round(image[0], 6),
-        "f1_there": None if image is None else image[1],
-    }
-
-
 def rescore_classifier_at(
     data: LoadedSet,
     level_out: Path,
     results: list[tuple[int, dict[str, Any]]],
-    chosen: dict[str, Any],
+    chosen: ChosenThresholds,
     default: float,
 ) -> dict[str, Any]:
-    out = level_out / f"th_from_{chosen['chosen_on']}"
-    threshold = _or_default(chosen["image_threshold"], default)
+    out = level_out / f"th_from_{chosen.chosen_on}"
+    threshold = _or_default(chosen.image, default)
     report_classification(data.records, results, data.problems, out, threshold, True)
     return json.loads((out / "summary.json").read_text())

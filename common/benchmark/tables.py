@@ -36,6 +36,9 @@ LOCALIZATION_CURVES = ("pixel_f1", "pixel_auc", "image_auc", "image_f1", "com_f1
 CLASSIFIER_ROWS = ("auc", "accuracy", "precision", "recall", "f1", "mcc", "fpr", "num_images")
 CLASSIFIER_AT_THRESHOLD = ("accuracy", "precision", "recall", "f1", "mcc", "fpr")
 CLASSIFIER_CURVES = ("auc", "accuracy", "f1")
+# Image-score calibration on the clean level (ECE, 10 bins): raw, and calibrated where a
+# calibration was chosen (--th-from), given (--thresholds) or stored in the checkpoint.
+CALIBRATION_ROWS = ("image_ece", "image_ece_calibrated")
 
 
 def _cell(value: Any) -> str:

@@ -82,6 +82,7 @@ class Parser(argparse.ArgumentParser):
     command line before parsing)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # a typo never silently means another option
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.add_argument(
             DEBUG_FLAG,

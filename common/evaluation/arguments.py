@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.core.checkpoint import checkpoint_digest
 from common.core.release import RELEASE_SIZE
 from common.core.user_errors import (
     UsageError,
@@ -19,9 +21,9 @@ from common.core.user_errors import (
 )
 from common.data.masks import (
     DEFAULT_EDGE_THICKNESS,
-    DEFAULT_MASK_THRESHOLD,
     DESENSITISED_POLICIES,
     MASK_SIZE_POLICIES,
+    RELEASE_MASK_THRESHOLD,
     MaskOptions,
 )
 from common.data.sources import (
@@ -32,7 +34,9 @@ from common.data.sources import (
     require_one_readable,
 )
 from common.evaluation.batch_run import EvalSettings, output_dir
+from common.evaluation.calibration import Calibration
 from common.evaluation.localization import count_maps_found
+from common.evaluation.thresholds import DEFAULT_THRESHOLD, read_thresholds, stored_thresholds
 from common.inference.arguments import parse_resize
 
 log = logging.getLogger("mvss")
@@ -46,8 +50,124 @@ def mask_threshold(text: str) -> int:
     return value
 
 
-def add_threshold_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--th", type=open_unit_interval, default=0.5, help=help_text)
+def add_threshold_args(
+    parser: argparse.ArgumentParser, pixel_help: str | None, image_help: str
+) -> None:
+    """``--th`` (pixels; ``pixel_help=None``: a classifier, whose ``--th`` is its image
+    threshold, the derivative scripts' name), ``--image-th``, and ``--thresholds FILE``
+    with the thresholds and calibration chosen on a validation set. Unset thresholds
+    come from the file, else from the checkpoint (a training run stores its own), else
+    the release's 0.5."""
+    g = parser.add_argument_group("thresholds")
+    where = "default: --thresholds, else the checkpoint's own, else 0.5"
+    if pixel_help is not None:
+        g.add_argument(
+            "--th", type=open_unit_interval, default=None, help=f"{pixel_help} ({where})"
+        )
+        image_names: tuple[str, ...] = ("--image-th", "--image_th")
+    else:
+        image_names = ("--th", "--image-th", "--image_th")
+    g.add_argument(
+        *image_names,
+        dest="image_th",
+        type=open_unit_interval,
+        default=None,
+        help=f"{image_help} ({where})",
+    )
+    g.add_argument(
+        "--thresholds",
+        metavar="FILE",
+        default=None,
+        help="thresholds and image-score calibration chosen on a validation set (written "
+        "by --write-thresholds, benchmark.py --th-from, or stored by training)",
+    )
+    g.add_argument(
+        "--force-thresholds",
+        dest="force_thresholds",
+        action="store_true",
+        help="use a thresholds file chosen for another checkpoint",
+    )
+
+
+def add_write_thresholds_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--write-thresholds",
+        "--write_thresholds",
+        dest="write_thresholds",
+        metavar="FILE",
+        default=None,
+        help="after the run, choose thresholds (best pixel-F1 and image F1) and fit the "
+        "image-score calibration on this labelled list, and write them to FILE (JSON) "
+        "for --thresholds",
+    )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds a run uses, the calibration of its image scores, and where each
+    came from (said on the console and kept in the summary)."""
+
+    pixel: float = DEFAULT_THRESHOLD
+    image: float = DEFAULT_THRESHOLD
+    calibration: Calibration | None = None
+    source: str = "the release's default 0.5"
+
+    def line(self, task: str) -> str:
+        parts = [] if task == "classification" else [f"pixel {self.pixel:g}"]
+        parts.append(f"image {self.image:g}")
+        text = f"thresholds: {', '.join(parts)} ({self.source})"
+        if self.calibration is not None:
+            text += f"; image scores calibrated ({self.calibration.method}, "
+            text += f"fitted on {self.calibration.fitted_on})"
+        return text
+
+
+def resolve_thresholds(
+    args: argparse.Namespace, checkpoint: str | Path | None, task: str
+) -> Thresholds:
+    """Command line first, then ``--thresholds`` (refused when chosen for another
+    checkpoint or task, unless ``--force-thresholds``), then the checkpoint's own."""
+    chosen, origin = None, ""
+    if args.thresholds:
+        chosen = read_thresholds(args.thresholds)
+        where = f"--thresholds {args.thresholds}"
+        if (chosen.task == "classification") != (task == "classification"):
+            raise UsageError(f"chosen for a {chosen.task} model, this is {task}", where)
+        digest = checkpoint_digest(checkpoint) if checkpoint else None
+        other = bool(chosen.checkpoint_sha256 and digest and chosen.checkpoint_sha256 != digest)
+        if other and not getattr(args, "force_thresholds", False):
+            raise UsageError(
+                "chosen for another checkpoint "
+                f"(sha256 {chosen.checkpoint_sha256[:12]}…, this one {digest[:12]}…)",
+                where,
+                "choose them for this one, or --force-thresholds",
+            )
+        origin = f"{args.thresholds}, {chosen.describe()}"
+    elif checkpoint:
+        chosen = stored_thresholds(checkpoint)
+        origin = "" if chosen is None else f"the checkpoint's own, {chosen.describe()}"
+    sources: list[str] = []
+
+    def pick(given: float | None, stored: float | None, name: str) -> float:
+        if given is not None:
+            sources.append(f"{name} from the command line")
+            return given
+        if stored is not None:
+            sources.append(f"{name} from {origin}")
+            return stored
+        sources.append(f"{name}: the release's default")
+        return DEFAULT_THRESHOLD
+
+    pixel = pick(getattr(args, "th", None), chosen and chosen.pixel, "pixel")
+    if task == "classification":
+        sources.clear()
+    image = pick(args.image_th, chosen and chosen.image, "image")
+    return Thresholds(
+        pixel=pixel,
+        image=image,
+        calibration=chosen.calibration if chosen else None,
+        source="; ".join(sources),
+    )
 
 
 def add_io_args(
@@ -57,8 +177,10 @@ def add_io_args(
     empty_f1: str = "release",
     sources: bool = True,
     save_dir: str = "outputs",
+    mask_rule: int = RELEASE_MASK_THRESHOLD,
 ) -> None:
-    """The shared input/output options; ``desensitised`` (binary tasks) adds
+    """The shared input/output options; ``mask_rule`` is ``--mask-threshold``'s default
+    (the release's ``> 0`` for binary localisation); ``desensitised`` (binary tasks) adds
     ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default;
     ``sources=False`` leaves out ``--test_file`` and ``--skip-existing`` (the benchmark
     names its sets, and always reuses its maps)."""
@@ -98,8 +220,9 @@ def add_io_args(
         "--mask_threshold",
         dest="mask_threshold",
         type=mask_threshold,
-        default=DEFAULT_MASK_THRESHOLD,
-        help="binary masks: pixel > this is tampered (default 127; 0 = the release)",
+        default=mask_rule,
+        help=f"grey masks: pixel > this is tampered (default {mask_rule}; 0: the release's "
+        "evaluation, any non-zero pixel; 127: the middle grey, as training reads masks)",
     )
     g.add_argument(
         "--mask-size-policy",
@@ -177,10 +300,13 @@ def require_maps(records: list[Record], pred_dir: str) -> None:
         )
 
 
-def eval_settings(args: argparse.Namespace, nclass: int = 1) -> EvalSettings:
-    """EvalSettings from the shared inference options."""
+def eval_settings(
+    args: argparse.Namespace, thresholds: Thresholds, nclass: int = 1
+) -> EvalSettings:
+    """EvalSettings from the shared inference options and the resolved thresholds."""
     return EvalSettings(
-        threshold=args.th,
+        threshold=thresholds.pixel,
+        image_threshold=thresholds.image,
         resize=args.resize,
         batch_size=args.batch_size,
         workers=args.workers,

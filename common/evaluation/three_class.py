@@ -79,7 +79,11 @@ def run_three_class_evaluation(
     run = BatchRun(out, CSV_FIELDS, problems)
     seed_rows: list[dict] = []
     classes = ThreeClassEvaluator(empty_f1=settings.empty_f1)
-    merged = LocalizationEvaluator(threshold=settings.threshold, empty_f1=settings.empty_f1)
+    merged = LocalizationEvaluator(
+        threshold=settings.threshold,
+        image_threshold=settings.image_threshold,
+        empty_f1=settings.empty_f1,
+    )
     predictions = iter_predictions(
         model, records, opts, settings.resize, settings.masks, settings.batch_size, settings.workers
     )

@@ -263,3 +263,55 @@ def choose_from_scores(
         image_f1_there=None if image is None else image[1],
         calibration=fit_platt(np.array(scores, float), np.array(labels), chosen_on),
     )
+
+
+class ThresholdCollector:
+    """What choosing thresholds needs, gathered batch by batch (a training run's
+    validation): the pixel-F1 curve over the maps' 8-bit levels (as the scripts write
+    them) and the image scores. Collectors of several processes merge."""
+
+    def __init__(self, task: str, empty_f1: str = "release") -> None:
+        self.task = task
+        self.curve = PixelF1Curve(EMPTY_F1_RULES[empty_f1])
+        self.scores: list[float] = []
+        self.labels: list[int] = []
+
+    def update_maps(self, probs: Any, masks: Any, labels: Any) -> None:
+        """``probs`` (N, H, W) P(manipulated); ``masks`` (N, H, W) with 1 manipulated,
+        0 pristine, other values ignored; ``labels`` (N,) image labels (< 0 unlabelled)."""
+        probs, masks = np.asarray(probs, np.float32), np.asarray(masks)
+        for p, m, y in zip(probs, masks, np.asarray(labels).tolist(), strict=True):
+            levels = np.floor(np.clip(p, 0.0, 1.0) * (LEVELS - 1)).astype(np.uint8)
+            if y > 0 and (m == 1).any():
+                self.curve.update(levels, m)
+            if y >= 0:
+                self.scores.append(float(levels.max()) / (LEVELS - 1))
+                self.labels.append(int(y > 0))
+
+    def update_scores(self, scores: Any, labels: Any) -> None:
+        for s, y in zip(np.asarray(scores).tolist(), np.asarray(labels).tolist(), strict=True):
+            if y >= 0:
+                self.scores.append(float(s))
+                self.labels.append(int(y > 0))
+
+    def merge(self, other: ThresholdCollector) -> None:
+        self.curve.f1_sum += other.curve.f1_sum
+        self.curve.images += other.curve.images
+        self.scores += other.scores
+        self.labels += other.labels
+
+    def choose(self, chosen_on: str) -> ChosenThresholds:
+        if self.task == "classification":
+            return choose_from_scores(self.scores, self.labels, chosen_on)
+        pixel = self.curve.best()
+        image = best_image_threshold(self.scores, self.labels, "sens_spec")
+        return ChosenThresholds(
+            task=self.task,
+            pixel=None if pixel is None else round(pixel[0], 6),
+            image=None if image is None else round(image[0], 6),
+            chosen_on=chosen_on,
+            images=len(self.scores),
+            pixel_f1_there=None if pixel is None else pixel[1],
+            image_f1_there=None if image is None else image[1],
+            calibration=fit_platt(np.array(self.scores), np.array(self.labels), chosen_on),
+        )

@@ -26,6 +26,7 @@ from common.core.checkpoint import read_resume_state, rng_state, save_checkpoint
 from common.core.progress import progress
 from common.core.runtime import autocast, resolve_amp, to_memory_format
 from common.core.user_errors import UsageError, clip
+from common.evaluation.thresholds import ChosenThresholds, ThresholdCollector
 from common.training.checks import check_config, check_values
 from common.training.config import save_yaml
 from common.training.loaders import build_dataset, train_loader, val_loader
@@ -93,6 +94,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
         self.start_epoch = 0
         self.best_score: float | None = None
+        self.val_thresholds: ChosenThresholds | None = None
         self.nonfinite_in_row = 0
         if cfg.get("resume"):
             self._resume(cfg["resume"])
@@ -252,6 +254,7 @@ class Trainer:
         assert self.val_ds is not None
         self.model.eval()
         evaluator = self.task.new_evaluator()
+        collector = ThresholdCollector(self.task.name)
         skipped = 0
         # the bare model: DDP's forward may communicate, and ranks see unequal shards
         model = unwrap_model(self.model)
@@ -266,12 +269,17 @@ class Trainer:
                 continue
             batch = self._to_device(batch)
             outputs = self.task.val_outputs(lambda x: self._forward(x, model), batch)
-            self.task.eval_update(evaluator, outputs, {k: _cpu(v) for k, v in batch.items()})
-        shards = dist.gather_objects(evaluator)
-        merged = shards[0]
-        for other in shards[1:]:
+            on_cpu = {k: _cpu(v) for k, v in batch.items()}
+            self.task.eval_update(evaluator, outputs, on_cpu)
+            self.task.threshold_update(collector, outputs, on_cpu)
+        shards = dist.gather_objects((evaluator, collector))
+        merged, thresholds = shards[0]
+        for other, other_collector in shards[1:]:
             merged.merge(other)
+            thresholds.merge(other_collector)
         metrics = merged.compute()
+        # chosen on every validation; stored with best.pt when this epoch is the best
+        self.val_thresholds = thresholds.choose(Path(str(self.cfg["val_list"])).stem)
         metrics["skipped_samples"] = dist.sum_int(skipped, self.device)
         return metrics
 
@@ -298,6 +306,9 @@ class Trainer:
                     state = self._state(epoch)
                     save_checkpoint(self.out / "checkpoints" / "last.pt", state)
                     if improved:
+                        if metrics and self.val_thresholds is not None:
+                            state["thresholds"] = self.val_thresholds.to_dict()
+                            log.info("best.pt: %s", _thresholds_line(self.val_thresholds))
                         save_checkpoint(self.out / "checkpoints" / "best.pt", state)
                 dist.barrier()
         finally:
@@ -315,6 +326,13 @@ class Trainer:
             self.best_score = float(value)
             return True
         return False
+
+
+def _thresholds_line(chosen: ChosenThresholds) -> str:
+    parts = [] if chosen.pixel is None else [f"pixel {chosen.pixel:g}"]
+    parts += [] if chosen.image is None else [f"image {chosen.image:g}"]
+    calibrated = ", image scores calibrated" if chosen.calibration else ""
+    return f"thresholds {', '.join(parts) or 'none'} {chosen.describe()}{calibrated}"
 
 
 def _cpu(v: Any) -> Any:

@@ -10,16 +10,19 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
+from common.core.scores import manipulated_probability
 from common.core.user_errors import UsageError, clip
+from common.data.masks import IGNORE
 from common.evaluation.metrics import (
     ClassificationEvaluator,
     LocalizationEvaluator,
     ThreeClassEvaluator,
 )
-from common.inference.crops import Window, strongest_crop
+from common.inference.crops import Window, manipulated_score, strongest_crop
 from common.training.losses import MVSSLoss, ThreeClassLoss
 from models import MVSSClsOutput, WeightsError, get_mvss, get_mvss_cls, load_weights
 
@@ -38,6 +41,7 @@ class Task(Protocol):
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None: ...
     def eval_size(self, cfg: dict[str, Any]) -> int | None: ...
     def val_outputs(self, forward: Any, batch: dict[str, Any]) -> Any: ...
+    def threshold_update(self, collector: Any, outputs: Any, batch: dict[str, Any]) -> None: ...
 
 
 def _build(factory: Any, cfg: dict[str, Any], **kwargs: Any) -> nn.Module:
@@ -91,6 +95,10 @@ class LocalizationTask(_Validation):
         probs = torch.sigmoid(outputs.seg.float())[:, 0]
         evaluator.update(probs, batch["mask"][:, 0], batch["label"])
 
+    def threshold_update(self, collector: Any, outputs: Any, batch: dict[str, Any]) -> None:
+        probs = torch.sigmoid(outputs.seg.float())[:, 0]
+        collector.update_maps(probs.cpu().numpy(), batch["mask"][:, 0].numpy(), batch["label"])
+
 
 class ThreeClassTask(_Validation):
     """Three-class localisation (0 pristine, 1 tampered, 2 desensitised), the seed's loss."""
@@ -117,6 +125,13 @@ class ThreeClassTask(_Validation):
 
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
         evaluator.update(torch.softmax(outputs.seg.float(), dim=1), batch["mask"])
+
+    def threshold_update(self, collector: Any, outputs: Any, batch: dict[str, Any]) -> None:
+        """On the merged map (P(manipulated) = 1 − P(pristine)), as the script scores it."""
+        merged = manipulated_probability(torch.softmax(outputs.seg.float(), dim=1), 1)
+        classes = batch["mask"].numpy()
+        binary = np.where(classes == IGNORE, IGNORE, classes > 0).astype(np.int64)
+        collector.update_maps(merged.cpu().numpy(), binary, batch["label"])
 
 
 class ClassificationTask(_Validation):
@@ -202,6 +217,9 @@ class ClassificationTask(_Validation):
         if self.head == "linear":
             cls = torch.softmax(cls, dim=1)
         evaluator.update(cls, self.image_target(batch))
+
+    def threshold_update(self, collector: Any, outputs: Any, batch: dict[str, Any]) -> None:
+        collector.update_scores(manipulated_score(outputs.cls).cpu().numpy(), batch["label"])
 
 
 def initial_model(task: Task, cfg: dict[str, Any], log: logging.Logger | None) -> nn.Module:

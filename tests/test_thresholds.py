@@ -1,0 +1,208 @@
+"""Thresholds chosen once and used everywhere; calibrated image scores; the mask rule."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_checkpoint, make_tiny_dataset
+
+import benchmark
+import infer_3labels_merge_calmetrics
+import infer_mvss_calmetrics
+import infer_mvss_cls
+from common.core.checkpoint import checkpoint_digest
+from common.core.user_errors import UsageError
+from common.data.masks import count_rule_disagreements
+from common.evaluation.calibration import expected_calibration_error, fit_platt
+from common.evaluation.thresholds import (
+    ChosenThresholds,
+    read_thresholds,
+    stored_thresholds,
+    write_thresholds,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("thresholds")
+    return {
+        "root": root,
+        "list": make_tiny_dataset(root / "data", n_tampered=4, n_authentic=3, corrupt=False),
+        "three_list": make_tiny_dataset(root / "d3", three_class=True, corrupt=False),
+        "ck": make_tiny_checkpoint(root / "ck.pt"),
+        "other": make_tiny_checkpoint(root / "other.pt", seed=1),
+        "ck3": make_tiny_checkpoint(root / "ck3.pt", nclass=3),
+        "ckcls": make_tiny_checkpoint(root / "ckcls.pt", cls_head="max"),
+    }
+
+
+def _summary(save, ckpt_stem, list_stem="test"):
+    return json.loads((save / list_stem / ckpt_stem / "summary.json").read_text())
+
+
+def _infer(world, save, *extra, ck="ck"):
+    argv = ["--model_path", str(world[ck]), "--test_file", str(world["list"])]
+    argv += ["--save_dir", str(save), "--resize", "64", "--workers", "0", *extra]
+    return infer_mvss_calmetrics.main(argv)
+
+
+def test_a_thresholds_file_round_trips(tmp_path):
+    from common.evaluation.calibration import Calibration
+
+    chosen = ChosenThresholds(
+        task="localization",
+        pixel=0.31,
+        image=0.62,
+        chosen_on="val",
+        images=60,
+        checkpoint_sha256="ab" * 32,
+        pixel_f1_there=0.5,
+        image_f1_there=0.7,
+        calibration=Calibration(1.5, -0.4, "val", 60, 0.2, 0.05),
+    )
+    path = write_thresholds(tmp_path / "t.json", chosen)
+    assert read_thresholds(path) == chosen
+    data = json.loads(path.read_text())
+    assert data["criterion"]["pixel"].startswith("mean per-image pixel-F1")
+    (tmp_path / "bad.json").write_text('{"version": 1, "task": "x", "pixel": 3}')
+    with pytest.raises(UsageError, match="not a usable thresholds file"):
+        read_thresholds(tmp_path / "bad.json")
+
+
+def test_written_thresholds_are_used_and_refused_for_another_checkpoint(world, tmp_path, capsys):
+    chosen_file = tmp_path / "th.json"
+    _infer(world, tmp_path / "a", "--write-thresholds", str(chosen_file))
+    chosen = read_thresholds(chosen_file)
+    assert chosen.checkpoint_sha256 == checkpoint_digest(world["ck"])
+    assert chosen.chosen_on == "test" and chosen.images == 7
+    assert chosen.pixel is not None and chosen.image is not None
+    capsys.readouterr()
+    _infer(world, tmp_path / "b", "--thresholds", str(chosen_file))
+    printed = capsys.readouterr().out
+    assert f"pixel {chosen.pixel:g}" in printed and str(chosen_file) in printed
+    summary = _summary(tmp_path / "b", "ck")
+    assert summary["pixel_threshold"] == chosen.pixel
+    assert summary["image_threshold"] == chosen.image
+    assert summary["image_f1"] >= json.loads(json.dumps(chosen.image_f1_there)) - 1e-9
+    # the command line still wins over the file, threshold by threshold
+    _infer(world, tmp_path / "c", "--thresholds", str(chosen_file), "--image-th", "0.9")
+    summary = _summary(tmp_path / "c", "ck")
+    assert summary["image_threshold"] == 0.9 and summary["pixel_threshold"] == chosen.pixel
+    # chosen for another checkpoint: one line, unless forced
+    assert _infer(world, tmp_path / "d", "--thresholds", str(chosen_file), ck="other") == 2
+    assert "chosen for another checkpoint" in capsys.readouterr().err
+    forced = ["--thresholds", str(chosen_file), "--force-thresholds"]
+    assert _infer(world, tmp_path / "e", *forced, ck="other") in (0, 3)
+
+
+def test_the_checkpoints_own_thresholds_apply_unless_a_file_or_option_says_otherwise(
+    world, tmp_path, capsys
+):
+    state = torch.load(world["ck"], weights_only=True)
+    state["thresholds"] = ChosenThresholds("localization", 0.2, 0.7, "val", 9).to_dict()
+    ckpt = tmp_path / "with_thresholds.pt"
+    torch.save(state, ckpt)
+    assert stored_thresholds(ckpt).pixel == 0.2
+    argv = ["--model_path", str(ckpt), "--test_file", str(world["list"]), "--save_dir"]
+    infer_mvss_calmetrics.main([*argv, str(tmp_path / "o"), "--resize", "64", "--workers", "0"])
+    assert "the checkpoint's own, chosen on val (9 images)" in capsys.readouterr().out
+    summary = _summary(tmp_path / "o", "with_thresholds")
+    assert (summary["pixel_threshold"], summary["image_threshold"]) == (0.2, 0.7)
+    infer_mvss_calmetrics.main(
+        [*argv, str(tmp_path / "p"), "--resize", "64", "--workers", "0", "--th", "0.5"]
+    )
+    assert _summary(tmp_path / "p", "with_thresholds")["pixel_threshold"] == 0.5
+
+
+def test_three_class_and_classifier_scripts_choose_and_read_their_own(world, tmp_path):
+    three = tmp_path / "three.json"
+    argv = ["--model_path", str(world["ck3"]), "--test_file", str(world["three_list"])]
+    argv += ["--save_dir", str(tmp_path / "o3"), "--tile", "64", "--tile-stride", "32"]
+    argv += ["--workers", "0"]
+    infer_3labels_merge_calmetrics.main([*argv, "--write-thresholds", str(three)])
+    assert read_thresholds(three).task == "three_class"
+    infer_3labels_merge_calmetrics.main([*argv, "--thresholds", str(three), "--image-th", "0.4"])
+    summary = _summary(tmp_path / "o3", "ck3")
+    assert summary["image_threshold"] == 0.4
+    assert summary["merged"]["image_threshold"] == 0.4  # the merged map's image decision
+    cls = tmp_path / "cls.json"
+    argv = ["--model_path", str(world["ckcls"]), "--test_file", str(world["list"])]
+    argv += ["--save_dir", str(tmp_path / "oc"), "--crop", "64", "--crop-stride", "64"]
+    argv += ["--workers", "0"]
+    infer_mvss_cls.main([*argv, "--write-thresholds", str(cls)])
+    chosen = read_thresholds(cls)
+    assert chosen.task == "classification" and chosen.pixel is None
+    infer_mvss_cls.main([*argv, "--thresholds", str(cls)])
+    assert _summary(tmp_path / "oc", "ckcls")["threshold"] == chosen.image
+    # a classifier's file is refused by a localisation script
+    assert _infer(world, tmp_path / "x", "--thresholds", str(cls)) == 2
+
+
+def test_the_benchmark_writes_thresholds_the_scripts_read(world, tmp_path):
+    out = tmp_path / "bench"
+    sets = [f"a={world['list']}", f"b={world['list']}"]
+    argv = ["--model_path", str(world["ck"]), "--sets", *sets, "--save_dir", str(out)]
+    argv += ["--resize", "64", "--workers", "0", "--th-from", "a"]
+    assert benchmark.main(argv) == 0
+    written = out / "ck" / "thresholds_from_a.json"
+    chosen = read_thresholds(written)
+    assert chosen.checkpoint_sha256 == checkpoint_digest(world["ck"])
+    table = json.loads((out / "ck" / "benchmark.json").read_text())
+    assert table["thresholds"]["pixel_threshold"] == chosen.pixel
+    assert "image_ece" in table["sets"]["b"]
+    assert (out / "ck" / "b" / "none" / "reliability.png").is_file()
+    _infer(world, tmp_path / "s", "--thresholds", str(written))
+    assert _summary(tmp_path / "s", "ck")["pixel_threshold"] == chosen.pixel
+
+
+def test_platt_calibration_is_monotone_and_improves_ece_where_fitted():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    # overconfident scores: authentic images score high too
+    scores = np.clip(0.55 + 0.3 * labels + rng.normal(0, 0.12, 400), 0, 1)
+    calibration = fit_platt(scores, labels, "val")
+    assert calibration is not None and calibration.a > 0
+    grid = np.linspace(0, 1, 101)
+    assert np.all(np.diff(calibration(grid)) > 0)  # strictly increasing: AUC unchanged
+    before = expected_calibration_error(scores, labels)
+    after = expected_calibration_error(calibration(scores), labels)
+    assert after < before / 2
+    assert calibration.ece_before == pytest.approx(before)
+    assert calibration.ece_after == pytest.approx(after)
+    assert fit_platt(scores, np.ones_like(labels), "val") is None  # one class: no fit
+    assert fit_platt(1 - scores, labels, "val") is None  # ranks the wrong way: refused
+
+
+def test_a_jpeg_saved_mask_is_counted_where_the_rules_disagree(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.circle(mask, (30, 33), 17, 255, -1)  # edges across 8×8 blocks: JPEG rings there
+    cv2.imwrite(str(tmp_path / "clean.png"), mask)
+    cv2.imwrite(str(tmp_path / "saved.jpg"), mask, [cv2.IMWRITE_JPEG_QUALITY, 50])
+    cv2.imwrite(str(tmp_path / "index.png"), (mask > 0).astype(np.uint8))
+    paths = [tmp_path / n for n in ("clean.png", "saved.jpg", "index.png", "missing.png")]
+    assert count_rule_disagreements(paths) == (1, 3)
+
+
+def test_the_mask_rule_is_the_release_s_by_default_and_says_where_they_disagree(
+    world, tmp_path, capsys
+):
+    root = tmp_path / "jpeg"
+    list_file = make_tiny_dataset(root, n_tampered=2, n_authentic=1, corrupt=False)
+    for i in range(2):  # ground truth saved as JPEG: grey ringing around the region
+        mask = cv2.imread(str(root / f"mask_{i:02d}.png"), 0)
+        cv2.imwrite(str(root / f"mask_{i:02d}.jpg"), mask, [cv2.IMWRITE_JPEG_QUALITY, 30])
+    list_file.write_text(
+        list_file.read_text().replace(".png 1", ".jpg 1").replace("mask_", "mask_")
+    )
+    argv = ["--model_path", str(world["ck"]), "--test_file", str(list_file)]
+    argv += ["--save_dir", str(tmp_path / "o"), "--resize", "64", "--workers", "0"]
+    infer_mvss_calmetrics.main(argv)
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "o" / "test" / "ck" / "summary.json").read_text())
+    assert summary["mask_threshold"] == 0 and summary["masks_checked"] == 2
+    assert summary["masks_rules_disagree"] >= 1
+    assert "--mask-threshold 127 for the other rule" in printed
