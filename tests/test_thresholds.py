@@ -83,7 +83,7 @@ def test_written_thresholds_are_used_and_refused_for_another_checkpoint(world, t
     capsys.readouterr()
     _infer(world, tmp_path / "b", "--thresholds", str(chosen_file))
     printed = capsys.readouterr().out
-    assert f"pixel {chosen.pixel:g}" in printed and str(chosen_file) in printed
+    assert f"pixel {chosen.pixel:.3g}" in printed and str(chosen_file) in printed
     summary = _summary(tmp_path / "b", "ck")
     assert summary["pixel_threshold"] == chosen.pixel
     assert summary["image_threshold"] == chosen.image

@@ -213,12 +213,12 @@ def verdict(score: float, image_threshold: float, calibration: Calibration | Non
     if calibration is None:
         return (
             f"{decision}: the score {score:.3f} is {side} the image threshold "
-            f"{image_threshold:g}; this checkpoint has no calibration, so the score is "
+            f"{image_threshold:.3g}; this checkpoint has no calibration, so the score is "
             "not a probability"
         )
     p = float(calibration(score))
     return (
-        f"{decision} (score {score:.3f}, image threshold {image_threshold:g}): on "
+        f"{decision} (score {score:.3f}, image threshold {image_threshold:.3g}): on "
         f"{calibration.fitted_on} ({calibration.images} images), images scoring like this "
         f"were manipulated about {100 * p:.0f} % of the time"
     )

@@ -113,8 +113,8 @@ class Thresholds:
     source: str = "the release's default 0.5"
 
     def line(self, task: str) -> str:
-        parts = [] if task == "classification" else [f"pixel {self.pixel:g}"]
-        parts.append(f"image {self.image:g}")
+        parts = [] if task == "classification" else [f"pixel {self.pixel:.3g}"]
+        parts.append(f"image {self.image:.3g}")
         text = f"thresholds: {', '.join(parts)} ({self.source})"
         if self.calibration is not None:
             text += f"; image scores calibrated ({self.calibration.method}, "
@@ -146,27 +146,32 @@ def resolve_thresholds(
     elif checkpoint:
         chosen = stored_thresholds(checkpoint)
         origin = "" if chosen is None else f"the checkpoint's own, {chosen.describe()}"
-    sources: list[str] = []
+    origins: dict[str, list[str]] = {}  # where from → which thresholds
 
     def pick(given: float | None, stored: float | None, name: str) -> float:
         if given is not None:
-            sources.append(f"{name} from the command line")
+            origins.setdefault("the command line", []).append(name)
             return given
         if stored is not None:
-            sources.append(f"{name} from {origin}")
+            origins.setdefault(origin, []).append(name)
             return stored
-        sources.append(f"{name}: the release's default")
+        origins.setdefault("the release's default 0.5", []).append(name)
         return DEFAULT_THRESHOLD
 
-    pixel = pick(getattr(args, "th", None), chosen and chosen.pixel, "pixel")
-    if task == "classification":
-        sources.clear()
+    pixel = DEFAULT_THRESHOLD
+    if task != "classification":
+        pixel = pick(getattr(args, "th", None), chosen and chosen.pixel, "pixel")
     image = pick(args.image_th, chosen and chosen.image, "image")
+    many = len(origins) > 1
+    source = "; ".join(
+        f"{' and '.join(names)} from {where}" if many else f"from {where}"
+        for where, names in origins.items()
+    )
     return Thresholds(
         pixel=pixel,
         image=image,
         calibration=chosen.calibration if chosen else None,
-        source="; ".join(sources),
+        source=source,
     )
 
 
