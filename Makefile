@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-other-cpus lint format demo bench serve clean
+.PHONY: setup test test-other-cpus lint format demo bench gpu-check serve clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,11 @@ serve: setup
 
 bench: setup
 	$(BIN)/python -m bench.isolated model
+
+# Every CUDA path once, in one JSON + Markdown report (bench/results/gpu_check/); on a
+# machine without CUDA it says so and exits with 2.
+gpu-check: setup
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -210,7 +210,7 @@ def run(argv: list[str]) -> int:
     thresholds = resolve_thresholds(args, args.model_path, task)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     require_writable_dir(args.save_dir, "--save_dir")
-    loaded = load_sets(sets)
+    loaded = load_sets(sets, args.data_root)
     spec = model_spec(args)  # validates device and precision before the group starts
     opts = run_options(args, spec)
     out = Path(args.save_dir) / Path(args.model_path).stem
@@ -392,15 +392,18 @@ def _report(
         folder = out / name / "none"
         if (folder / "per_image.csv").is_file():
             summary.update(calibration_report(folder, calibration, f"{name}: image scores"))
-        records = next(d.records for d in loaded if d.name == name)
-        summary.update(mask_rule_report(records, mask_threshold))
+        data = next(d for d in loaded if d.name == name)
+        summary.update(mask_rule_report(data.records, mask_threshold))
+        for key, value in (data.paper or {}).items():
+            summary[f"{key} (paper)"] = value
         rule = mask_rule_line(summary)
         if rule:
             print(f"{name}: {rule}")
         clean[name] = summary
     view = None if chosen is None else _chosen_view(chosen)
     print(thresholds.line(task) if chosen is None else f"thresholds: {chosen.describe()}")
-    table_rows = (*rows, *CALIBRATION_ROWS, "masks_rules_disagree")
+    published = sorted({f"{k} (paper)" for d in loaded for k in (d.paper or {})})
+    table_rows = (*rows, *published, *CALIBRATION_ROWS, "masks_rules_disagree")
     print(combined_table(out, clean, table_rows, at_threshold, view, rescored))
     print(f"\ntables: {out / 'benchmark.md'} (.csv, .json)")
     print(f"reliability diagrams: {out}/<set>/none/reliability.png")

@@ -206,3 +206,14 @@ def test_the_mask_rule_is_the_release_s_by_default_and_says_where_they_disagree(
     assert summary["mask_threshold"] == 0 and summary["masks_checked"] == 2
     assert summary["masks_rules_disagree"] >= 1
     assert "--mask-threshold 127 for the other rule" in printed
+
+
+def test_thresholds_with_a_missing_checkpoint_is_the_loaders_one_line(world, tmp_path, capsys):
+    chosen = write_thresholds(
+        tmp_path / "t.json", ChosenThresholds("localization", 0.4, 0.6, "val", 9, "ab" * 32)
+    )
+    argv = ["--model_path", str(tmp_path / "nope.pt"), "--test_file", str(world["list"])]
+    argv += ["--save_dir", str(tmp_path / "o"), "--thresholds", str(chosen)]
+    assert infer_mvss_calmetrics.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "checkpoint not found" in err

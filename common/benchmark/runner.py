@@ -59,44 +59,72 @@ CLEAN = "none"
 
 @dataclass(frozen=True)
 class BenchSet:
-    """A named test set: any source the scripts accept (list, JSON, folder, glob)."""
+    """A named test set: any source the scripts accept (list, JSON, folder, glob), the
+    data root its list's relative paths start from (None: the run's ``--data-root``, else
+    beside the list), and published figures to print beside ours."""
 
     name: str
     source: str
+    root: str | None = None
+    paper: dict[str, float] | None = None
 
 
 def parse_sets(items: list[str]) -> list[BenchSet]:
-    """``NAME=SOURCE`` items → sets; names must be unique and folder-safe."""
+    """``NAME=SOURCE`` or ``NAME=SOURCE@ROOT`` items → sets; names must be unique and
+    folder-safe."""
     sets = []
     for item in items:
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
-            raise UsageError(f"expected NAME=LIST, got {item!r}", "--sets")
-        sets.append(BenchSet(name.strip(), source.strip()))
+            raise UsageError(f"expected NAME=LIST or NAME=LIST@ROOT, got {item!r}", "--sets")
+        source, at, root = source.partition("@")
+        if at and not root.strip():
+            raise UsageError(f"expected a data root after '@', got {item!r}", "--sets")
+        sets.append(BenchSet(name.strip(), source.strip(), root.strip() or None))
     return _checked(sets, "--sets")
 
 
 def read_sets_file(path: str | Path) -> list[BenchSet]:
-    """A YAML mapping ``NAME: SOURCE`` (or ``sets: {NAME: SOURCE}``); relative sources
+    """A YAML mapping ``NAME: SOURCE`` (or ``sets: {NAME: SOURCE}``), where a source may
+    also be a mapping ``{list: SOURCE, root: DIR, paper: {metric: value}}``; a top-level
+    ``root:`` is the data root of every set without its own. Relative sources and roots
     are taken from the file's folder."""
     path = Path(path)
+    where = f"--sets-file {path}"
     try:
         data = yaml.safe_load(path.read_text())
     except UnicodeDecodeError as exc:
-        raise UsageError("not a text (YAML) file", f"--sets-file {path}") from exc
+        raise UsageError("not a text (YAML) file", where) from exc
     except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read the sets file ({exc})", f"--sets-file {path}") from exc
+        raise UsageError(f"cannot read the sets file ({exc})", where) from exc
+    default_root = data.get("root") if isinstance(data, dict) else None
     if isinstance(data, dict) and isinstance(data.get("sets"), dict):
         data = data["sets"]
     if not isinstance(data, dict) or not data:
-        raise UsageError("expected a mapping NAME: LIST", f"--sets-file {path}")
+        raise UsageError("expected a mapping NAME: LIST", where)
+
+    def local(value: object) -> str:
+        src = Path(str(value)).expanduser()
+        return str(path.parent / src) if not src.is_absolute() else str(src)
+
     sets = []
-    for name, source in data.items():
-        src = Path(str(source)).expanduser()
-        if not src.is_absolute() and (path.parent / src).exists():
-            src = path.parent / src
-        sets.append(BenchSet(str(name), str(src)))
-    return _checked(sets, f"--sets-file {path}")
+    for name, entry in data.items():
+        if name == "root":
+            continue
+        spec = entry if isinstance(entry, dict) else {"list": entry}
+        if "list" not in spec:
+            raise UsageError(f"set {name!r} has no 'list'", where)
+        source = Path(str(spec["list"])).expanduser()
+        if not source.is_absolute() and (path.parent / source).exists():
+            source = path.parent / source
+        root = spec.get("root", default_root)
+        paper = spec.get("paper")
+        if paper is not None and not (
+            isinstance(paper, dict) and all(isinstance(v, int | float) for v in paper.values())
+        ):
+            raise UsageError(f"set {name!r}: 'paper' must map metric names to numbers", where)
+        sets.append(BenchSet(str(name), str(source), None if root is None else local(root), paper))
+    return _checked(sets, where)
 
 
 def _checked(sets: list[BenchSet], where: str) -> list[BenchSet]:
@@ -116,17 +144,23 @@ class LoadedSet:
     source: str
     records: list[Record]
     problems: list[Problem]
+    paper: dict[str, float] | None = None  # published figures, printed beside ours
 
 
-def load_sets(sets: list[BenchSet]) -> list[LoadedSet]:
-    """Every set's records, read before any work (a set with no usable image is a user
-    error naming it)."""
+def load_sets(sets: list[BenchSet], data_root: str | None = None) -> list[LoadedSet]:
+    """Every set's records, read before any work (a set with no usable image, a missing
+    data root, or a list that does not resolve under it is a user error naming it)."""
     loaded = []
     for s in sets:
         where = f"--sets {s.name}={s.source}"
-        records, problems = load_usable(s.source, where)
+        root = s.root or data_root
+        option = "--data-root" if s.root is None else f"root of set {s.name}"
+        source = s.source
+        if root and not Path(source).is_absolute() and not Path(source).exists():
+            source = str(Path(root).expanduser() / source)  # a folder set under the root
+        records, problems = load_usable(source, where, root=root, root_option=option)
         require_one_readable(records, where, lambda i, r=records: decode_record(r[i]))
-        loaded.append(LoadedSet(s.name, s.source, records, problems))
+        loaded.append(LoadedSet(s.name, s.source, records, problems, s.paper))
     return loaded
 
 

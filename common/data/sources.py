@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.data.decode import IMAGE_EXTENSIONS, BadInputError, read_image, read_mask_raw
 from common.core.user_errors import UsageError
+from common.data.decode import IMAGE_EXTENSIONS, BadInputError, read_image, read_mask_raw
 
 MASK_SUFFIXES = ("_gt", "_mask", "_groundtruth", "-gt", "-mask")
 _NONE_MASKS = {"none", "null", "negative", "-", ""}
@@ -50,23 +50,31 @@ class Problem:
         return f"{self.where}: {self.reason}"
 
 
-def _resolve(path: str, base: Path) -> str:
+def _resolve(path: str, base: Path, root: Path | None = None) -> str:
+    """A list's path: absolute paths as they are; relative ones under ``root`` when a
+    data root is given (the release's lists name paths from a dataset root), else beside
+    the list first, then from the working directory."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return str(p)
+    if root is not None:
+        return str(root / p)
     beside = base / p
     return str(beside) if beside.exists() or not p.exists() else str(p)
 
 
-def read_list_file(path: str | Path) -> tuple[list[Record], list[Problem]]:
+def read_list_file(
+    path: str | Path, root: str | Path | None = None
+) -> tuple[list[Record], list[Problem]]:
     """The official list format: ``image mask label [edge]`` per line, whitespace separated.
 
     ``mask`` may be ``None`` (authentic); a single column is an unlabelled image. Relative
-    paths are looked up beside the list file first, then from the working directory.
-    Blank lines and lines starting with ``#`` are ignored.
+    paths resolve under ``root`` when given, else beside the list file first, then from
+    the working directory. Blank lines and lines starting with ``#`` are ignored.
     """
     path = Path(path)
     base = path.parent
+    root = None if root is None else Path(root).expanduser()
     records, problems = [], []
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         text = line.strip()
@@ -75,7 +83,7 @@ def read_list_file(path: str | Path) -> tuple[list[Record], list[Problem]]:
         cols = text.split()
         where = f"{path}:{number}"
         if len(cols) == 1:
-            records.append(Record(_resolve(cols[0], base)))
+            records.append(Record(_resolve(cols[0], base, root)))
             continue
         if len(cols) not in (3, 4):
             problems.append(
@@ -90,18 +98,22 @@ def read_list_file(path: str | Path) -> tuple[list[Record], list[Problem]]:
         if label < 0:
             problems.append(Problem(where, f"negative label {label}"))
             continue
-        mask = None if cols[1].lower() in _NONE_MASKS else _resolve(cols[1], base)
+        mask = None if cols[1].lower() in _NONE_MASKS else _resolve(cols[1], base, root)
         if label > 0 and mask is None:
             problems.append(Problem(where, f"label {label} (manipulated) but no mask"))
             continue
-        edge = _resolve(cols[3], base) if len(cols) == 4 else None
-        records.append(Record(_resolve(cols[0], base), mask, label, edge))
+        edge = _resolve(cols[3], base, root) if len(cols) == 4 else None
+        records.append(Record(_resolve(cols[0], base, root), mask, label, edge))
     return records, problems
 
 
-def read_json_list(path: str | Path) -> tuple[list[Record], list[Problem]]:
-    """IMDL-BenCo's JSON list: ``[[image, mask_or_"Negative"], ...]``."""
+def read_json_list(
+    path: str | Path, root: str | Path | None = None
+) -> tuple[list[Record], list[Problem]]:
+    """IMDL-BenCo's JSON list: ``[[image, mask_or_"Negative"], ...]`` (relative paths as
+    in :func:`read_list_file`)."""
     path = Path(path)
+    root = None if root is None else Path(root).expanduser()
     try:
         rows = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -120,9 +132,10 @@ def read_json_list(path: str | Path) -> tuple[list[Record], list[Problem]]:
             continue
         image, mask = row
         if mask.lower() in _NONE_MASKS:
-            records.append(Record(_resolve(image, path.parent), None, 0))
+            records.append(Record(_resolve(image, path.parent, root), None, 0))
         else:
-            records.append(Record(_resolve(image, path.parent), _resolve(mask, path.parent), 1))
+            image_path, mask_path = (_resolve(x, path.parent, root) for x in (image, mask))
+            records.append(Record(image_path, mask_path, 1))
     return records, problems
 
 
@@ -191,11 +204,15 @@ def scan_images(paths: list[str]) -> tuple[list[Record], list[Problem]]:
     return records, problems
 
 
-def load_source(spec: str | Path | list[str]) -> tuple[list[Record], list[Problem]]:
+def load_source(
+    spec: str | Path | list[str], root: str | Path | None = None
+) -> tuple[list[Record], list[Problem]]:
     """Any source: a ``.txt`` list, a ``.json`` list, a folder with ``images/`` (and
-    ``masks/``), a folder of images, image paths or globs. Rows naming files that do not
-    exist are problems from the start, so "nothing usable" is known before any work."""
-    records, problems = _load_any(spec)
+    ``masks/``), a folder of images, image paths or globs. ``root`` is the data root a
+    list's relative paths resolve under (folders and globs name their files already).
+    Rows naming files that do not exist are problems from the start, so "nothing usable"
+    is known before any work."""
+    records, problems = _load_any(spec, root)
     present = []
     for rec in records:
         missing = _missing_file(rec)
@@ -209,13 +226,27 @@ def load_source(spec: str | Path | list[str]) -> tuple[list[Record], list[Proble
 NO_MATCH = "no such file, folder or glob match"
 
 
+# A list whose first rows all miss under a data root is a wrong root, not bad rows.
+ROOT_CHECK_ROWS = 5
+
+
 def load_usable(
-    spec: str | Path | list[str], where: str, noun: str = "images"
+    spec: str | Path | list[str],
+    where: str,
+    noun: str = "images",
+    root: str | Path | None = None,
+    root_option: str = "--data-root",
 ) -> tuple[list[Record], list[Problem]]:
     """:func:`load_source`, and a :class:`UsageError` naming ``where`` (the option and
     value that gave the source) when a path does not exist or no row is usable: every
-    script decides "an input set a job can start on" here."""
-    records, problems = load_source(spec)
+    script decides "an input set a job can start on" here. With a data ``root``: a
+    missing root, or a list whose first rows do not resolve under it, is one line that
+    shows a resolved path."""
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise UsageError("data root not found (or not a folder)", f"{root_option} {root}")
+    records, problems = load_source(spec, root)
+    if root is not None:
+        _check_root(records, problems, where, root, root_option)
     missing = [p for p in problems if p.reason == NO_MATCH]
     if missing:
         option = where.split(" ", 1)[0]
@@ -225,6 +256,28 @@ def load_usable(
         first = f"first: {problems[0]}" if problems else "an empty list or folder"
         raise UsageError(what, where, first)
     return records, problems
+
+
+def _check_root(
+    records: list[Record],
+    problems: list[Problem],
+    where: str,
+    root: str | Path,
+    root_option: str,
+) -> None:
+    missing = [p for p in problems if p.reason == "image file not found"]
+    total = len(records) + len(missing)
+    wrong_root = not records or (
+        len(missing) >= min(ROOT_CHECK_ROWS, total) and 2 * len(missing) > total
+    )
+    if not missing or not wrong_root:
+        return  # most rows resolve: a few missing files, recorded as failures
+    raise UsageError(
+        f"the list's paths do not resolve under the data root ({len(missing)} of "
+        f"{len(records) + len(missing)} images missing)",
+        f"{where}, {root_option} {root}",
+        f"e.g. {missing[0].where} does not exist",
+    )
 
 
 def require_one_readable(
@@ -262,18 +315,20 @@ def _missing_file(rec: Record) -> str | None:
     return None
 
 
-def _load_any(spec: str | Path | list[str]) -> tuple[list[Record], list[Problem]]:
+def _load_any(
+    spec: str | Path | list[str], root: str | Path | None = None
+) -> tuple[list[Record], list[Problem]]:
     if isinstance(spec, list):
         if len(spec) == 1:
-            return _load_any(spec[0])
+            return _load_any(spec[0], root)
         return scan_images(spec)
     p = Path(spec)
     if p.is_file() and p.suffix.lower() == ".json":
-        return read_json_list(p)
+        return read_json_list(p, root)
     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
         return scan_images([str(p)])
     if p.is_file():
-        return read_list_file(p)
+        return read_list_file(p, root)
     if p.is_dir() and (p / "images").is_dir():
         return scan_folder_pair(p)
     return scan_images([str(spec)])

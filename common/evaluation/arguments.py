@@ -133,7 +133,10 @@ def resolve_thresholds(
         where = f"--thresholds {args.thresholds}"
         if (chosen.task == "classification") != (task == "classification"):
             raise UsageError(f"chosen for a {chosen.task} model, this is {task}", where)
-        digest = checkpoint_digest(checkpoint) if checkpoint else None
+        # a missing checkpoint is the loader's error to give, in its own words
+        digest = (
+            checkpoint_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
+        )
         other = bool(chosen.checkpoint_sha256 and digest and chosen.checkpoint_sha256 != digest)
         if other and not getattr(args, "force_thresholds", False):
             raise UsageError(
@@ -199,6 +202,17 @@ def add_io_args(
             help="list file (image mask label), JSON list, folder (images/ + masks/ or "
             "plain), image paths or globs",
         )
+    g.add_argument(
+        "--data-root",
+        "--data_root",
+        dest="data_root",
+        default=None,
+        metavar="DIR",
+        help="the folder a list's relative paths start from (the release's lists name "
+        "paths from a dataset root, e.g. ./COVER/tampered/95t.tif); absolute paths are "
+        "kept; default: beside the list"
+        + ("; a set of --sets-file may name its own root" if not sources else ""),
+    )
     g.add_argument(
         "--save_dir",
         "--save-dir",
@@ -274,7 +288,7 @@ def load_inputs(args: argparse.Namespace) -> tuple[str | list[str], list[Record]
     if not args.test_file:
         raise UsageError("no inputs given", "--test_file")
     source = args.test_file if len(args.test_file) > 1 else args.test_file[0]
-    records, problems = load_usable(source, f"--test_file {source}")
+    records, problems = load_usable(source, f"--test_file {source}", root=args.data_root)
     if not getattr(args, "pred_dir", None):  # scoring saved maps reads no image
         require_one_readable(records, f"--test_file {source}", lambda i: decode_record(records[i]))
     return source, records, problems

@@ -156,7 +156,7 @@ def choose_and_write(
 ) -> ChosenThresholds:
     """Choose thresholds on this run's maps (or, for the classifier, its scores), fit
     the calibration, write them to ``path`` and say so."""
-    digest = checkpoint_digest(checkpoint) if checkpoint else None
+    digest = checkpoint_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     if task == "classification" or maps_dir is None:
         scores, labels = scores_and_labels(out / "per_image.csv")
         chosen = choose_from_scores(scores.tolist(), labels.tolist(), chosen_on, digest)
@@ -170,5 +170,5 @@ def choose_and_write(
     parts += [] if chosen.image is None else [f"image {chosen.image:g}"]
     what = ", ".join(parts) or "none (the list needs manipulated and authentic images)"
     calibrated = "" if chosen.calibration is None else "; image-score calibration fitted"
-    print(f"thresholds chosen on {chosen.describe()}: {what}{calibrated}; written to {path}")
+    print(f"thresholds {chosen.describe()}: {what}{calibrated}; written to {path}")
     return chosen

@@ -37,7 +37,9 @@ def build_dataset(
     """The training (augmented, labels from the crop's content) or validation dataset of
     a list; a source without one readable, labelled sample is a :class:`UsageError`."""
     option = "--train_list" if train else "--val_list"
-    records, problems = load_usable(source, f"{option} {source}", noun="samples")
+    records, problems = load_usable(
+        source, f"{option} {source}", noun="samples", root=cfg.get("data_root")
+    )
     unlabelled = [r.image for r in records if r.label < 0]
     if unlabelled:
         raise UsageError(
