@@ -166,8 +166,8 @@ def choose_and_write(
             records, maps_dir, masks, empty_f1, chosen_on, task, failures, digest
         )
     write_thresholds(path, chosen)
-    parts = [] if chosen.pixel is None else [f"pixel {chosen.pixel:g}"]
-    parts += [] if chosen.image is None else [f"image {chosen.image:g}"]
+    parts = [] if chosen.pixel is None else [f"pixel {chosen.pixel:.3g}"]
+    parts += [] if chosen.image is None else [f"image {chosen.image:.3g}"]
     what = ", ".join(parts) or "none (the list needs manipulated and authentic images)"
     calibrated = "" if chosen.calibration is None else "; image-score calibration fitted"
     print(f"thresholds {chosen.describe()}: {what}{calibrated}; written to {path}")
