@@ -110,7 +110,7 @@ def require_cuda(device: str) -> torch.device:
 
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
-        _reset_peak(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak_mib(device: torch.device) -> float | None:

@@ -86,6 +86,9 @@ def test_the_benchmark_takes_a_root_per_set_and_prints_the_papers_figures(releas
     argv += ["--save_dir", str(out), "--resize", "64", "--workers", "0"]
     assert benchmark.main(argv) == 0
     table = (out / "ck" / "benchmark.md").read_text()
+    # the file's placeholder root gives way to --data-root on the command line
+    sets_file.write_text(sets_file.read_text().replace(str(release_layout["root"]), "/nowhere"))
+    assert benchmark.main([*argv, "--data-root", str(release_layout["root"])]) == 0
     assert "| pixel_f1 (paper) | n/a | 0.4530 |" in table  # beside ours, in its set's column
     assert "| image_auc (paper) | n/a | 0.7310 |" in table
 
@@ -108,7 +111,7 @@ def test_the_papers_sets_file_and_training_configs_read():
     sets = read_sets_file(ROOT / "configs" / "paper" / "test_sets.yaml")
     names = [s.name for s in sets]
     assert names == ["CASIAv1plus", "CASIAv1", "Columbia", "COVERAGE", "NIST16", "IMD2020"]
-    assert all(s.root == "/path/to/datasets" for s in sets)
+    assert all(s.file_root == "/path/to/datasets" and s.root is None for s in sets)
     assert sets[2].paper == {"pixel_f1": 0.638, "image_auc": 0.980, "image_f1": 0.802}
     from common.training.config import parse_config, read_defaults
 

@@ -65,8 +65,9 @@ class BenchSet:
 
     name: str
     source: str
-    root: str | None = None
+    root: str | None = None  # the set's own (NAME=LIST@ROOT, or root: under the set)
     paper: dict[str, float] | None = None
+    file_root: str | None = None  # a sets file's top-level root: --data-root overrides it
 
 
 def parse_sets(items: list[str]) -> list[BenchSet]:
@@ -117,13 +118,15 @@ def read_sets_file(path: str | Path) -> list[BenchSet]:
         source = Path(str(spec["list"])).expanduser()
         if not source.is_absolute() and (path.parent / source).exists():
             source = path.parent / source
-        root = spec.get("root", default_root)
+        root = spec.get("root")
         paper = spec.get("paper")
         if paper is not None and not (
             isinstance(paper, dict) and all(isinstance(v, int | float) for v in paper.values())
         ):
             raise UsageError(f"set {name!r}: 'paper' must map metric names to numbers", where)
-        sets.append(BenchSet(str(name), str(source), None if root is None else local(root), paper))
+        own = None if root is None else local(root)
+        file_root = None if default_root is None else local(default_root)
+        sets.append(BenchSet(str(name), str(source), own, paper, file_root))
     return _checked(sets, where)
 
 
@@ -153,8 +156,11 @@ def load_sets(sets: list[BenchSet], data_root: str | None = None) -> list[Loaded
     loaded = []
     for s in sets:
         where = f"--sets {s.name}={s.source}"
-        root = s.root or data_root
-        option = "--data-root" if s.root is None else f"root of set {s.name}"
+        # the set's own root, then the command line's, then the sets file's
+        root = s.root or data_root or s.file_root
+        option = f"root of set {s.name}" if s.root else "--data-root"
+        if not s.root and not data_root and s.file_root:
+            option = "root: of the sets file (or --data-root)"
         source = s.source
         if root and not Path(source).is_absolute() and not Path(source).exists():
             source = str(Path(root).expanduser() / source)  # a folder set under the root

@@ -250,7 +250,8 @@ def load_usable(
     missing = [p for p in problems if p.reason == NO_MATCH]
     if missing:
         option = where.split(" ", 1)[0]
-        raise UsageError(NO_MATCH, f"{option} {missing[0].where}")
+        named = where if "=" in where else f"{option} {missing[0].where}"  # a named set
+        raise UsageError(NO_MATCH, named)
     if not records:
         what = f"no {noun}" if not problems else f"no usable rows ({len(problems)} bad)"
         first = f"first: {problems[0]}" if problems else "an empty list or folder"

@@ -146,7 +146,7 @@ def check_files(cfg: dict[str, Any]) -> None:
         if source and not Path(source).exists():
             raise UsageError("training data not found", f"--{key} {source}")
     root = cfg.get("data_root")
-    if root is not None and not (isinstance(root, str) and Path(root).is_dir()):
+    if root is not None and not (isinstance(root, str) and Path(root).expanduser().is_dir()):
         raise UsageError("data root not found (or not a folder)", f"--data_root {root}")
     for key, what in _FILES.items():
         if cfg.get(key):
