@@ -57,7 +57,11 @@ from common.core.user_errors import (
     require_writable_dir,
     run_cli,
 )
-from common.data.masks import CLASSIFIER_DESENSITISED, LOCALIZATION_DESENSITISED
+from common.data.masks import (
+    CLASSIFIER_DESENSITISED,
+    DEFAULT_MASK_THRESHOLD,
+    LOCALIZATION_DESENSITISED,
+)
 from common.evaluation.arguments import (
     Thresholds,
     add_io_args,
@@ -205,6 +209,8 @@ def run(argv: list[str]) -> int:
     task = _task(args)
     if task == "classification" and not any(a.startswith("--desensitised") for a in argv):
         args.desensitised = CLASSIFIER_DESENSITISED  # as infer_mvss_cls.py
+    if task == "classification" and not any(a.startswith("--mask") for a in argv):
+        args.mask_threshold = DEFAULT_MASK_THRESHOLD  # as infer_mvss_cls.py
     if task == "classification" and args.image_th is None:
         args.image_th = args.th  # the classifier's --th is its image threshold
     thresholds = resolve_thresholds(args, args.model_path, task)

@@ -24,6 +24,7 @@ Usage: python -m bench.gpu_check [--out bench/results/gpu_check] [--budget-s 480
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -128,7 +129,13 @@ def check_parity(args: argparse.Namespace, device: torch.device) -> dict[str, An
         gpu = net.to(device)(x.to(device)).seg.float().cpu()
     diff = (gpu - cpu).abs().max().item()
     scale = cpu.abs().max().item()
-    return {"max_abs_diff": diff, "max_rel_diff": diff / max(scale, 1e-12)}
+    return {
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / max(scale, 1e-12),
+        # PyTorch's defaults: cuDNN convolutions may use TF32, matrix products not
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
 
 
 def _inference_paths(
@@ -138,16 +145,19 @@ def _inference_paths(
     from common.accel.fast_path import optimize_for_inference
 
     net = net.to(device).eval()
+    # a copy: .to(memory_format=...) changes a module in place, the others stay NCHW
+    channels_last_net = copy.deepcopy(net).to(memory_format=torch.channels_last)
     paths: dict[str, tuple[nn.Module, str, bool]] = {
         "fp32": (net, "off", False),
         "fp16 autocast": (net, "fp16", False),
         "bf16 autocast": (net, "bf16", False),
-        "fp16 autocast + channels_last": (net.to(memory_format=torch.channels_last), "fp16", True),
+        "fp16 autocast + channels_last": (channels_last_net, "fp16", True),
     }
     fast = optimize_for_inference(net, torch.bfloat16, True).to(device)
     paths["fast path (bf16, channels_last)"] = (fast, "off", True)
     if compile_model:
-        paths["torch.compile fp16 + channels_last"] = (torch.compile(net), "fp16", True)
+        compiled = torch.compile(channels_last_net)
+        paths["torch.compile fp16 + channels_last"] = (compiled, "fp16", True)
     return paths
 
 
@@ -250,12 +260,9 @@ def _task_step(
             parts = task.loss(model(sample["image"]), sample)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts["loss"]).backward()
+        scaler.unscale_(optimizer)  # true gradients (a scaler may skip an overflowing step)
         if step == 0:
-            missing = [
-                n
-                for n, p in model.named_parameters()
-                if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
-            ]
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         scaler.step(optimizer)
         scaler.update()
         synchronize(device)

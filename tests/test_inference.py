@@ -501,3 +501,12 @@ def test_the_python_api_gives_what_the_script_writes(tiny_data, resize):
             assert np.array_equal(levels, written), name
             assert f"{score:.6f}" == row["score"], name  # the CSV keeps 6 decimals
     assert len(rows) == 5
+
+
+def test_int8_runs_on_the_cpu_even_where_auto_finds_a_gpu(monkeypatch):
+    from common.inference.settings import ModelSpec, run_options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    spec = ModelSpec(int8=True).resolved("auto")
+    assert run_options(spec, "auto").device.type == "cpu"
+    assert (spec.amp, spec.fast, spec.channels_last) == ("bf16", True, True)

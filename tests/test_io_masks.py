@@ -278,3 +278,12 @@ def test_decompression_bomb_headers_are_refused_in_plain_words(tmp_path, ext):
     with pytest.raises(BadInputError, match="image too large") as caught:
         read_image(path)
     assert str(path) in str(caught.value)  # the error names the file
+
+
+def test_an_image_over_the_limit_after_decoding_is_too_large(tmp_path):
+    """Whatever reveals the size (header or decoding), the error has one type."""
+    from common.data.decode import TooLargeError, _decode
+
+    data = cv2.imencode(".png", np.zeros((40, 50, 3), np.uint8))[1].tobytes()
+    with pytest.raises(TooLargeError, match="image too large"):
+        _decode("x.png", data, cv2.IMREAD_COLOR, limit=100)

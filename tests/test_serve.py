@@ -107,7 +107,8 @@ def test_predict_gives_the_release_map_and_score(binary):
     want = release_levels(manipulated_map(probs[0].numpy()), (80, 100))
     assert np.array_equal(levels, want)  # what infer_mvss_calmetrics.py would write
     assert body["score"] == pytest.approx(levels.max() / 255)
-    assert body["threshold"] == 0.4 and body["manipulated"] == (body["score"] > 0.4)
+    assert body["threshold"] == 0.4 and body["image_threshold"] == 0.5
+    assert body["manipulated"] == (body["score"] > 0.5)  # the image threshold decides
     assert body["width"] == 100 and body["height"] == 80 and "inference_s" in body["timings"]
     assert body["verdict"]
 

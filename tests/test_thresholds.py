@@ -217,3 +217,56 @@ def test_thresholds_with_a_missing_checkpoint_is_the_loaders_one_line(world, tmp
     assert infer_mvss_calmetrics.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "checkpoint not found" in err
+
+
+def test_platt_stays_finite_on_separable_and_constant_scores():
+    import warnings
+
+    separable = np.array([0.0] * 20 + [1.0] * 20)
+    labels = np.array([0] * 20 + [1] * 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        fit = fit_platt(separable, labels, "val")
+    assert fit is not None and 0 < fit.a < 5
+    assert 0 < float(fit(0.0)) < 0.5 < float(fit(1.0)) < 1  # never a certain 0 or 1
+    assert fit_platt(np.zeros(8), np.array([0, 1] * 4), "val") is None  # constant: no fit
+
+
+def test_degenerate_choices_stay_inside_the_open_interval():
+    from common.evaluation.thresholds import best_image_threshold
+
+    low, _ = best_image_threshold([0.0] * 4 + [0.0] * 4, [0] * 4 + [1] * 4)
+    high, _ = best_image_threshold([0.9999999, 1.0], [0, 1], "precision_recall")
+    assert 0 < low < 1 and 0 < high < 1
+
+
+def test_maps_are_found_for_thresholds_as_the_evaluation_finds_them(world, tmp_path):
+    """--pred-dir maps saved as JPEG (any name the evaluation accepts) count too."""
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    rng = np.random.default_rng(0)
+    for line in world["list"].read_text().splitlines():
+        stem = line.split()[0].rsplit(".", 1)[0]
+        cv2.imwrite(str(maps / f"{stem}.jpg"), rng.integers(0, 255, (72, 88), np.uint8))
+    out = tmp_path / "t.json"
+    argv = ["--pred-dir", str(maps), "--test_file", str(world["list"])]
+    argv += ["--save_dir", str(tmp_path / "o"), "--write-thresholds", str(out)]
+    assert infer_mvss_calmetrics.main(argv) == 0
+    assert read_thresholds(out).images == 7
+
+
+def test_an_unwritable_thresholds_file_is_refused_before_the_run(world, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    code = _infer(world, tmp_path / "o", "--write-thresholds", str(tmp_path / "a_file" / "t.json"))
+    assert code == 2 and "--write-thresholds" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_classifiers_th_is_its_image_threshold_everywhere(world):
+    import argparse
+
+    from common.evaluation.arguments import resolve_thresholds
+
+    args = argparse.Namespace(th=0.7, image_th=None, thresholds=None, force_thresholds=False)
+    assert resolve_thresholds(args, world["ckcls"], "classification").image == 0.7
+    assert resolve_thresholds(args, world["ck"], "localization").image == 0.5

@@ -22,7 +22,7 @@ async function describeModel() {
     // the page starts at the model's own pixel threshold (chosen on a validation set
     // where the checkpoint or a thresholds file says so)
     thresholdInput.value = m.pixel_threshold;
-    $("#threshold-value").textContent = Number(m.pixel_threshold).toFixed(2);
+    $("#threshold-value").textContent = Number(m.pixel_threshold).toFixed(3);
     const c = m.calibration;
     $("#thresholds-info").textContent =
       `Thresholds: ${m.thresholds_source}. ` + (c
@@ -222,15 +222,15 @@ async function submit(files) {
   }
 }
 
-function bindSlider(input, output) {
+function bindSlider(input, output, digits) {
   input.addEventListener("input", () => {
-    output.textContent = parseFloat(input.value).toFixed(2);
+    output.textContent = parseFloat(input.value).toFixed(digits);
     for (const c of cards) c.redraw();
   });
 }
 
-bindSlider(thresholdInput, $("#threshold-value"));
-bindSlider(opacityInput, $("#opacity-value"));
+bindSlider(thresholdInput, $("#threshold-value"), 3);
+bindSlider(opacityInput, $("#opacity-value"), 2);
 $("#files").addEventListener("change", (e) => submit(e.target.files));
 const drop = $("#drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

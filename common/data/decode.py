@@ -72,7 +72,7 @@ def _decode(path: str | Path, data: bytes, flags: int, limit: int | None = None)
         raise BadInputError(path, "not a readable image (unknown format or corrupt data)")
     limit = MAX_PIXELS if limit is None else limit
     if image.shape[0] * image.shape[1] > limit:
-        raise BadInputError(
+        raise TooLargeError(
             path, f"image too large ({image.shape[1]}×{image.shape[0]} > {limit} pixels)"
         )
     return image

@@ -224,6 +224,7 @@ def load_source(
 
 
 NO_MATCH = "no such file, folder or glob match"
+IMAGE_NOT_FOUND = "image file not found"
 
 
 # A list whose first rows all miss under a data root is a wrong root, not bad rows.
@@ -266,7 +267,7 @@ def _check_root(
     root: str | Path,
     root_option: str,
 ) -> None:
-    missing = [p for p in problems if p.reason == "image file not found"]
+    missing = [p for p in problems if p.reason == IMAGE_NOT_FOUND]
     total = len(records) + len(missing)
     wrong_root = not records or (
         len(missing) >= min(ROOT_CHECK_ROWS, total) and 2 * len(missing) > total
@@ -308,7 +309,7 @@ def decode_record(rec: Record) -> None:
 def _missing_file(rec: Record) -> str | None:
     """Why a record cannot be used because a file it names is absent, or None."""
     if not Path(rec.image).is_file():
-        return "image file not found"
+        return IMAGE_NOT_FOUND
     if rec.mask is not None and not Path(rec.mask).is_file():
         return f"mask file not found: {rec.mask}"
     if rec.edge is not None and not Path(rec.edge).is_file():

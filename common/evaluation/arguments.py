@@ -161,10 +161,13 @@ def resolve_thresholds(
         origins.setdefault("the release's default 0.5", []).append(name)
         return DEFAULT_THRESHOLD
 
+    given_image = args.image_th
+    if task == "classification" and given_image is None:
+        given_image = getattr(args, "th", None)  # a classifier's --th is its image threshold
     pixel = DEFAULT_THRESHOLD
     if task != "classification":
         pixel = pick(getattr(args, "th", None), chosen and chosen.pixel, "pixel")
-    image = pick(args.image_th, chosen and chosen.image, "image")
+    image = pick(given_image, chosen and chosen.image, "image")
     many = len(origins) > 1
     source = "; ".join(
         f"{' and '.join(names)} from {where}" if many else f"from {where}"
@@ -297,6 +300,13 @@ def load_inputs(args: argparse.Namespace) -> tuple[str | list[str], list[Record]
 def check_outputs(args: argparse.Namespace) -> None:
     """``--save_dir`` (and ``--pred-dir`` when given) fit before any work starts."""
     require_writable_dir(args.save_dir, "--save_dir")
+    written = getattr(args, "write_thresholds", None)
+    if written:  # known before the run, not after it
+        if Path(written).is_dir():
+            raise UsageError(
+                "is a folder; name the JSON file to write", f"--write-thresholds {written}"
+            )
+        require_writable_dir(Path(written).parent, "--write-thresholds")
     if getattr(args, "pred_dir", None):
         require_dir(args.pred_dir, "map folder", "--pred-dir")
 

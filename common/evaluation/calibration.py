@@ -82,16 +82,30 @@ def fit_platt(
     positives, negatives = int(y.sum()), int((~y).sum())
     if positives == 0 or negatives == 0:
         return None
+    if np.ptp(x) == 0:
+        return None  # every score the same: nothing to fit
     target = np.where(y, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+    def loss(a: float, b: float) -> float:
+        z = a * x + b  # cross-entropy against the smoothed targets, computed stably
+        return float(np.sum(np.logaddexp(0.0, z) - target * z))
+
     a, b = 1.0, 0.0
+    current = loss(a, b)
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(a * x + b)))
         grad = np.array([((p - target) * x).sum(), (p - target).sum()])
         w = p * (1 - p) + 1e-12
         hessian = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]])
         step = np.linalg.solve(hessian + 1e-9 * np.eye(2), grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+        scale = 1.0  # backtrack until the loss falls (Newton alone can overshoot)
+        while scale > 1e-8 and loss(a - scale * step[0], b - scale * step[1]) > current:
+            scale /= 2
+        if scale <= 1e-8:
+            break
+        a, b = a - scale * step[0], b - scale * step[1]
+        previous, current = current, loss(a, b)
+        if previous - current < 1e-12 * max(1.0, abs(previous)):
             break
     if not a > 0:
         return None

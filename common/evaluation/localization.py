@@ -230,7 +230,7 @@ def map_candidates(image_path: str, written_name: str) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def _find_map(pred_dir: Path, names: Sequence[str]) -> Path | None:
+def find_map(pred_dir: Path, names: Sequence[str]) -> Path | None:
     for name in names:
         for ext in _MAP_EXTENSIONS:
             candidate = pred_dir / f"{name}{ext}"
@@ -243,7 +243,7 @@ def count_maps_found(records: Sequence[Record], pred_dir: Path) -> int:
     """How many of the records have a map in ``pred_dir`` (checked before a run)."""
     written = unique_names([r.image for r in records])
     return sum(
-        _find_map(pred_dir, map_candidates(r.image, n)) is not None
+        find_map(pred_dir, map_candidates(r.image, n)) is not None
         for r, n in zip(records, written, strict=True)
     )
 
@@ -269,7 +269,7 @@ def run_pred_dir_evaluation(
             run.fail(rec.image, failures[rec.image])
             continue
         candidates = map_candidates(rec.image, name)
-        path = _find_map(pred_dir, candidates)
+        path = find_map(pred_dir, candidates)
         if path is None:
             tried = " or ".join(f"{c}.png" for c in candidates)
             run.fail(rec.image, f"no map named {tried} in {pred_dir}")

@@ -26,15 +26,16 @@ import numpy as np
 from common.core.release import MAP_LEVELS
 from common.core.reports import unique_names, write_json
 from common.core.user_errors import UsageError, clip, require_file
-from common.data.decode import BadInputError
+from common.data.decode import BadInputError, MaskSizeError
 from common.data.masks import MaskOptions, read_ground_truth
 from common.data.sources import Record
 from common.evaluation.calibration import Calibration, fit_platt
-from common.evaluation.localization import map_candidates, read_saved_map
+from common.evaluation.localization import find_map, map_candidates, read_saved_map
 from common.evaluation.metrics import EMPTY_F1_RULES
 from models.weights import WeightsError, load_torch_file
 
 LEVELS = MAP_LEVELS
+THRESHOLD_MIN, THRESHOLD_MAX = 1e-6, 1 - 1e-6  # the open interval every option accepts
 
 
 class PixelF1Curve:
@@ -97,7 +98,8 @@ def best_image_threshold(
         raise ValueError(f"unknown rule {rule!r}")
     f1 = np.where(a + b > 0, 2 * a * b / np.maximum(a + b, 1e-12), 0.0)
     j = int(np.argmax(f1))
-    return float(np.clip(cuts[j], 0.0, 1.0)), float(f1[j])
+    # a usable threshold lies strictly inside (0, 1), as the options require
+    return float(np.clip(cuts[j], THRESHOLD_MIN, THRESHOLD_MAX)), float(f1[j])
 
 
 # ----------------------------------------------------------------------------- the file
@@ -144,8 +146,8 @@ class ChosenThresholds:
             fields["calibration"] = Calibration.from_dict(fields["calibration"])
         for key in ("pixel", "image"):
             value = fields[key]
-            if value is not None and not (isinstance(value, int | float) and 0 <= value < 1):
-                raise ValueError(f"{key} threshold must be a number in [0, 1), got {value!r}")
+            if value is not None and not (isinstance(value, int | float) and 0 < value < 1):
+                raise ValueError(f"{key} threshold must be a number in (0, 1), got {value!r}")
         if not isinstance(fields["task"], str) or not isinstance(fields["chosen_on"], str):
             raise ValueError("task and chosen_on must be names")
         fields["images"] = int(fields["images"] or 0)
@@ -198,6 +200,11 @@ def stored_thresholds(checkpoint: str | Path) -> ChosenThresholds | None:
 # ----------------------------------------------------------------------------- choosing
 
 
+def _rounded(threshold: float) -> float:
+    """Six decimals, kept inside (0, 1)."""
+    return min(max(round(threshold, 6), THRESHOLD_MIN), THRESHOLD_MAX)
+
+
 def choose_from_maps(
     records: Sequence[Record],
     pred_dir: Path,
@@ -218,9 +225,15 @@ def choose_from_maps(
     for rec, name in zip(records, names, strict=True):
         if rec.image in failures:
             continue
+        path = find_map(pred_dir, map_candidates(rec.image, name))
+        if path is None:
+            continue
         try:
-            prob = read_saved_map(pred_dir / f"{map_candidates(rec.image, name)[0]}.png")
-            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict)
+            prob = read_saved_map(path)
+            try:
+                mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict)
+            except MaskSizeError:  # image level only, as the report scores it
+                mask, (_, label) = None, read_ground_truth(rec.label, rec.mask, prob.shape, masks)
         except BadInputError:
             continue
         levels = np.rint(prob * (LEVELS - 1)).astype(np.uint8)
@@ -233,8 +246,8 @@ def choose_from_maps(
     image = best_image_threshold(scores, labels, "sens_spec")
     return ChosenThresholds(
         task=task,
-        pixel=None if pixel is None else round(pixel[0], 6),
-        image=None if image is None else round(image[0], 6),
+        pixel=None if pixel is None else _rounded(pixel[0]),
+        image=None if image is None else _rounded(image[0]),
         chosen_on=chosen_on,
         images=len(scores),
         checkpoint_sha256=checkpoint_sha256,
@@ -256,7 +269,7 @@ def choose_from_scores(
     return ChosenThresholds(
         task="classification",
         pixel=None,
-        image=None if image is None else round(image[0], 6),
+        image=None if image is None else _rounded(image[0]),
         chosen_on=chosen_on,
         images=len(labelled),
         checkpoint_sha256=checkpoint_sha256,
@@ -307,8 +320,8 @@ class ThresholdCollector:
         image = best_image_threshold(self.scores, self.labels, "sens_spec")
         return ChosenThresholds(
             task=self.task,
-            pixel=None if pixel is None else round(pixel[0], 6),
-            image=None if image is None else round(image[0], 6),
+            pixel=None if pixel is None else _rounded(pixel[0]),
+            image=None if image is None else _rounded(image[0]),
             chosen_on=chosen_on,
             images=len(self.scores),
             pixel_f1_there=None if pixel is None else pixel[1],

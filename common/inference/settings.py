@@ -138,9 +138,10 @@ def run_options(
     tile_batch: int = 4,
     blend: str = "weighted",
 ) -> RunOptions:
-    """How inference calls a model loaded with ``spec`` (which must be resolved)."""
+    """How inference calls a model loaded with ``spec`` (which must be resolved); the
+    int8 path runs on the CPU whatever ``auto`` would find."""
     return RunOptions(
-        device=device_of(device, spec.amp),
+        device=device_of("cpu" if spec.int8 else device, spec.amp),
         amp=spec.autocast_amp,
         channels_last=spec.channels_last,
         tile=tile,
