@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE_KEYS = ROOT.parent / "shared" / "reference" / "official_state_dict_keys.txt"
-# a copy kept in the repository (tests/data/ would be ignored by .gitignore's data/)
+# a copy kept in the repository, beside the tests
 LOCAL_REFERENCE_KEYS = ROOT / "tests" / "reference" / "official_state_dict_keys.txt"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
