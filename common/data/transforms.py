@@ -18,6 +18,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+
 from common.core.release import RELEASE_SIZE
 
 # ImageNet constants applied in this order to the B, G, R channels (the release's
