@@ -63,7 +63,6 @@ from common.data.masks import (
     LOCALIZATION_DESENSITISED,
 )
 from common.evaluation.arguments import (
-    Thresholds,
     add_io_args,
     add_threshold_args,
     eval_settings,
@@ -72,6 +71,7 @@ from common.evaluation.arguments import (
 from common.evaluation.score_report import calibration_report, mask_rule_line, mask_rule_report
 from common.evaluation.thresholds import (
     ChosenThresholds,
+    Thresholds,
     choose_from_maps,
     choose_from_scores,
     write_thresholds,
@@ -211,8 +211,6 @@ def run(argv: list[str]) -> int:
         args.desensitised = CLASSIFIER_DESENSITISED  # as infer_mvss_cls.py
     if task == "classification" and not any(a.startswith("--mask") for a in argv):
         args.mask_threshold = DEFAULT_MASK_THRESHOLD  # as infer_mvss_cls.py
-    if task == "classification" and args.image_th is None:
-        args.image_th = args.th  # the classifier's --th is its image threshold
     thresholds = resolve_thresholds(args, args.model_path, task)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     require_writable_dir(args.save_dir, "--save_dir")

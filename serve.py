@@ -19,7 +19,7 @@ from common.accel.fast_path import WINOGRAD_TILE
 from common.app.serving import Analyser, ModelInfo, Service, create_app
 from common.core.user_errors import Parser, UsageError, at_least, positive_int, run_cli
 from common.data.decode import MAX_PIXELS
-from common.evaluation.arguments import Thresholds, add_threshold_args, resolve_thresholds
+from common.evaluation.arguments import add_threshold_args, resolve_thresholds
 from common.inference.arguments import (
     add_model_args,
     add_run_args,
@@ -95,10 +95,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
         precision=PRECISION_NAMES[spec.amp],
         device=str(opts.device),
         fast=spec.fast,
-        pixel_threshold=thresholds.pixel,
-        image_threshold=thresholds.image,
-        thresholds_source=thresholds.source,
-        calibration=thresholds.calibration,
+        thresholds=thresholds,
     )
     return Service(Analyser(model, info, opts), max_queue=args.max_queue), info
 
@@ -111,12 +108,7 @@ def run(argv: list[str]) -> int:
     app = create_app(service, args.max_upload_mb, args.max_pixels)
     where = f"http://{args.host}:{args.port}/"
     print(f"serving {info.checkpoint} ({info.kind}, {info.precision}) at {where}", flush=True)
-    print(
-        Thresholds(
-            info.pixel_threshold, info.image_threshold, info.calibration, info.thresholds_source
-        ).line(info.kind),
-        flush=True,
-    )
+    print(info.thresholds.line(info.kind), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

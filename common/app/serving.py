@@ -48,7 +48,7 @@ from common.data.decode import BadInputError, TooLargeError, decode_image, decod
 from common.data.masks import binary_from_classes, decode_classes
 from common.data.transforms import normalize_bgr_batch
 from common.evaluation.calibration import Calibration
-from common.evaluation.thresholds import DEFAULT_THRESHOLD
+from common.evaluation.thresholds import DEFAULT_THRESHOLD, Thresholds
 from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE, manipulated_score, score_crops
 from common.inference.single_image import (
     RunOptions,
@@ -93,14 +93,14 @@ class ModelInfo:
     precision: str
     device: str
     fast: bool
-    pixel_threshold: float = DEFAULT_THRESHOLD
-    image_threshold: float = DEFAULT_THRESHOLD
-    thresholds_source: str = "the release's default 0.5"
-    calibration: Calibration | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     def as_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "calibration"}
-        c = self.calibration
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "thresholds"}
+        c = self.thresholds.calibration
+        out["pixel_threshold"] = self.thresholds.pixel
+        out["image_threshold"] = self.thresholds.image
+        out["thresholds_source"] = self.thresholds.source
         out["calibrated"] = c is not None
         out["calibration"] = (
             None
@@ -449,6 +449,13 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
     info = service.analyser.info
     model_name = Path(info.checkpoint).name
 
+    def answer(
+        analysis: Analysis, th: Cuts, timings: dict[str, float], preview: str | None
+    ) -> dict:
+        """One image's JSON, the same for /api/predict and a finished job."""
+        calibration = info.thresholds.calibration
+        return analysis.as_json(model_name, th.pixel, timings, preview, th.image, calibration)
+
     def error(status: int, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
@@ -501,8 +508,8 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         try:
             size = parse_resize_option(resize)
             th = Cuts(
-                parse_threshold(threshold, info.pixel_threshold),
-                parse_threshold(image_th, info.image_threshold),
+                parse_threshold(threshold, info.thresholds.pixel),
+                parse_threshold(image_th, info.thresholds.image),
             )
         except ValueError as exc:
             return error(422, str(exc))
@@ -552,7 +559,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             return error(499, "request cancelled")
         except Exception as exc:  # the server stays up; the client learns why
             return error(500, f"inference failed: {type(exc).__name__}: {exc}")
-        return analysis.as_json(model_name, th.pixel, timings, preview, th.image, info.calibration)
+        return answer(analysis, th, timings, preview)
 
     @app.post("/api/jobs")
     async def submit(
@@ -570,9 +577,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
         def work() -> None:
             try:
                 analysis = service.run(job, decoded, size)
-                job.result = analysis.as_json(
-                    model_name, th.pixel, timings, preview, th.image, info.calibration
-                )
+                job.result = answer(analysis, th, timings, preview)
             except JobCancelledError:
                 job.state = "cancelled"
                 return

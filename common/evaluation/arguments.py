@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.core.checkpoint import checkpoint_digest
@@ -34,9 +33,13 @@ from common.data.sources import (
     require_one_readable,
 )
 from common.evaluation.batch_run import EvalSettings, output_dir
-from common.evaluation.calibration import Calibration
 from common.evaluation.localization import count_maps_found
-from common.evaluation.thresholds import DEFAULT_THRESHOLD, read_thresholds, stored_thresholds
+from common.evaluation.thresholds import (
+    DEFAULT_THRESHOLD,
+    Thresholds,
+    read_thresholds,
+    stored_thresholds,
+)
 from common.inference.arguments import parse_resize
 
 log = logging.getLogger("mvss")
@@ -100,26 +103,6 @@ def add_write_thresholds_arg(parser: argparse.ArgumentParser) -> None:
         "image-score calibration on this labelled list, and write them to FILE (JSON) "
         "for --thresholds",
     )
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The thresholds a run uses, the calibration of its image scores, and where each
-    came from (said on the console and kept in the summary)."""
-
-    pixel: float = DEFAULT_THRESHOLD
-    image: float = DEFAULT_THRESHOLD
-    calibration: Calibration | None = None
-    source: str = "the release's default 0.5"
-
-    def line(self, task: str) -> str:
-        parts = [] if task == "classification" else [f"pixel {self.pixel:.3g}"]
-        parts.append(f"image {self.image:.3g}")
-        text = f"thresholds: {', '.join(parts)} ({self.source})"
-        if self.calibration is not None:
-            text += f"; image scores calibrated ({self.calibration.method}, "
-            text += f"fitted on {self.calibration.fitted_on})"
-        return text
 
 
 def resolve_thresholds(

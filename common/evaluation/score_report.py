@@ -27,7 +27,6 @@ from common.data.masks import (
     count_rule_disagreements,
 )
 from common.data.sources import Record
-from common.evaluation.arguments import Thresholds
 from common.evaluation.calibration import (
     ECE_BINS,
     Calibration,
@@ -36,6 +35,7 @@ from common.evaluation.calibration import (
 )
 from common.evaluation.thresholds import (
     ChosenThresholds,
+    Thresholds,
     choose_from_maps,
     choose_from_scores,
     write_thresholds,

@@ -157,6 +157,26 @@ class ChosenThresholds:
         return f"chosen on {self.chosen_on} ({self.images} images)"
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds a run uses, the calibration of its image scores, and where each
+    came from (said on the console and kept in the summary)."""
+
+    pixel: float = DEFAULT_THRESHOLD
+    image: float = DEFAULT_THRESHOLD
+    calibration: Calibration | None = None
+    source: str = "the release's default 0.5"
+
+    def line(self, task: str) -> str:
+        parts = [] if task == "classification" else [f"pixel {self.pixel:.3g}"]
+        parts.append(f"image {self.image:.3g}")
+        text = f"thresholds: {', '.join(parts)} ({self.source})"
+        if self.calibration is not None:
+            text += f"; image scores calibrated ({self.calibration.method}, "
+            text += f"fitted on {self.calibration.fitted_on})"
+        return text
+
+
 def write_thresholds(path: str | Path, chosen: ChosenThresholds) -> Path:
     """Atomic JSON write; returns the path."""
     path = Path(path)
