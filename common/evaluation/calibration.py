@@ -14,7 +14,7 @@ images of |mean probability − share manipulated| in each image's bin.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,22 +53,33 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def expected_calibration_error(
+def reliability_bins(
     probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
-) -> float:
-    """ECE over equal-width bins (labels > 0 are manipulated; labels < 0 left out)."""
+) -> list[tuple[float, float, int]]:
+    """Per non-empty equal-width bin: (mean probability, share manipulated, images).
+    Labels > 0 are manipulated; labels < 0 are left out."""
     probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
     keep = labels >= 0
     probs, truth = probs[keep], (labels[keep] > 0).astype(np.float64)
-    if len(probs) == 0:
-        return float("nan")
     which = np.minimum((probs * bins).astype(int), bins - 1)
-    total = 0.0
+    rows = []
     for k in range(bins):
         members = which == k
         if members.any():
-            total += members.sum() * abs(probs[members].mean() - truth[members].mean())
-    return float(total / len(probs))
+            rows.append((probs[members].mean(), truth[members].mean(), int(members.sum())))
+    return rows
+
+
+def expected_calibration_error(
+    probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE over equal-width bins: the images' mean |mean probability − share
+    manipulated| of their bin (labels < 0 left out; nan without labelled images)."""
+    rows = reliability_bins(probs, labels, bins)
+    images = sum(n for _, _, n in rows)
+    if images == 0:
+        return float("nan")
+    return float(sum(n * abs(p - share) for p, share, n in rows) / images)
 
 
 def fit_platt(
@@ -110,14 +121,11 @@ def fit_platt(
     if not a > 0:
         return None
     fitted = Calibration(float(a), float(b), fitted_on, int(keep.sum()), 0.0, 0.0)
-    truth = labels[keep]
-    return Calibration(
-        fitted.a,
-        fitted.b,
-        fitted_on,
-        fitted.images,
-        ece_before=float(expected_calibration_error(scores[keep], truth)),
-        ece_after=float(expected_calibration_error(fitted(scores[keep]), truth)),
+    scores, truth = scores[keep], labels[keep]
+    return replace(
+        fitted,
+        ece_before=expected_calibration_error(scores, truth),
+        ece_after=expected_calibration_error(fitted(scores), truth),
     )
 
 
@@ -134,17 +142,9 @@ def reliability_diagram(
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="perfect")
     for name, (probs, labels) in curves.items():
-        probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
-        keep = labels >= 0
-        probs, truth = probs[keep], (labels[keep] > 0).astype(np.float64)
-        which = np.minimum((probs * bins).astype(int), bins - 1)
-        xs, ys = [], []
-        for k in range(bins):
-            members = which == k
-            if members.any():
-                xs.append(probs[members].mean())
-                ys.append(truth[members].mean())
-        ece = expected_calibration_error(probs, labels[keep], bins)
+        rows = reliability_bins(probs, labels, bins)
+        ece = expected_calibration_error(probs, labels, bins)
+        xs, ys = [p for p, _, _ in rows], [share for _, share, _ in rows]
         ax.plot(xs, ys, marker="o", label=f"{name} (ECE {ece:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
