@@ -77,7 +77,6 @@ def run(argv: list[str]) -> int:
             records,
             binary,
             settings.empty_f1,
-            out.parent.name,
             args.model_path,
         )
     return code

@@ -93,7 +93,6 @@ def run(argv: list[str]) -> int:
             records,
             settings.masks,
             settings.empty_f1,
-            out.parent.name,
             None if args.pred_dir else args.model_path,
         )
     return code

@@ -117,7 +117,6 @@ def run(argv: list[str]) -> int:
             records,
             mask_options(args),
             args.empty_f1,
-            out.parent.name,
             args.model_path,
         )
     return code

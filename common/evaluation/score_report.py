@@ -151,11 +151,12 @@ def choose_and_write(
     records: Sequence[Record],
     masks: MaskOptions,
     empty_f1: str,
-    chosen_on: str,
     checkpoint: str | Path | None,
 ) -> ChosenThresholds:
     """Choose thresholds on this run's maps (or, for the classifier, its scores), fit
-    the calibration, write them to ``path`` and say so."""
+    the calibration, write them to ``path`` and say so. The list they are chosen on is
+    named by the run's folder (``<save_dir>/<list name>/<model>``)."""
+    chosen_on = out.parent.name
     digest = checkpoint_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     if task == "classification" or maps_dir is None:
         scores, labels = scores_and_labels(out / "per_image.csv")
@@ -166,9 +167,7 @@ def choose_and_write(
             records, maps_dir, masks, empty_f1, chosen_on, task, failures, digest
         )
     write_thresholds(path, chosen)
-    parts = [] if chosen.pixel is None else [f"pixel {chosen.pixel:.3g}"]
-    parts += [] if chosen.image is None else [f"image {chosen.image:.3g}"]
-    what = ", ".join(parts) or "none (the list needs manipulated and authentic images)"
+    what = chosen.values() or "none (the list needs manipulated and authentic images)"
     calibrated = "" if chosen.calibration is None else "; image-score calibration fitted"
     print(f"thresholds {chosen.describe()}: {what}{calibrated}; written to {path}")
     return chosen

@@ -156,6 +156,12 @@ class ChosenThresholds:
     def describe(self) -> str:
         return f"chosen on {self.chosen_on} ({self.images} images)"
 
+    def values(self) -> str:
+        """ "pixel 0.402, image 0.557" (the thresholds that could be chosen), or ""."""
+        parts = [] if self.pixel is None else [f"pixel {self.pixel:.3g}"]
+        parts += [] if self.image is None else [f"image {self.image:.3g}"]
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -225,6 +231,67 @@ def _rounded(threshold: float) -> float:
     return min(max(round(threshold, 6), THRESHOLD_MIN), THRESHOLD_MAX)
 
 
+class ThresholdCollector:
+    """What choosing thresholds needs, gathered image by image: the pixel-F1 curve over
+    the maps' 8-bit levels (as the scripts write them) and the image scores. A training
+    run's validation feeds it batch by batch (collectors of several processes merge);
+    a finished run feeds it its maps on disk or its scores."""
+
+    def __init__(self, task: str, empty_f1: str = "release") -> None:
+        self.task = task
+        self.curve = PixelF1Curve(EMPTY_F1_RULES[empty_f1])
+        self.scores: list[float] = []
+        self.labels: list[int] = []
+
+    def add(self, levels: np.ndarray, mask: np.ndarray | None, label: int, score: float) -> None:
+        """One image: its 8-bit map, its mask (1 manipulated, 0 pristine, other values
+        ignored; None: image level only), its label (< 0: unlabelled) and its score."""
+        if label > 0 and mask is not None:
+            self.curve.update(levels, mask)
+        if label >= 0:
+            self.scores.append(score)
+            self.labels.append(int(label > 0))
+
+    def update_maps(self, probs: Any, masks: Any, labels: Any) -> None:
+        """``probs`` (N, H, W) P(manipulated); ``masks`` (N, H, W); ``labels`` (N,)."""
+        probs, masks = np.asarray(probs, np.float32), np.asarray(masks)
+        for p, m, y in zip(probs, masks, np.asarray(labels).tolist(), strict=True):
+            levels = np.floor(np.clip(p, 0.0, 1.0) * (LEVELS - 1)).astype(np.uint8)
+            region = m if (m == 1).any() else None  # a crop that missed the region
+            self.add(levels, region, y, float(levels.max()) / (LEVELS - 1))
+
+    def update_scores(self, scores: Any, labels: Any) -> None:
+        for s, y in zip(np.asarray(scores).tolist(), np.asarray(labels).tolist(), strict=True):
+            if y >= 0:
+                self.scores.append(float(s))
+                self.labels.append(int(y > 0))
+
+    def merge(self, other: ThresholdCollector) -> None:
+        self.curve.f1_sum += other.curve.f1_sum
+        self.curve.images += other.curve.images
+        self.scores += other.scores
+        self.labels += other.labels
+
+    def choose(self, chosen_on: str, checkpoint_sha256: str | None = None) -> ChosenThresholds:
+        """The thresholds that maximise pixel-F1 (map tasks) and image-F1 (the paper's
+        for map tasks, precision/recall F1 for the classifier), and the calibration."""
+        classifier = self.task == "classification"
+        pixel = None if classifier else self.curve.best()
+        rule = "precision_recall" if classifier else "sens_spec"
+        image = best_image_threshold(self.scores, self.labels, rule)
+        return ChosenThresholds(
+            task=self.task,
+            pixel=None if pixel is None else _rounded(pixel[0]),
+            image=None if image is None else _rounded(image[0]),
+            chosen_on=chosen_on,
+            images=len(self.scores),
+            checkpoint_sha256=checkpoint_sha256,
+            pixel_f1_there=None if pixel is None else pixel[1],
+            image_f1_there=None if image is None else image[1],
+            calibration=fit_platt(np.array(self.scores), np.array(self.labels), chosen_on),
+        )
+
+
 def choose_from_maps(
     records: Sequence[Record],
     pred_dir: Path,
@@ -235,11 +302,10 @@ def choose_from_maps(
     failures: Collection[str] = (),
     checkpoint_sha256: str | None = None,
 ) -> ChosenThresholds:
-    """The pixel and image thresholds that maximise pixel-F1 and image-F1 on the 8-bit
-    maps in ``pred_dir`` (as the scripts write them), and the image-score calibration.
-    Images that failed, or whose mask size differs, are left out as the report does."""
-    curve = PixelF1Curve(EMPTY_F1_RULES[empty_f1])
-    scores, labels = [], []
+    """The thresholds and calibration chosen on the 8-bit maps in ``pred_dir`` (as the
+    scripts write them, found as the evaluation finds them). Images that failed are left
+    out; those whose mask size differs count at image level only, as the report does."""
+    collector = ThresholdCollector(task, empty_f1)
     strict = replace(masks, nclass=1, size_policy="reject")
     names = unique_names([r.image for r in records])
     for rec, name in zip(records, names, strict=True):
@@ -257,24 +323,8 @@ def choose_from_maps(
         except BadInputError:
             continue
         levels = np.rint(prob * (LEVELS - 1)).astype(np.uint8)
-        if label > 0 and mask is not None:
-            curve.update(levels, mask)
-        if label >= 0:
-            scores.append(float(prob.max()))
-            labels.append(label)
-    pixel = curve.best()
-    image = best_image_threshold(scores, labels, "sens_spec")
-    return ChosenThresholds(
-        task=task,
-        pixel=None if pixel is None else _rounded(pixel[0]),
-        image=None if image is None else _rounded(image[0]),
-        chosen_on=chosen_on,
-        images=len(scores),
-        checkpoint_sha256=checkpoint_sha256,
-        pixel_f1_there=None if pixel is None else pixel[1],
-        image_f1_there=None if image is None else image[1],
-        calibration=fit_platt(np.array(scores), np.array(labels), chosen_on),
-    )
+        collector.add(levels, mask, label, float(prob.max()))
+    return collector.choose(chosen_on, checkpoint_sha256)
 
 
 def choose_from_scores(
@@ -284,67 +334,6 @@ def choose_from_scores(
     checkpoint_sha256: str | None = None,
 ) -> ChosenThresholds:
     """The classifier's image threshold (precision/recall F1) and calibration."""
-    image = best_image_threshold(scores, labels, "precision_recall")
-    labelled = [y for y in labels if y >= 0]
-    return ChosenThresholds(
-        task="classification",
-        pixel=None,
-        image=None if image is None else _rounded(image[0]),
-        chosen_on=chosen_on,
-        images=len(labelled),
-        checkpoint_sha256=checkpoint_sha256,
-        image_f1_there=None if image is None else image[1],
-        calibration=fit_platt(np.array(scores, float), np.array(labels), chosen_on),
-    )
-
-
-class ThresholdCollector:
-    """What choosing thresholds needs, gathered batch by batch (a training run's
-    validation): the pixel-F1 curve over the maps' 8-bit levels (as the scripts write
-    them) and the image scores. Collectors of several processes merge."""
-
-    def __init__(self, task: str, empty_f1: str = "release") -> None:
-        self.task = task
-        self.curve = PixelF1Curve(EMPTY_F1_RULES[empty_f1])
-        self.scores: list[float] = []
-        self.labels: list[int] = []
-
-    def update_maps(self, probs: Any, masks: Any, labels: Any) -> None:
-        """``probs`` (N, H, W) P(manipulated); ``masks`` (N, H, W) with 1 manipulated,
-        0 pristine, other values ignored; ``labels`` (N,) image labels (< 0 unlabelled)."""
-        probs, masks = np.asarray(probs, np.float32), np.asarray(masks)
-        for p, m, y in zip(probs, masks, np.asarray(labels).tolist(), strict=True):
-            levels = np.floor(np.clip(p, 0.0, 1.0) * (LEVELS - 1)).astype(np.uint8)
-            if y > 0 and (m == 1).any():
-                self.curve.update(levels, m)
-            if y >= 0:
-                self.scores.append(float(levels.max()) / (LEVELS - 1))
-                self.labels.append(int(y > 0))
-
-    def update_scores(self, scores: Any, labels: Any) -> None:
-        for s, y in zip(np.asarray(scores).tolist(), np.asarray(labels).tolist(), strict=True):
-            if y >= 0:
-                self.scores.append(float(s))
-                self.labels.append(int(y > 0))
-
-    def merge(self, other: ThresholdCollector) -> None:
-        self.curve.f1_sum += other.curve.f1_sum
-        self.curve.images += other.curve.images
-        self.scores += other.scores
-        self.labels += other.labels
-
-    def choose(self, chosen_on: str) -> ChosenThresholds:
-        if self.task == "classification":
-            return choose_from_scores(self.scores, self.labels, chosen_on)
-        pixel = self.curve.best()
-        image = best_image_threshold(self.scores, self.labels, "sens_spec")
-        return ChosenThresholds(
-            task=self.task,
-            pixel=None if pixel is None else _rounded(pixel[0]),
-            image=None if image is None else _rounded(image[0]),
-            chosen_on=chosen_on,
-            images=len(self.scores),
-            pixel_f1_there=None if pixel is None else pixel[1],
-            image_f1_there=None if image is None else image[1],
-            calibration=fit_platt(np.array(self.scores), np.array(self.labels), chosen_on),
-        )
+    collector = ThresholdCollector("classification")
+    collector.update_scores(scores, labels)
+    return collector.choose(chosen_on, checkpoint_sha256)

@@ -329,10 +329,8 @@ class Trainer:
 
 
 def _thresholds_line(chosen: ChosenThresholds) -> str:
-    parts = [] if chosen.pixel is None else [f"pixel {chosen.pixel:.3g}"]
-    parts += [] if chosen.image is None else [f"image {chosen.image:.3g}"]
     calibrated = ", image scores calibrated" if chosen.calibration else ""
-    return f"thresholds {', '.join(parts) or 'none'} {chosen.describe()}{calibrated}"
+    return f"thresholds {chosen.values() or 'none'} {chosen.describe()}{calibrated}"
 
 
 def _cpu(v: Any) -> Any:
