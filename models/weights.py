@@ -6,6 +6,8 @@ Nothing here unpickles arbitrary objects: ``.pth``/``.pt`` go through
 
 from __future__ import annotations
 
+import copy
+import functools
 import pickle
 import re
 import warnings
@@ -241,14 +243,35 @@ def init_backbones_from_imagenet(net: nn.Module, path: str | Path | None) -> Non
         backbone.load_state_dict(usable, strict=False)
 
 
-def read_checkpoint_config(path: str | Path) -> dict:
-    """The plain-data ``config`` stored in our checkpoints ({} for official files)."""
+# The plain-data entries our checkpoints carry beside the weights.
+METADATA_KEYS = ("config", "thresholds")
+
+
+@functools.lru_cache(maxsize=8)
+def _metadata(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
+    """A checkpoint's plain-data entries, read once per file version: a command asks
+    for its description and its thresholds before loading the weights, and a large
+    checkpoint should not be read three times for that."""
+    try:
+        raw = load_torch_file(Path(path))
+    except WeightsError:
+        return {}
+    if not isinstance(raw, Mapping):
+        return {}
+    return {k: dict(raw[k]) for k in METADATA_KEYS if isinstance(raw.get(k), Mapping)}
+
+
+def read_checkpoint_entry(path: str | Path, key: str) -> dict:
+    """The plain-data entry ``key`` of one of our checkpoints ({} when there is none:
+    official files, safetensors, unreadable files)."""
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return {}
-    try:
-        raw = load_torch_file(path)
-    except WeightsError:
-        return {}
-    config = raw.get("config") if isinstance(raw, Mapping) else None
-    return dict(config) if isinstance(config, Mapping) else {}
+    stat = path.stat()
+    entry = _metadata(str(path.resolve()), stat.st_mtime_ns, stat.st_size).get(key, {})
+    return copy.deepcopy(entry)  # the cached copy stays as it was read
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    """The plain-data ``config`` stored in our checkpoints ({} for official files)."""
+    return read_checkpoint_entry(path, "config")

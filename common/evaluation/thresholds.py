@@ -32,7 +32,7 @@ from common.data.sources import Record
 from common.evaluation.calibration import Calibration, fit_platt
 from common.evaluation.localization import find_map, map_candidates, read_saved_map
 from common.evaluation.metrics import EMPTY_F1_RULES
-from models.weights import WeightsError, load_torch_file
+from models.weights import read_checkpoint_entry
 
 LEVELS = MAP_LEVELS
 THRESHOLD_MIN, THRESHOLD_MAX = 1e-6, 1 - 1e-6  # the open interval every option accepts
@@ -207,15 +207,8 @@ def read_thresholds(path: str | Path, option: str = "--thresholds") -> ChosenThr
 def stored_thresholds(checkpoint: str | Path) -> ChosenThresholds | None:
     """The thresholds a training run stored in its checkpoint (``thresholds``), if any.
     Official checkpoints hold none."""
-    path = Path(checkpoint)
-    if path.suffix == ".safetensors" or not path.is_file():
-        return None
-    try:
-        raw = load_torch_file(path)
-    except WeightsError:
-        return None
-    data = raw.get("thresholds") if isinstance(raw, dict) else None
-    if not isinstance(data, dict):
+    data = read_checkpoint_entry(checkpoint, "thresholds")
+    if not data:
         return None
     try:
         return ChosenThresholds.from_dict(data)
