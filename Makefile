@@ -44,8 +44,8 @@ DEMO_OUT := outputs/demo
 # Validation and test images are cut from photographs training never sees (test); a
 # second test split (test_seen) is cut from the training photographs, for comparison.
 demo: setup
-	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 2500 --val 60 --test 120 \
-		--test-seen 120 --size 192 --seed 0
+	$(BIN)/python make_synthetic_data.py --out $(DEMO_DATA) --train 2500 --val 60 --test 480 \
+		--test-seen 480 --size 192 --seed 0
 	$(BIN)/python train_demo.py --config configs/demo.yaml --out_dir $(DEMO_RUN)
 	for split in test test_seen; do \
 		$(BIN)/python infer_mvss_calmetrics.py --model_path $(DEMO_RUN)/checkpoints/best.pt \

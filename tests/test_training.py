@@ -486,3 +486,41 @@ def test_amp_auto_follows_what_the_machine_measures(monkeypatch):
     check_values({"amp": "auto"})  # a valid training setting
     with pytest.raises(UsageError, match="amp"):
         check_values({"amp": "fastest"})
+
+
+@pytest.mark.parametrize("task_cls", [LocalizationTask, ThreeClassTask])
+def test_crop_training_validates_whole_images_at_their_size(tmp_path, task_cls):
+    """Trained on crops, the localisation tasks validate each image at its own size
+    (as inference sees it), not resized to the crop size; trained on resized images,
+    validation resizes as training did."""
+    from common.data.transforms import MinSide
+    from common.training.loaders import build_dataset
+
+    data = make_tiny_dataset(tmp_path / "d", n_tampered=2, n_authentic=1, corrupt=False)
+    name = "train_demo.yaml" if task_cls is LocalizationTask else "train_demo_nclass3.yaml"
+    cfg, _ = read_defaults(ROOT / "configs" / name)
+    cfg.update(backbone="resnet18", size=64, batch_size=2, crop=True)
+    task = task_cls(cfg)
+    assert task.eval_size(cfg) is None
+    ds = build_dataset(str(data), cfg, task.nclass, False, task.eval_size(cfg))
+    assert isinstance(ds.transform, MinSide)
+    assert tuple(ds[0]["image"].shape[-2:]) == (72, 88)  # the file's size, not 64×64
+    cfg["crop"] = False
+    ds = build_dataset(str(data), cfg, task.nclass, False, task.eval_size(cfg))
+    assert tuple(ds[0]["image"].shape[-2:]) == (64, 64)
+
+
+def test_loader_workers_that_would_share_the_cores_are_named(monkeypatch):
+    """On CPU, loader processes beside compute threads that already fill the cores get
+    one line saying so; on CUDA, with spare cores, or with 0 workers, nothing."""
+    from common.training.loaders import workers_compete
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    line = workers_compete(2, cpu)
+    assert line is not None and "2 cores" in line and "workers: 0" in line
+    assert workers_compete(0, cpu) is None
+    assert workers_compete(2, cuda) is None
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    assert workers_compete(2, cpu) is None

@@ -29,7 +29,7 @@ from common.core.user_errors import UsageError, clip
 from common.evaluation.thresholds import ChosenThresholds, ThresholdCollector
 from common.training.checks import check_config, check_values
 from common.training.config import save_yaml
-from common.training.loaders import build_dataset, train_loader, val_loader
+from common.training.loaders import build_dataset, train_loader, val_loader, workers_compete
 from common.training.optim import build_optimizer, freeze_unused, lr_factor
 from common.training.run_log import RunLog
 from common.training.tasks import Task, initial_model
@@ -91,6 +91,9 @@ class Trainer:
             cfg["amp"] = amp
             if self.main:
                 log.info("amp auto → %s (%s)", amp, why)
+        competing = workers_compete(cfg["workers"], self.device)
+        if competing and self.main:
+            log.warning("%s", competing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
         self.start_epoch = 0
         self.best_score: float | None = None
