@@ -505,9 +505,32 @@ def test_crop_training_validates_whole_images_at_their_size(tmp_path, task_cls):
     ds = build_dataset(str(data), cfg, task.nclass, False, task.eval_size(cfg))
     assert isinstance(ds.transform, MinSide)
     assert tuple(ds[0]["image"].shape[-2:]) == (72, 88)  # the file's size, not 64×64
-    cfg["crop"] = False
+    cfg["val_size"] = 96  # an explicit validation size wins over the crop rule
+    ds = build_dataset(str(data), cfg, task.nclass, False, task.eval_size(cfg))
+    assert tuple(ds[0]["image"].shape[-2:]) == (96, 96)
+    cfg.update(crop=False, val_size=None)
     ds = build_dataset(str(data), cfg, task.nclass, False, task.eval_size(cfg))
     assert tuple(ds[0]["image"].shape[-2:]) == (64, 64)
+
+
+def test_crop_training_validates_images_of_different_sizes(tmp_path):
+    """A crop-trained run validates a list whose images differ in size (non-square,
+    one per batch) and stores thresholds chosen there in best.pt."""
+    a = make_tiny_dataset(tmp_path / "a", n_tampered=2, n_authentic=1, corrupt=False)
+    b = make_tiny_dataset(tmp_path / "b", n_tampered=1, n_authentic=1, size=(96, 72), corrupt=False)
+    rows = []
+    for listed in (a, b):  # absolute paths: one list over both folders
+        for row in listed.read_text().split():
+            rows.append(row if row in ("None", "0", "1") else str(listed.parent / row))
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(" ".join(rows[i : i + 3]) for i in range(0, len(rows), 3)) + "\n")
+    out = tmp_path / "run"
+    argv = ["--train_list", str(a), "--val_list", str(val), "--epochs", "1", "--crop", "true"]
+    code = train_demo.main([*argv, "--out_dir", str(out), *TINY])
+    assert code == 0
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["config"]["crop"] is True
+    assert best["thresholds"]["images"] == 5  # every validation image, each at its own size
 
 
 def test_loader_workers_that_would_share_the_cores_are_named(monkeypatch):
@@ -523,4 +546,7 @@ def test_loader_workers_that_would_share_the_cores_are_named(monkeypatch):
     assert workers_compete(0, cpu) is None
     assert workers_compete(2, cuda) is None
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert workers_compete(2, cpu) is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 processes × (2 threads + 1 worker) > 8
+    assert workers_compete(1, cpu) is not None

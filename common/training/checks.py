@@ -108,6 +108,12 @@ def check_values(cfg: dict[str, Any]) -> None:
         if key in cfg and cfg[key] not in choices:
             raise _fail(key, "one of " + ", ".join(map(str, choices)), cfg[key])
     _check_each(cfg, ("size",), lambda v: _is_int(v) and v >= 64, "an integer ≥ 64")
+    _check_each(
+        cfg,
+        ("val_size",),
+        lambda v: v is None or (_is_int(v) and v >= 64),
+        "null or an integer ≥ 64",
+    )
     _check_each(cfg, ("lr", "gamma"), lambda v: _is_number(v) and v > 0, "a number > 0")
     _check_each(cfg, ("seed",), _is_int, "an integer")
     _check_each(

@@ -103,17 +103,21 @@ def workers_compete(workers: int, device: torch.device) -> str | None:
 
     On CPU the model's threads already use every core; a loader process then takes a
     core from them mid-step, and each parallel region waits for its slowest thread.
-    Measured on 2 cores (AMD EPYC, demo recipe): 9.6 img/s with 2 workers, 10.2 with 1,
-    11.4 with 0 (decoding a 192-px sample costs about 1 ms, in line or not)."""
+    Measured on 2 cores (AMD EPYC, the previous demo recipe: 192 px, batch 8): 9.6 img/s
+    with 2 workers, 10.2 with 1, 11.4 with 0 (decoding a 192-px sample costs about 1 ms,
+    in line or not). Counts every process of this host under torchrun
+    (``LOCAL_WORLD_SIZE``) against the cores this process may use (logical ones)."""
     if workers <= 0 or device.type != "cpu":
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = torch.get_num_threads()
-    if cores is None or workers + threads <= cores:
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    threads = torch.get_num_threads() * local
+    if cores is None or (workers * local) + threads <= cores:
         return None
     return (
-        f"{workers} data-loading processes share {cores} cores with {threads} compute "
-        "threads; on CPU that is slower than loading in the main process: set workers: 0"
+        f"{workers * local} data-loading processes share {cores} cores with {threads} "
+        "compute threads; on CPU that is slower than loading in the main process: "
+        "set workers: 0"
     )
 
 

@@ -57,12 +57,14 @@ Forward = Callable[[torch.Tensor], Any]
 
 
 class _Validation:
-    """How a task validates: on the whole image, resized to the training size; at its own
-    size when training takes crops (a crop-trained model sees pixels at their own scale,
-    so resizing the validation images would judge it on resampled traces)."""
+    """How a task validates: on the whole image, resized to ``val_size`` when given, else
+    to the training size; at its own size when training takes crops (a crop-trained model
+    sees pixels at their own scale, so resizing would judge it on resampled traces)."""
 
     def eval_size(self, cfg: dict[str, Any]) -> int | None:
         """Validation input size (None: the image as it is, one image per batch)."""
+        if cfg.get("val_size"):
+            return cfg["val_size"]
         return None if cfg.get("crop") else cfg["size"]
 
     def val_outputs(self, forward: Forward, batch: dict[str, Any]) -> Any:
