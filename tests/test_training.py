@@ -519,11 +519,13 @@ def test_crop_training_validates_images_of_different_sizes(tmp_path):
     a = make_tiny_dataset(tmp_path / "a", n_tampered=2, n_authentic=1, corrupt=False)
     b = make_tiny_dataset(tmp_path / "b", n_tampered=1, n_authentic=1, size=(96, 72), corrupt=False)
     rows = []
-    for listed in (a, b):  # absolute paths: one list over both folders
-        for row in listed.read_text().split():
-            rows.append(row if row in ("None", "0", "1") else str(listed.parent / row))
+    for listed in (a, b):  # one list over both folders, with absolute paths
+        for line in listed.read_text().splitlines():
+            image, mask, label = line.split()
+            mask = mask if mask == "None" else str(listed.parent / mask)
+            rows.append(f"{listed.parent / image} {mask} {label}")
     val = tmp_path / "val.txt"
-    val.write_text("\n".join(" ".join(rows[i : i + 3]) for i in range(0, len(rows), 3)) + "\n")
+    val.write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
     argv = ["--train_list", str(a), "--val_list", str(val), "--epochs", "1", "--crop", "true"]
     code = train_demo.main([*argv, "--out_dir", str(out), *TINY])
@@ -550,3 +552,16 @@ def test_loader_workers_that_would_share_the_cores_are_named(monkeypatch):
     assert workers_compete(2, cpu) is None
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 processes × (2 threads + 1 worker) > 8
     assert workers_compete(1, cpu) is not None
+
+
+def test_classifier_on_crops_refuses_a_validation_size(tmp_path, data, capsys):
+    """The crop-trained classifier validates as infer_mvss_cls.py scores (crops over the
+    whole image, never resized): a val_size there is refused in one line before any run
+    folder is made, not ignored."""
+    out = tmp_path / "cls"
+    argv = ["--train_list", str(data), "--val_list", str(data), "--crop", "true"]
+    code = train_demo_cls.main([*argv, "--val_size", "96", "--out_dir", str(out), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "--val_size 96" in err[0] and "crop" in err[0]
+    assert not out.exists()

@@ -151,6 +151,13 @@ class ClassificationTask(_Validation):
     nclass = 1
 
     def __init__(self, cfg: dict[str, Any]) -> None:
+        if cfg["crop"] and cfg.get("val_size"):
+            raise UsageError(
+                "the classifier trained on crops validates as infer_mvss_cls.py scores: "
+                "crops of size over the whole image, never resized",
+                f"--val_size {cfg['val_size']}",
+                "leave val_size unset (null) with crop: true",
+            )
         self.crop = cfg["size"] if cfg["crop"] else None
         self.crops_per_forward = cfg["batch_size"]
         self.head = cfg["head"]
@@ -187,9 +194,6 @@ class ClassificationTask(_Validation):
             image_logits=cls if linear else None,
             image_target=self.image_target(batch) if linear else None,
         )
-
-    def eval_size(self, cfg: dict[str, Any]) -> int | None:
-        return None if self.crop else cfg["size"]
 
     def val_outputs(self, forward: Forward, batch: dict[str, Any]) -> Any:
         if self.crop is None:
