@@ -31,6 +31,7 @@ from bench.shared import (
     write_result,
 )
 from common.accel.fast_path import WINOGRAD_MIN_CHANNELS, optimize_for_inference
+from common.core.memory import ENV, keep_freed_memory
 from common.core.user_errors import Parser, at_least, non_negative_int, positive_int, run_cli
 from common.data.transforms import normalize_bgr_batch
 from models import BACKBONES
@@ -103,6 +104,9 @@ def run(argv: list[str]) -> int:
     args = p.parse_args(argv)
     device = bench_device(args.device)
     cuda = device.type == "cuda"
+    # As the command-line tools run (every path here shares the process, the release's too).
+    kept = device.type == "cpu" and keep_freed_memory()
+    print(f"freed memory kept for reuse: {'yes' if kept else 'no'} ({ENV})", flush=True)
 
     def make():
         net = calibrated_model(args.backbone, args.size, 0, args.calibrate, args.weights)
@@ -242,6 +246,7 @@ def run(argv: list[str]) -> int:
             "threads": torch.get_num_threads(),
             "images": args.accuracy_images,
             "compile_build_s": build_s,
+            "freed_memory_kept": kept,
         },
     )
 

@@ -35,6 +35,7 @@ from bench.shared import (
 )
 from common.accel.packed_conv import unpack_convolutions
 from common.accel.paths import PATH_NAMES, inference_path
+from common.core.memory import keep_freed_memory
 from common.core.user_errors import Parser, UsageError, at_least, positive_int, run_cli
 from common.data.transforms import normalize_bgr_batch
 from models import BACKBONES
@@ -176,6 +177,8 @@ def run(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     device = bench_device(args.device)
+    if device.type == "cpu":  # as the command-line tools run
+        keep_freed_memory()
     if args.path == "int8" and device.type != "cpu":
         raise UsageError("the int8 path runs on x86 CPUs only", f"--device {args.device}")
     base = calibrated_model(args.backbone, args.size, 0, False, args.weights)

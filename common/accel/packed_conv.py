@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from torch import nn
 # Input shapes each convolution (bf16 or int8) keeps packed weights for (a run sees one or
 # two: full batches and the last one, or tiles and their edge remainders).
 PACKED_SHAPES = 4
+
+# What a module keeps packed: a tensor, or one per plane (common/accel/winograd.py).
+Packed = TypeVar("Packed")
 
 
 def packing_available() -> bool:
@@ -35,7 +39,7 @@ def packing_available() -> bool:
 
 
 @functools.cache
-def _packable_dtypes() -> frozenset[torch.dtype]:
+def packable_dtypes() -> frozenset[torch.dtype]:
     """The dtypes packed on this CPU: bf16, where oneDNN runs it (AVX-512 BF16, AMX or
     AVX-NE-CONVERT); elsewhere PyTorch runs it its own way, which packing leaves alone."""
     dtypes = set()
@@ -61,7 +65,7 @@ class PacksWeights(nn.Module):
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_packed": {}}
 
-    def _packed_once(self, key: tuple, pack: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _packed_once(self, key: tuple, pack: Callable[[], Packed]) -> Packed:
         """The weights packed for ``key`` (an input shape, and whatever else decides the
         layout), made by ``pack()`` the first time; the oldest are dropped past
         ``PACKED_SHAPES``."""
@@ -100,7 +104,7 @@ class PackedConv2d(PacksWeights):
             x.device.type == "cpu"
             and self.weight.device.type == "cpu"
             and x.dtype == self.weight.dtype
-            and x.dtype in _packable_dtypes()
+            and x.dtype in packable_dtypes()
             and x.dim() == 4
             and self.weight.is_contiguous(memory_format=torch.channels_last)
             and not (torch.is_grad_enabled() and x.requires_grad)

@@ -16,6 +16,14 @@ product (kron(Aᵀ, Aᵀ), m² × α²). Each transform is a single pass over me
 dozens of elementwise passes. The transforms use ``compute_dtype`` with fp32 accumulation
 inside the product, which rounds exactly where the batched product's operands and output
 are rounded anyway.
+
+Few tiles (F(4×4) on a 32×32 map: 64 per plane): each plane's product is mostly reading
+its weights, and ``torch.bmm`` re-lays the bf16 weights out for oneDNN's kernel at every
+call. There, on the CPU in bf16, each plane runs as a linear layer whose weights are laid
+out once for that kernel (``mkldnn._reorder_linear_weight`` + ``_linear_pointwise``):
+1.31× faster on the head's 36 × 64×4096·4096×2048 products, with AMX and without
+(measured side by side, docs/performance.md). With more tiles the batched product is as
+fast or faster, so it stays.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common.accel.packed_conv import PacksWeights, packable_dtypes, packing_available
 
 # Transform matrices (Lavin & Gray, 2016): input Bᵀ, kernel G, output Aᵀ.
 _BT = {
@@ -52,6 +62,8 @@ _AT = {
     4: ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
 }
 TILE_SIZES = tuple(_BT)
+# Per-plane products with packed weights up to this many tiles (see the module docstring).
+PACKED_PLANES_MAX_TILES = 64
 
 
 def winograd_eligible(conv: nn.Module) -> bool:
@@ -88,7 +100,7 @@ def transform_weight(
     return out
 
 
-class WinogradConv2d(nn.Module):
+class WinogradConv2d(PacksWeights):
     """Inference-only drop-in for an eligible ``nn.Conv2d`` (see ``winograd_eligible``).
 
     ``compute_dtype`` is the dtype of the matrix products (bf16 on CPUs with AVX-512 BF16
@@ -138,7 +150,7 @@ class WinogradConv2d(nn.Module):
                 d[i, j].copy_(rows[:, :, j : j + m * tw : m])
         v = (self.input_t @ d.view(alpha * alpha, -1)).view(alpha * alpha, tiles, c)
         del d
-        prod = torch.bmm(v, self.weight_t)  # (α², tiles, K)
+        prod = self._products(v)  # (α², tiles, K)
         del v
         y = self.output_t @ prod.view(alpha * alpha, -1)  # (m², tiles·K)
         del prod
@@ -148,6 +160,33 @@ class WinogradConv2d(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).permute(0, 3, 1, 2)
+
+    def _products(self, v: torch.Tensor) -> torch.Tensor:
+        """(α², tiles, C) @ the transformed kernels → (α², tiles, K)."""
+        tiles = v.shape[1]
+        if not (
+            tiles <= PACKED_PLANES_MAX_TILES
+            and v.device.type == "cpu"
+            and v.dtype == self.weight_t.dtype
+            and v.dtype in packable_dtypes()
+            and packing_available()
+            and not (torch.is_grad_enabled() and v.requires_grad)
+            and not torch.compiler.is_compiling()
+        ):
+            return torch.bmm(v, self.weight_t)
+        planes = self._packed_once(
+            (tiles, v.dtype),
+            lambda: [
+                torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), tiles)
+                for w in self.weight_t
+            ],
+        )
+        return torch.stack(
+            [
+                torch.ops.mkldnn._linear_pointwise(plane, w, None, "none", [], "")
+                for plane, w in zip(v, planes, strict=True)
+            ]
+        )
 
     def extra_repr(self) -> str:
         m = self.tile

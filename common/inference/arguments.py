@@ -14,6 +14,7 @@ from torch import nn
 from common.accel.fast_path import WINOGRAD_TILE
 from common.accel.int8_cache import BUNDLED, DEFAULT_CALIBRATION_IMAGES, INT8_MIN_GAIN
 from common.accel.winograd import TILE_SIZES
+from common.core.memory import keep_freed_memory
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
 from common.core.runtime import AMP_MODES
 from common.core.user_errors import (
@@ -219,6 +220,9 @@ def load_model(
     task: str | None = None,
 ) -> nn.Module:
     """:func:`common.inference.settings.load_model` for ``--model_path``, the int8
-    cache defaulting to the run's ``--save_dir``."""
+    cache defaulting to the run's ``--save_dir``. On the CPU, the command's process keeps
+    freed memory for the next forward (``common/core/memory.py``)."""
+    if device.type == "cpu":
+        keep_freed_memory()
     cache_dir = getattr(args, "save_dir", ".")
     return settings.load_model(args.model_path, device, spec, task, cache_dir)
