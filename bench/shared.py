@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from common.accel.winograd import batched_products_only
 from common.core.user_errors import UsageError, require_file
 from common.data.transforms import normalize_bgr_batch
 from common.synth.forgery import SyntheticConfig, make_sample
@@ -169,6 +170,7 @@ def count_flops(
     ``parts`` (module → label; modules sharing a label add up), the FLOPs inside them."""
     totals: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(batched_products_only())  # Winograd planes: torch.bmm, counted
         for module, label in (parts or {}).items():
             inner: list[FlopCounterMode] = []
 

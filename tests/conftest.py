@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,9 @@ REFERENCE_KEYS = ROOT.parent / "shared" / "reference" / "official_state_dict_key
 LOCAL_REFERENCE_KEYS = ROOT / "tests" / "reference" / "official_state_dict_keys.txt"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# In-process calls of the inference commands would otherwise change this test process's
+# allocator for the tests after them (tests/test_memory.py sets it in its own processes).
+os.environ.setdefault("MVSS_KEEP_FREED_MEMORY", "0")
 
 
 def build(**kwargs):

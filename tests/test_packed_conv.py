@@ -186,25 +186,30 @@ def test_used_fast_and_int8_models_can_be_copied():
 
 
 @needs_bf16
-@pytest.mark.parametrize("tile", [2, 4])
-def test_winograd_planes_with_packed_weights_match_the_batched_product(monkeypatch, tile):
-    """Few tiles: each Winograd plane runs as a linear layer with weights packed once;
-    it computes the batched product's sums (accumulation order aside), and more tiles
-    than the bound go back to the batched product."""
+def test_winograd_planes_with_packed_weights_match_the_batched_product(monkeypatch):
+    """F(4×4) with few tiles: each Winograd plane runs as a linear layer with weights
+    packed once; it computes the batched product's sums (accumulation order aside). More
+    tiles than the bound, F(2×2), and FLOP counting go back to the batched product."""
     import common.accel.winograd as winograd
 
     torch.manual_seed(0)
     conv = nn.Conv2d(64, 32, 3, padding=1)
-    layer = winograd.WinogradConv2d(conv, torch.bfloat16, tile)
-    x = _cl(torch.randn(1, 64, 16, 16).bfloat16())  # 64 or 16 tiles
+    layer = winograd.WinogradConv2d(conv, torch.bfloat16, 4)
+    x = _cl(torch.randn(1, 64, 16, 16).bfloat16())  # 16 tiles
     with torch.inference_mode():
         packed = layer(x)
         again = layer(x)
         assert len(layer._packed) == 1  # packed once for this tile count
+        layer(_cl(torch.randn(1, 64, 20, 20).bfloat16()))  # 25 tiles: packed anew, alone
+        assert [key[0] for key in layer._packed] == [25]
+        with winograd.batched_products_only():
+            counted = layer(x)
         monkeypatch.setattr(winograd, "PACKED_PLANES_MAX_TILES", 0)
         batched = layer(x)
-        assert len(layer._packed) == 1  # the batched product packs nothing
-    assert torch.equal(packed, again)
+        f2 = winograd.WinogradConv2d(conv, torch.bfloat16, 2)
+        f2(x)
+        assert not f2._packed  # F(2×2) keeps the batched product
+    assert torch.equal(packed, again) and torch.equal(counted, batched)
     scale = batched.float().abs().max()
     assert (packed.float() - batched.float()).abs().max() <= 0.02 * scale
     assert packed.dtype == x.dtype and packed.shape == (1, 32, 16, 16)

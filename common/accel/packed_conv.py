@@ -49,10 +49,11 @@ def packable_dtypes() -> frozenset[torch.dtype]:
 
 
 class PacksWeights(nn.Module):
-    """A module that keeps its weights packed (oneDNN's opaque tensors) for the few most
-    recent input shapes it met: the bf16 convolutions here and the int8 ones
-    (``common/accel/int8.py``). A move or cast drops them; copies and pickles leave them behind
-    (opaque tensors cannot be copied); either way they are packed again on first use."""
+    """A module that keeps its weights packed (oneDNN's opaque tensors, or a list of them)
+    for the few most recent input shapes it met: the bf16 convolutions here, the int8 ones
+    (``common/accel/int8.py``) and the F(4×4) Winograd planes (``common/accel/winograd.py``).
+    A move or cast drops them; copies and pickles leave them behind (opaque tensors cannot
+    be copied); either way they are packed again on first use."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,7 +74,7 @@ class PacksWeights(nn.Module):
         if packed is None:
             packed = pack()
             if len(self._packed) >= PACKED_SHAPES:
-                self._packed.pop(next(iter(self._packed)))
+                self._packed.pop(next(iter(self._packed), None), None)
             self._packed[key] = packed
         return packed
 

@@ -17,16 +17,21 @@ dozens of elementwise passes. The transforms use ``compute_dtype`` with fp32 acc
 inside the product, which rounds exactly where the batched product's operands and output
 are rounded anyway.
 
-Few tiles (F(4×4) on a 32×32 map: 64 per plane): each plane's product is mostly reading
-its weights, and ``torch.bmm`` re-lays the bf16 weights out for oneDNN's kernel at every
-call. There, on the CPU in bf16, each plane runs as a linear layer whose weights are laid
-out once for that kernel (``mkldnn._reorder_linear_weight`` + ``_linear_pointwise``):
-1.31× faster on the head's 36 × 64×4096·4096×2048 products, with AMX and without
-(measured side by side, docs/performance.md). With more tiles the batched product is as
-fast or faster, so it stays.
+F(4×4) with few tiles (64 per plane on the 32×32 head map of a 512² input): each plane's
+product is mostly reading its weights, and ``torch.bmm`` re-lays the bf16 weights out for
+oneDNN's kernel at every call. There, on the CPU in bf16, each plane runs as a linear layer
+whose weights are laid out once for that kernel (``mkldnn._reorder_linear_weight`` +
+``_linear_pointwise``): 1.31× faster on the head's 36 × 64×4096·4096×2048 products, with
+AMX and without (measured side by side, docs/performance.md). The price is a second copy
+of the layer's transformed weights, packed (about 0.6 GB for the ResNet-50 head's
+4096→2048 layer), kept for one tile count at a time. F(2×2), and more tiles, measured as
+fast or faster with the batched product, so they keep it.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +67,29 @@ _AT = {
     4: ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1)),
 }
 TILE_SIZES = tuple(_BT)
-# Per-plane products with packed weights up to this many tiles (see the module docstring).
+# Per-plane products with packed weights: for these tile sizes m, up to this many tiles
+# per plane (see the module docstring).
+PACKED_PLANES_TILES = (4,)
 PACKED_PLANES_MAX_TILES = 64
+_batched_only = False
+
+
+@contextlib.contextmanager
+def batched_products_only() -> Iterator[None]:
+    """Every Winograd layer multiplies with ``torch.bmm`` inside this block (FLOP counters
+    know its formula, not oneDNN's linear operator's)."""
+    global _batched_only
+    before, _batched_only = _batched_only, True
+    try:
+        yield
+    finally:
+        _batched_only = before
+
+
+def _linear_packing_available() -> bool:
+    return packing_available() and all(
+        hasattr(torch.ops.mkldnn, name) for name in ("_reorder_linear_weight", "_linear_pointwise")
+    )
 
 
 def winograd_eligible(conv: nn.Module) -> bool:
@@ -165,17 +191,23 @@ class WinogradConv2d(PacksWeights):
         """(α², tiles, C) @ the transformed kernels → (α², tiles, K)."""
         tiles = v.shape[1]
         if not (
-            tiles <= PACKED_PLANES_MAX_TILES
+            self.tile in PACKED_PLANES_TILES
+            and tiles <= PACKED_PLANES_MAX_TILES
+            and not _batched_only
             and v.device.type == "cpu"
             and v.dtype == self.weight_t.dtype
             and v.dtype in packable_dtypes()
-            and packing_available()
+            and _linear_packing_available()
             and not (torch.is_grad_enabled() and v.requires_grad)
             and not torch.compiler.is_compiling()
         ):
             return torch.bmm(v, self.weight_t)
+        version = 0 if self.weight_t.is_inference() else self.weight_t._version
+        key = (tiles, v.dtype, version)  # kernels edited in place: packed again
+        if key not in self._packed:
+            self._packed.clear()  # one packed copy at a time (it is as large as weight_t)
         planes = self._packed_once(
-            (tiles, v.dtype),
+            key,
             lambda: [
                 torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), tiles)
                 for w in self.weight_t
