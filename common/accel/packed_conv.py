@@ -29,13 +29,24 @@ PACKED_SHAPES = 4
 Packed = TypeVar("Packed")
 
 
-def packing_available() -> bool:
-    """True when this PyTorch build has the oneDNN CPU operators the packing needs."""
-    return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+# The oneDNN operators that pack and run convolutions, and linear layers.
+CONVOLUTION_OPS = ("_reorder_convolution_weight", "_convolution_pointwise")
+LINEAR_OPS = ("_reorder_linear_weight", "_linear_pointwise")
+
+
+@functools.cache
+def packing_available(ops: tuple[str, ...] = CONVOLUTION_OPS) -> bool:
+    """True when this PyTorch build has oneDNN and the CPU operators ``ops`` (those of
+    convolutions by default)."""
+    return torch.backends.mkldnn.is_available() and all(
+        hasattr(torch.ops.mkldnn, name) for name in ops
     )
+
+
+def weights_version(weight: torch.Tensor) -> int:
+    """Part of a packing's key: weights edited in place must be packed again (inference
+    tensors cannot be edited, and have no version counter)."""
+    return 0 if weight.is_inference() else weight._version
 
 
 @functools.cache
@@ -55,6 +66,9 @@ class PacksWeights(nn.Module):
     A move or cast drops them; copies and pickles leave them behind (opaque tensors cannot
     be copied); either way they are packed again on first use."""
 
+    # How many packings a module keeps (one per input shape, the oldest dropped first).
+    max_packed = PACKED_SHAPES
+
     def __init__(self) -> None:
         super().__init__()
         self._packed: dict[tuple, torch.Tensor] = {}
@@ -68,13 +82,13 @@ class PacksWeights(nn.Module):
 
     def _packed_once(self, key: tuple, pack: Callable[[], Packed]) -> Packed:
         """The weights packed for ``key`` (an input shape, and whatever else decides the
-        layout), made by ``pack()`` the first time; the oldest are dropped past
-        ``PACKED_SHAPES``."""
+        layout), made by ``pack()`` the first time; the oldest are dropped before a new one
+        is made past ``max_packed`` (so a large packing is never held twice)."""
         packed = self._packed.get(key)
         if packed is None:
-            packed = pack()
-            if len(self._packed) >= PACKED_SHAPES:
+            while len(self._packed) >= self.max_packed:
                 self._packed.pop(next(iter(self._packed), None), None)
+            packed = pack()
             self._packed[key] = packed
         return packed
 
@@ -114,8 +128,7 @@ class PackedConv2d(PacksWeights):
 
     def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The weights laid out for the kernel oneDNN picks for inputs of ``shape``."""
-        version = 0 if self.weight.is_inference() else self.weight._version
-        key = (shape, self.weight.dtype, version)  # weights edited in place: packed again
+        key = (shape, self.weight.dtype, weights_version(self.weight))
         return self._packed_once(
             key,
             lambda: torch.ops.mkldnn._reorder_convolution_weight(

@@ -37,7 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.accel.packed_conv import PacksWeights, packable_dtypes, packing_available
+from common.accel.packed_conv import (
+    LINEAR_OPS,
+    PacksWeights,
+    packable_dtypes,
+    packing_available,
+    weights_version,
+)
 
 # Transform matrices (Lavin & Gray, 2016): input Bᵀ, kernel G, output Aᵀ.
 _BT = {
@@ -86,12 +92,6 @@ def batched_products_only() -> Iterator[None]:
         _batched_only = before
 
 
-def _linear_packing_available() -> bool:
-    return packing_available() and all(
-        hasattr(torch.ops.mkldnn, name) for name in ("_reorder_linear_weight", "_linear_pointwise")
-    )
-
-
 def winograd_eligible(conv: nn.Module) -> bool:
     """A plain 3×3 convolution with stride 1, dilation 1, padding 1 and no groups."""
     return (
@@ -133,6 +133,8 @@ class WinogradConv2d(PacksWeights):
     or AMX, and on recent GPUs); ``tile`` is m of F(m×m, 3×3). Inputs may be any float
     dtype; the output has the input's dtype, in channels_last memory format.
     """
+
+    max_packed = 1  # packed F(4×4) planes are as large as weight_t: one tile count at a time
 
     def __init__(
         self, conv: nn.Conv2d, compute_dtype: torch.dtype = torch.float32, tile: int = 2
@@ -197,17 +199,13 @@ class WinogradConv2d(PacksWeights):
             and v.device.type == "cpu"
             and v.dtype == self.weight_t.dtype
             and v.dtype in packable_dtypes()
-            and _linear_packing_available()
+            and packing_available(LINEAR_OPS)
             and not (torch.is_grad_enabled() and v.requires_grad)
             and not torch.compiler.is_compiling()
         ):
             return torch.bmm(v, self.weight_t)
-        version = 0 if self.weight_t.is_inference() else self.weight_t._version
-        key = (tiles, v.dtype, version)  # kernels edited in place: packed again
-        if key not in self._packed:
-            self._packed.clear()  # one packed copy at a time (it is as large as weight_t)
         planes = self._packed_once(
-            key,
+            (tiles, v.dtype, weights_version(self.weight_t)),
             lambda: [
                 torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), tiles)
                 for w in self.weight_t
