@@ -554,6 +554,63 @@ def test_loader_workers_that_would_share_the_cores_are_named(monkeypatch):
     assert workers_compete(1, cpu) is not None
 
 
+@pytest.mark.parametrize("config", ["train_demo.yaml", "train_demo_nclass3.yaml"])
+def test_training_batches_do_not_depend_on_the_loader_worker_count(tmp_path, config):
+    """The same samples, augmented the same way, in the same batches, with 0 or 2 loader
+    workers (each sample's augmentation is seeded by epoch and index, not by the worker
+    that draws it); the next epoch draws other augmentations. The three-class config has
+    random flips, rotations, colour, blur, noise and JPEG."""
+    from common.training.loaders import build_dataset, train_loader
+
+    data = make_tiny_dataset(tmp_path / "d", n_tampered=4, n_authentic=3, corrupt=False)
+    cfg, _ = read_defaults(ROOT / "configs" / config)
+    cfg.update(size=48, crop=True, hflip=0.5, batch_size=3)
+
+    def batches(workers: int, epoch: int) -> list[dict]:
+        cfg["workers"] = workers
+        ds = build_dataset(str(data), cfg, 3 if "nclass3" in config else 1, train=True)
+        return list(train_loader(ds, cfg, epoch))
+
+    inline = batches(0, 0)
+    in_workers = batches(2, 0)
+    assert len(inline) == len(in_workers) == 3
+    for a, b in zip(inline, in_workers, strict=True):
+        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    by_index = {int(i): x for b in inline for i, x in zip(b["index"], b["image"], strict=True)}
+    later = {int(i): x for b in batches(0, 1) for i, x in zip(b["index"], b["image"], strict=True)}
+    assert any(not torch.equal(by_index[i], later[i]) for i in by_index)
+
+
+def test_seeded_pipelines_give_each_transform_its_own_stream():
+    """Seeded per sample, a crop's position and a flip's coin come from different streams:
+    the flip happens about half the time, whatever position the crop drew (albumentations'
+    own seeding hands both the same seed, which ties the coin to the crop's row); the same
+    seed repeats the same augmentation."""
+    import numpy as np
+
+    from common.data.transforms import AugmentConfig, build_train_transform, seed_pipeline
+
+    pipeline = build_train_transform(AugmentConfig(size=8, crop=True, hflip=0.5))
+    columns = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    image = np.dstack([columns, columns.T, columns])  # each pixel holds its column and row
+    mask = np.zeros((64, 64), np.uint8)
+
+    def augmented(index: int) -> tuple[bool, int, int]:
+        seed_pipeline(pipeline, (7, index))
+        crop = pipeline(image=image, mask=mask)["image"].astype(int)
+        return bool(crop[0, 0, 0] > crop[0, -1, 0]), int(crop[..., 0].min()), int(crop[0, 0, 1])
+
+    draws = [augmented(index) for index in range(400)]
+    assert augmented(3) == draws[3]
+    flipped = np.array([d[0] for d in draws])
+    assert 0.4 < flipped.mean() < 0.6
+    for position in (1, 2):  # the crop's left column, then its top row
+        where = np.array([d[position] for d in draws])
+        assert len(set(where)) > 30  # crop positions spread over the image
+        assert abs(where[flipped].mean() - where[~flipped].mean()) < 6
+
+
 def test_classifier_on_crops_refuses_a_validation_size(tmp_path, data, capsys):
     """The crop-trained classifier validates as infer_mvss_cls.py scores (crops over the
     whole image, never resized): a val_size there is refused in one line before any run

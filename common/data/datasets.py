@@ -29,7 +29,7 @@ from common.data.masks import (
     sample_labels,
 )
 from common.data.sources import Record
-from common.data.transforms import normalize_bgr
+from common.data.transforms import normalize_bgr, seed_pipeline
 
 __all__ = ["ForgeryDataset", "MaskOptions", "collate_samples"]
 
@@ -64,6 +64,10 @@ class ForgeryDataset(Dataset):
         self.masks = masks or MaskOptions()
         self.labels_from_content = labels_from_content
         self.min_region_pixels = min_region_pixels
+        # Set per epoch by training: each sample's augmentation is then seeded by
+        # (augment_seed, index), whichever loader worker draws it (None: the transform's
+        # own streams).
+        self.augment_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -106,6 +110,8 @@ class ForgeryDataset(Dataset):
         if not self.labels_from_content:  # evaluation: the image's label, before resizing
             evaluation = sample_labels(classes, rec.binary_label, self.masks.desensitised)
         if self.transform is not None:
+            if self.augment_seed is not None:
+                seed_pipeline(self.transform, (self.augment_seed, index))
             targets = {"image": image, "mask": classes}
             if edge is not None:
                 targets["edge"] = edge

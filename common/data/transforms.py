@@ -177,6 +177,29 @@ def build_train_transform(cfg: AugmentConfig) -> A.Compose:
     return A.Compose(ops, additional_targets={"edge": "mask"})
 
 
+def seed_pipeline(transform: Any, seed: tuple[int, ...]) -> None:
+    """Give an augmentation pipeline, and every transform inside it, its own random stream
+    drawn from ``seed`` (any tuple of non-negative ints, e.g. (epoch seed, sample index)).
+
+    Why: seeded per sample, a sample's augmentation no longer depends on which loader
+    worker draws it or what that worker drew before, so training is the same with 0, 2 or
+    16 loader workers. Each transform gets a distinct stream (albumentations' own
+    ``set_random_seed`` hands every child the same seed, which seeded per sample would tie
+    e.g. a flip's coin to a crop's position). A non-random transform is left alone."""
+    nodes: list[Any] = []
+    pending = [transform]
+    while pending:  # pre-order: a pipeline before its children (it re-seeds them)
+        node = pending.pop()
+        if hasattr(node, "set_random_seed"):
+            nodes.append(node)
+            pending.extend(reversed(getattr(node, "transforms", ())))
+    if not nodes:
+        return
+    states = np.random.SeedSequence(seed).generate_state(len(nodes))
+    for node, state in zip(nodes, states, strict=True):
+        node.set_random_seed(int(state))
+
+
 MIN_SIDE = 64  # the network needs at least this many pixels per side
 
 

@@ -1,9 +1,10 @@
 """Training data: datasets from lists, seeding, and the loaders (one module, so what a
 sample is and how it is drawn read in one place).
 
-Every epoch reseeds torch, numpy, random and the augmentation pipeline from
-(seed, epoch, rank), so a resumed run draws the same samples and augmentations as an
-uninterrupted one; workers derive their streams from the loader's seed.
+Every epoch reseeds torch, numpy and random from (seed, epoch, rank), so a resumed run
+draws the same samples as an uninterrupted one; each sample's augmentation is seeded by
+(that epoch seed, the sample's index), so it is also the same whatever the number of
+loader workers (``workers``: a setting that follows the machine, not the experiment).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def build_dataset(
 
 
 def seed_worker(worker_id: int) -> None:
-    """Each worker's numpy/random/albumentations streams follow the loader's seed."""
+    """Each worker's numpy/random/albumentations streams follow the loader's seed (the
+    augmentations of a dataset with an ``augment_seed`` are then seeded per sample, see
+    :func:`seed_epoch`; without one, workers at least draw different streams)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -88,13 +91,13 @@ def seed_worker(worker_id: int) -> None:
 
 
 def seed_epoch(seed: int, epoch: int, rank: int, dataset: ForgeryDataset) -> torch.Generator:
-    """Reseed everything at each epoch start so a resumed run repeats the same epochs."""
+    """Reseed everything at each epoch start so a resumed run repeats the same epochs;
+    the dataset seeds each sample's augmentation from this epoch's seed and its index."""
     s = seed * 100_003 + epoch * 1009 + rank
     torch.manual_seed(s)
     np.random.seed(s % 2**32)
     random.seed(s)
-    if dataset.transform is not None and hasattr(dataset.transform, "set_random_seed"):
-        dataset.transform.set_random_seed(s % 2**32)
+    dataset.augment_seed = s % 2**32
     return torch.Generator().manual_seed(s)
 
 
