@@ -587,6 +587,7 @@ def test_seeded_pipelines_give_each_transform_its_own_stream():
     the flip happens about half the time, whatever position the crop drew (albumentations'
     own seeding hands both the same seed, which ties the coin to the crop's row); the same
     seed repeats the same augmentation."""
+    import albumentations as A
     import numpy as np
 
     from common.data.transforms import AugmentConfig, build_train_transform, seed_pipeline
@@ -600,6 +601,14 @@ def test_seeded_pipelines_give_each_transform_its_own_stream():
         seed_pipeline(pipeline, (7, index))
         crop = pipeline(image=image, mask=mask)["image"].astype(int)
         return bool(crop[0, 0, 0] > crop[0, -1, 0]), int(crop[..., 0].min()), int(crop[0, 0, 1])
+
+    nested = build_train_transform(
+        AugmentConfig(size=8, crop=True, one_of=("hflip", "brightness_contrast"), jpeg_p=0.5)
+    )
+    seed_pipeline(nested, (7, 0))
+    nodes = [nested, *nested.transforms, *nested.transforms[-2].transforms]
+    assert isinstance(nested.transforms[-2], A.OneOf)
+    assert len({node.seed for node in nodes}) == len(nodes)  # OneOf's children too
 
     draws = [augmented(index) for index in range(400)]
     assert augmented(3) == draws[3]

@@ -185,7 +185,8 @@ def seed_pipeline(transform: Any, seed: tuple[int, ...]) -> None:
     worker draws it or what that worker drew before, so training is the same with 0, 2 or
     16 loader workers. Each transform gets a distinct stream (albumentations' own
     ``set_random_seed`` hands every child the same seed, which seeded per sample would tie
-    e.g. a flip's coin to a crop's position). A non-random transform is left alone."""
+    e.g. a flip's coin to a crop's position). Objects that are not albumentations
+    transforms (``MinSide``) are left alone."""
     nodes: list[Any] = []
     pending = [transform]
     while pending:  # pre-order: a pipeline before its children (it re-seeds them)
