@@ -201,3 +201,31 @@ def test_seed_alias_that_differs_is_refused_by_name(tmp_path, source):
     torch.save(state, path)
     with pytest.raises(WeightsError, match=rf"{key.replace('.', '[.]')} should be a copy of"):
         load_weights(build(backbone="resnet18", nclass=1), path, strict=True)
+
+
+def test_a_checkpoints_digest_is_read_once_per_version_of_the_file(tmp_path, monkeypatch):
+    """One evaluation asks for the digest several times (thresholds, int8 cache, report):
+    the file is hashed once, and again only when it is rewritten."""
+    import hashlib
+
+    from common.core.checkpoint import checkpoint_digest, save_checkpoint
+
+    reads = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda fh, d: reads.append(1) or real(fh, d))
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+    first = checkpoint_digest(path)
+    assert checkpoint_digest(str(path)) == first and checkpoint_digest(path) == first
+    assert len(reads) == 1
+    save_checkpoint(path, {"model": {"w": torch.ones(3)}})  # same name, same size, new bytes
+    second = checkpoint_digest(path)
+    assert second != first and len(reads) == 2
+    with open(path, "r+b") as fh:  # rewritten in place: same inode and size
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 1]))
+    os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1_000_000))
+    assert checkpoint_digest(path) not in (first, second)
+    assert len(reads) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -29,7 +30,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def checkpoint_digest(path: str | Path) -> str:
     """SHA-256 of the checkpoint file: what a resumed benchmark level or a cached int8
-    calibration must come from, whatever the file is called (many are called best.pt)."""
+    calibration must come from, whatever the file is called (many are called best.pt).
+
+    One command may ask several times (thresholds, the int8 cache, the report): the file
+    is read once per version, a version being its inode, size and modification time."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
