@@ -170,6 +170,28 @@ def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
     assert "thresholds" not in state  # last.pt resumes; best.pt is the one that is used
 
 
+@pytest.mark.parametrize("best_metric, best_epoch", [("com_f1", 0), ("last", 1)])
+def test_best_pt_is_the_best_validated_epoch_or_with_last_the_latest(
+    data, tmp_path, monkeypatch, best_metric, best_epoch
+):
+    """Validation that gets worse in the second epoch: com_f1 keeps the first epoch in
+    best.pt, ``last`` the second, each with the thresholds chosen on its own validation."""
+    from common.training.engine import Trainer
+
+    validate, scores = Trainer.validate, iter([0.9, 0.1])
+
+    def worse_each_epoch(self):
+        return {**validate(self), "com_f1": next(scores)}
+
+    monkeypatch.setattr(Trainer, "validate", worse_each_epoch)
+    out = tmp_path / "run"
+    argv = ["--train_list", str(data), "--val_list", str(data), "--epochs", "2"]
+    train_demo.main([*argv, "--best_metric", best_metric, "--out_dir", str(out), *TINY])
+    best = _weights(out / "checkpoints" / "best.pt")
+    assert best["epoch"] == best_epoch and _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert best["thresholds"]["chosen_on"] == data.stem
+
+
 class _KilledError(Exception):
     pass
 

@@ -258,6 +258,7 @@ TRAINING_CASES = {
     "config is a folder": ({"--config": "config_dir"}, "config is a folder"),
     "config is binary": ({"--config": "corrupt_image"}, "config is not a text (YAML) file"),
     "a list as train_list": ({"--train_list": "[a.txt, b.txt]"}, "expected one path"),
+    "unknown best_metric": ({"--best_metric": "latest"}, "choose from last, "),
 }
 
 

@@ -55,6 +55,10 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "head": ("max", "linear"),
     "num_image_classes": (2, 3),
 }
+# best_metric: last: best.pt is the latest epoch (still validated; its thresholds are chosen
+# there), for schedules that anneal to the end of a short run, where a small validation
+# set is noisier than the differences between the last epochs.
+LATEST_EPOCH = "last"
 _BOOLEANS = ("crop", "channels_last", "tensorboard", "ddp_find_unused_parameters")
 _FILES = {"pretrained_base": "ImageNet weights", "init": "checkpoint", "resume": "checkpoint"}
 
@@ -161,8 +165,8 @@ def check_files(cfg: dict[str, Any]) -> None:
 
 
 def check_best_metric(cfg: dict[str, Any], evaluator: Any) -> None:
-    """``best_metric`` must be one of the task's validation metrics."""
-    if not cfg.get("val_list"):
+    """``best_metric`` must be one of the task's validation metrics, or ``last``."""
+    if not cfg.get("val_list") or cfg["best_metric"] == LATEST_EPOCH:
         return
     scalars = sorted(
         k for k, v in evaluator.compute().items() if v is None or isinstance(v, int | float)
@@ -171,7 +175,7 @@ def check_best_metric(cfg: dict[str, Any], evaluator: Any) -> None:
         raise UsageError(
             f"best_metric {cfg['best_metric']!r} is not a validation metric of this task",
             "--best_metric",
-            "choose from " + ", ".join(scalars),
+            f"choose from {LATEST_EPOCH}, " + ", ".join(scalars),
         )
 
 

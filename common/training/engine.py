@@ -27,7 +27,7 @@ from common.core.progress import progress
 from common.core.runtime import autocast, resolve_amp, to_memory_format
 from common.core.user_errors import UsageError, clip
 from common.evaluation.thresholds import ChosenThresholds, ThresholdCollector
-from common.training.checks import check_config, check_values
+from common.training.checks import LATEST_EPOCH, check_config, check_values
 from common.training.config import save_yaml
 from common.training.loaders import build_dataset, train_loader, val_loader, workers_compete
 from common.training.optim import build_optimizer, freeze_unused, lr_factor
@@ -320,8 +320,8 @@ class Trainer:
         return history
 
     def _track_best(self, metrics: dict[str, Any]) -> bool:
-        if not metrics:
-            return True  # no validation: the latest is the best we know
+        if not metrics or self.cfg["best_metric"] == LATEST_EPOCH:
+            return True  # no validation, or asked for: the latest is best.pt
         value = metrics[self.cfg["best_metric"]]  # checked before the run (train_checks)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return self.best_score is None
