@@ -186,10 +186,30 @@ def test_best_pt_is_the_best_validated_epoch_or_with_last_the_latest(
     monkeypatch.setattr(Trainer, "validate", worse_each_epoch)
     out = tmp_path / "run"
     argv = ["--train_list", str(data), "--val_list", str(data), "--epochs", "2"]
-    train_demo.main([*argv, "--best_metric", best_metric, "--out_dir", str(out), *TINY])
+    assert train_demo.main([*argv, "--best_metric", best_metric, "--out_dir", str(out), *TINY]) == 0
     best = _weights(out / "checkpoints" / "best.pt")
     assert best["epoch"] == best_epoch and _weights(out / "checkpoints" / "last.pt")["epoch"] == 1
     assert best["thresholds"]["chosen_on"] == data.stem
+
+
+def test_resumed_with_another_best_metric_the_next_epoch_becomes_best_pt(
+    data, tmp_path, monkeypatch
+):
+    """The saved best score measured com_f1 (0.9); resumed to keep by pixel_f1 (0.1), the
+    first epoch must not have to beat a score of another metric."""
+    from common.training.engine import Trainer
+
+    validate = Trainer.validate
+    fixed = {"com_f1": 0.9, "pixel_f1": 0.1}
+    monkeypatch.setattr(Trainer, "validate", lambda self: {**validate(self), **fixed})
+    out = tmp_path / "run"
+    argv = ["--train_list", str(data), "--val_list", str(data), "--out_dir", str(out), *TINY]
+    assert train_demo.main([*argv, "--epochs", "1"]) == 0
+    shutil.copy(out / "checkpoints" / "last.pt", tmp_path / "epoch1.pt")
+    resume = ["--resume", str(tmp_path / "epoch1.pt"), "--best_metric", "pixel_f1"]
+    assert train_demo.main([*argv, "--epochs", "2", *resume]) == 0
+    best = _weights(out / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 and best["best_score"] == pytest.approx(0.1)
 
 
 class _KilledError(Exception):

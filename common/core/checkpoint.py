@@ -33,13 +33,17 @@ def checkpoint_digest(path: str | Path) -> str:
     calibration must come from, whatever the file is called (many are called best.pt).
 
     One command may ask several times (thresholds, the int8 cache, the report): the file
-    is read once per version, a version being its inode, size and modification time."""
+    is read once per version, a version being its device, inode, size, and modification
+    and change times (a change time cannot be set back, so a copy that keeps the
+    modification time is still seen). A rewrite in place within one tick of the file
+    system's clock would not be: checkpoints are written by rename, which is always seen."""
     st = os.stat(path)
-    return _file_sha256(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _file_sha256(str(Path(path).resolve()), version)
 
 
 @functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, version: tuple[int, ...]) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 

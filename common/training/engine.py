@@ -130,7 +130,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.start_epoch = int(state["epoch"]) + 1
-            self.best_score = state.get("best_score")
+            self.best_score = self._resumed_best_score(state)
             set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -141,6 +141,21 @@ class Trainer:
             ) from exc
         if self.main:
             log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    def _resumed_best_score(self, state: dict[str, Any]) -> float | None:
+        """The score best.pt was kept for, if it measures what this run's ``best_metric``
+        does; resumed with another one, the next validated epoch becomes best.pt (a score
+        of another metric, or of a ``last`` phase, would otherwise keep a worse epoch)."""
+        saved = (state.get("config") or {}).get("best_metric")
+        if saved in (None, self.cfg["best_metric"]):
+            return state.get("best_score")
+        if self.main:
+            log.info(
+                "best_metric was %s, now %s: the next validated epoch becomes best.pt",
+                saved,
+                self.cfg["best_metric"],
+            )
+        return None
 
     # -- one epoch
     def _forward(self, images: torch.Tensor, model: nn.Module | None = None) -> Any:
