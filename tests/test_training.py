@@ -170,20 +170,19 @@ def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
     assert "thresholds" not in state  # last.pt resumes; best.pt is the one that is used
 
 
+def _validation_reports(monkeypatch, *epochs: dict[str, float]) -> None:
+    """Validation runs as usual but reports these values, one dict per validated epoch."""
+    validate, values = Trainer.validate, iter(epochs)
+    monkeypatch.setattr(Trainer, "validate", lambda self: {**validate(self), **next(values)})
+
+
 @pytest.mark.parametrize("best_metric, best_epoch", [("com_f1", 0), ("last", 1)])
 def test_best_pt_is_the_best_validated_epoch_or_with_last_the_latest(
     data, tmp_path, monkeypatch, best_metric, best_epoch
 ):
     """Validation that gets worse in the second epoch: com_f1 keeps the first epoch in
     best.pt, ``last`` the second, each with the thresholds chosen on its own validation."""
-    from common.training.engine import Trainer
-
-    validate, scores = Trainer.validate, iter([0.9, 0.1])
-
-    def worse_each_epoch(self):
-        return {**validate(self), "com_f1": next(scores)}
-
-    monkeypatch.setattr(Trainer, "validate", worse_each_epoch)
+    _validation_reports(monkeypatch, {"com_f1": 0.9}, {"com_f1": 0.1})
     out = tmp_path / "run"
     argv = ["--train_list", str(data), "--val_list", str(data), "--epochs", "2"]
     assert train_demo.main([*argv, "--best_metric", best_metric, "--out_dir", str(out), *TINY]) == 0
@@ -197,11 +196,8 @@ def test_resumed_with_another_best_metric_the_next_epoch_becomes_best_pt(
 ):
     """The saved best score measured com_f1 (0.9); resumed to keep by pixel_f1 (0.1), the
     first epoch must not have to beat a score of another metric."""
-    from common.training.engine import Trainer
-
-    validate = Trainer.validate
     fixed = {"com_f1": 0.9, "pixel_f1": 0.1}
-    monkeypatch.setattr(Trainer, "validate", lambda self: {**validate(self), **fixed})
+    _validation_reports(monkeypatch, fixed, fixed)  # epoch 1, then the resumed epoch 2
     out = tmp_path / "run"
     argv = ["--train_list", str(data), "--val_list", str(data), "--out_dir", str(out), *TINY]
     assert train_demo.main([*argv, "--epochs", "1"]) == 0
