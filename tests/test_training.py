@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -168,6 +169,23 @@ def test_train_demo_end_to_end_and_checkpoint_contents(data, tmp_path):
     assert stored["images"] == row["val"]["num_images"]  # the images validation scored
     assert stored["pixel"] is None or 0 <= stored["pixel"] < 1
     assert "thresholds" not in state  # last.pt resumes; best.pt is the one that is used
+    # best.pt: the same weights, without the optimiser's state (a third of last.pt's size)
+    best = _weights(out / "checkpoints" / "best.pt")
+    assert best.keys() == {"model", "epoch", "best_score", "config", "thresholds"}
+    assert all(torch.equal(best["model"][k], v) for k, v in state["model"].items())
+    assert best["config"] == state["config"] and best["epoch"] == state["epoch"] == 0
+
+
+def test_a_best_pt_starts_a_new_run_with_every_weight(data, tmp_path, caplog):
+    """best.pt without the optimiser's state is still a whole set of weights for --init."""
+    argv = ["--train_list", str(data), "--val_list", str(data), "--epochs", "1", *TINY]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_demo.main([*argv, "--max_steps_per_epoch", "1", "--out_dir", str(first)]) == 0
+    best = first / "checkpoints" / "best.pt"
+    caplog.set_level(logging.INFO, logger="mvss")
+    init = ["--init", str(best), "--max_steps_per_epoch", "1", "--out_dir", str(second)]
+    assert train_demo.main([*argv, *init]) == 0
+    assert f"initialised from {best} (all keys match)" in caplog.text
 
 
 def _validation_reports(monkeypatch, *epochs: dict[str, float]) -> None:

@@ -294,6 +294,16 @@ def test_resume_from_another_task(world, finished_runs, capsys):
     assert "is of a 'classification' run" in line and not out.exists()
 
 
+def test_resume_from_best_pt_points_to_last_pt(world, finished_runs, capsys):
+    """best.pt keeps no optimiser state: resuming from it names the file that can."""
+    out = world["root"] / "run_resume_best"
+    best = finished_runs["binary"].with_name("best.pt")
+    argv = _train_argv(world, "binary", out, **{"--resume": best})
+    line = _one_line_error(train_demo, argv, capsys, world["root"])
+    assert "without the optimiser's state" in line and "last.pt" in line, line
+    assert not out.exists()
+
+
 def test_resume_with_another_backbone(world, finished_runs, capsys):
     out = world["root"] / "run_resume_backbone"
     argv = _train_argv(

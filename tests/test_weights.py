@@ -229,3 +229,23 @@ def test_a_checkpoints_digest_is_read_once_per_version_of_the_file(tmp_path, mon
     os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1_000_000))
     assert checkpoint_digest(path) not in (first, second)
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["torch.save", "legacy-pickle"])
+def test_a_checkpoints_config_and_thresholds_are_read_without_its_tensors(
+    tmp_path, monkeypatch, zip_format
+):
+    """A command reads a checkpoint's config and thresholds before its weights: tensors
+    are mapped from the file, not read (a ResNet-50 last.pt is 1.8 GB); the legacy
+    format, which cannot be mapped, is read as before."""
+    from models.weights import read_checkpoint_config, read_checkpoint_entry
+
+    path = tmp_path / "ck.pt"
+    state = {"model": {"w": torch.arange(6.0)}, "config": {"backbone": "resnet18"}}
+    state["thresholds"] = {"pixel": 0.4, "image": 0.6}
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    mapped, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: mapped.append(k["mmap"]) or real(*a, **k))
+    assert read_checkpoint_config(path) == {"backbone": "resnet18"}
+    assert read_checkpoint_entry(path, "thresholds") == {"pixel": 0.4, "image": 0.6}
+    assert mapped == [zip_format]  # read once, mapped where the format allows

@@ -14,8 +14,18 @@ import torch
 
 from models.weights import WeightsError, load_torch_file
 
-# What every checkpoint the Trainer writes holds (last.pt and best.pt alike).
+# What last.pt holds: everything a resumed run needs.
 _TRAINING_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "rng")
+# What best.pt holds: what inference and --init use (plus its thresholds). Adam's two
+# moments are twice the weights, so a best.pt with them would be three times the size,
+# read (and hashed) by every command that uses it.
+_BEST_KEYS = ("model", "epoch", "best_score", "config")
+
+
+def best_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a training state that ``best.pt`` keeps (not the optimiser's, the
+    scheduler's, the scaler's or the RNG states: a run resumes from ``last.pt``)."""
+    return {k: state[k] for k in _BEST_KEYS if k in state}
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -56,6 +66,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise WeightsError(path, "checkpoint not found")
     state = load_torch_file(path)
     missing = [k for k in _TRAINING_KEYS if not isinstance(state, dict) or k not in state]
+    if missing and isinstance(state, dict) and "model" in state and "config" in state:
+        raise WeightsError(
+            path,
+            "it holds the weights without the optimiser's state, as best.pt does (resume "
+            "from the same run's last.pt; the weights alone go to --init)",
+        )
     if missing:
         raise WeightsError(
             path,

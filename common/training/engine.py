@@ -22,7 +22,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from common.core import distributed as dist
-from common.core.checkpoint import read_resume_state, rng_state, save_checkpoint, set_rng_state
+from common.core.checkpoint import (
+    best_checkpoint,
+    read_resume_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from common.core.progress import progress
 from common.core.runtime import autocast, resolve_amp, to_memory_format
 from common.core.user_errors import UsageError, clip
@@ -324,10 +330,11 @@ class Trainer:
                     state = self._state(epoch)
                     save_checkpoint(self.out / "checkpoints" / "last.pt", state)
                     if improved:
+                        best = best_checkpoint(state)
                         if metrics and self.val_thresholds is not None:
-                            state["thresholds"] = self.val_thresholds.to_dict()
+                            best["thresholds"] = self.val_thresholds.to_dict()
                             log.info("best.pt: %s", _thresholds_line(self.val_thresholds))
-                        save_checkpoint(self.out / "checkpoints" / "best.pt", state)
+                        save_checkpoint(self.out / "checkpoints" / "best.pt", best)
                 dist.barrier()
         finally:
             if run_log is not None:
