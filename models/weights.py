@@ -101,11 +101,13 @@ def load_torch_file(path: str | Path, mapped: bool = False) -> object:
     path = Path(path)
     if path.stat().st_size == 0:
         raise WeightsError(path, "empty file, not a weight file")
-    mmap = mapped and _is_zip_archive(path)
+    if mapped and _is_zip_archive(path):
+        try:
+            return _torch_load(path, mmap=True)
+        except Exception:  # a file system that cannot map it: read it as below
+            pass
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return _torch_load(path, mmap=False)
     except Exception as exc:
         # arbitrary bytes fail in arbitrary ways (text raises KeyError inside the unpickler)
         if not _looks_like_torch_file(path):
@@ -116,6 +118,12 @@ def load_torch_file(path: str | Path, mapped: bool = False) -> object:
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             reason = f"not a readable PyTorch weight file ({type(exc).__name__}: {first_line})"
         raise WeightsError(path, f"{reason}") from exc
+
+
+def _torch_load(path: Path, mmap: bool) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pickle-protocol chatter
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:

@@ -300,7 +300,7 @@ def test_resume_from_best_pt_points_to_last_pt(world, finished_runs, capsys):
     best = finished_runs["binary"].with_name("best.pt")
     argv = _train_argv(world, "binary", out, **{"--resume": best})
     line = _one_line_error(train_demo, argv, capsys, world["root"])
-    assert "without the optimiser's state" in line and "last.pt" in line, line
+    assert "without a run's state (no optimizer, " in line and "last.pt" in line, line
     assert not out.exists()
 
 

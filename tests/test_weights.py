@@ -249,3 +249,19 @@ def test_a_checkpoints_config_and_thresholds_are_read_without_its_tensors(
     assert read_checkpoint_config(path) == {"backbone": "resnet18"}
     assert read_checkpoint_entry(path, "thresholds") == {"pixel": 0.4, "image": 0.6}
     assert mapped == [zip_format]  # read once, mapped where the format allows
+
+
+def test_a_file_system_that_cannot_map_the_file_gets_it_read(tmp_path, monkeypatch):
+    from models.weights import read_checkpoint_config
+
+    path = tmp_path / "ck.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "config": {"backbone": "resnet34"}}, path)
+    real = torch.load
+
+    def no_mapping(*args, **kwargs):
+        if kwargs["mmap"]:
+            raise OSError("mmap: operation not supported")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", no_mapping)
+    assert read_checkpoint_config(path) == {"backbone": "resnet34"}

@@ -69,8 +69,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing and isinstance(state, dict) and "model" in state and "config" in state:
         raise WeightsError(
             path,
-            "it holds the weights without the optimiser's state, as best.pt does (resume "
-            "from the same run's last.pt; the weights alone go to --init)",
+            f"it holds weights without a run's state (no {', '.join(missing)}), as "
+            "best.pt does: resume from the same run's last.pt; weights alone go to --init",
         )
     if missing:
         raise WeightsError(
