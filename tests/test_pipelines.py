@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import infer_mvss_calmetrics
 import infer_mvss_cls
@@ -41,7 +42,7 @@ def synthetic(tmp_path_factory):
             "--train",
             "12",
             "--val",
-            "4",
+            "8",  # the first 8 hold an authentic image: an image threshold is chosen
             "--test",
             "6",
             "--size",
@@ -59,6 +60,19 @@ def _train(main, train_list: Path, val_list: Path, run: Path) -> None:
     main(
         ["--train_list", str(train_list), "--val_list", str(val_list), "--out_dir", str(run), *TINY]
     )
+
+
+def _assert_used_the_stored_thresholds(summary: dict, checkpoint: Path) -> None:
+    """The evaluation applied the thresholds training chose on val and stored in the
+    slim best.pt (not the release's 0.5)."""
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert "optimizer" not in stored, sorted(stored)
+    assert "from the checkpoint's own" in summary["thresholds_source"], summary
+    thresholds = stored["thresholds"]
+    kinds = ("image",) if thresholds["task"] == "classification" else ("pixel", "image")
+    for kind in kinds:
+        assert thresholds[kind] is not None, thresholds
+        assert summary[f"{kind}_threshold"] == thresholds[kind], (kind, summary)
 
 
 def test_binary_pipeline(synthetic, tmp_path):
@@ -84,26 +98,28 @@ def test_binary_pipeline(synthetic, tmp_path):
     assert code == 0
     summary = json.loads((tmp_path / "o" / "test" / "best" / "summary.json").read_text())
     assert summary["num_images"] == 6 and summary["num_failed"] == 0
+    _assert_used_the_stored_thresholds(summary, run / "checkpoints" / "best.pt")
 
 
 def test_three_class_pipeline(synthetic, tmp_path):
     run = tmp_path / "run3"
     _train(train_demo_nclass3.main, synthetic / "train3.txt", synthetic / "val3.txt", run)
-    code = run_three_class_inference(
-        run / "checkpoints" / "last.pt", synthetic / "test3.txt", tmp_path / "o"
-    )
+    best = run / "checkpoints" / "best.pt"  # weights and thresholds, no optimiser state
+    code = run_three_class_inference(best, synthetic / "test3.txt", tmp_path / "o")
     assert code == 0
-    summary = json.loads((tmp_path / "o" / "test3" / "last" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "o" / "test3" / "best" / "summary.json").read_text())
     assert "f1_desensitised" in summary and summary["num_images"] == 6
+    _assert_used_the_stored_thresholds(summary, best)
 
 
 def test_classification_pipeline(synthetic, tmp_path):
     run = tmp_path / "runc"
     _train(train_demo_cls.main, synthetic / "train.txt", synthetic / "val.txt", run)
+    best = run / "checkpoints" / "best.pt"  # weights and thresholds, no optimiser state
     code = infer_mvss_cls.main(
         [
             "--model_path",
-            str(run / "checkpoints" / "last.pt"),
+            str(best),
             "--test_file",
             str(synthetic / "test.txt"),
             "--save_dir",
@@ -115,5 +131,6 @@ def test_classification_pipeline(synthetic, tmp_path):
         ]
     )
     assert code == 0
-    summary = json.loads((tmp_path / "o" / "test" / "last" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "o" / "test" / "best" / "summary.json").read_text())
     assert summary["num_images"] == 6 and sum(map(sum, summary["confusion_matrix"])) == 6
+    _assert_used_the_stored_thresholds(summary, best)
