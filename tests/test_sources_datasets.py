@@ -59,6 +59,40 @@ def test_list_file_rows_and_problems(tmp_path):
     assert [p.where for p in problems] == [f"{lst}:5", f"{lst}:6", f"{lst}:7"]
 
 
+@pytest.mark.parametrize(
+    "encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le-bom"], ids=lambda e: e
+)
+def test_list_files_as_windows_editors_save_them(tmp_path, encoding):
+    """Notepad and Excel save UTF-8 with a byte-order mark, PowerShell 5's ``>`` UTF-16;
+    CRLF endings and a comment after the columns are common too. Every row is read:
+    the mark must not stick to the first (absolute) path or turn a comment into a row."""
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    _mask(tmp_path / "a_gt.png")
+    text = f"# made in Excel\r\n{tmp_path / 'a.png'} a_gt.png 2  # splice\r\nb.png None 0\r\n"
+    lst = tmp_path / "list.txt"
+    if encoding == "utf-16-le-bom":
+        lst.write_bytes(b"\xff\xfe" + text.encode("utf-16-le"))
+    else:
+        lst.write_bytes(text.encode(encoding))
+    records, problems = read_list_file(lst)
+    assert problems == []
+    assert [(r.image, r.mask, r.label) for r in records] == [
+        (str(tmp_path / "a.png"), str(tmp_path / "a_gt.png"), 2),
+        (str(tmp_path / "b.png"), None, 0),
+    ]
+
+
+def test_json_list_with_a_byte_order_mark(tmp_path):
+    _img(tmp_path / "a.png")
+    lst = tmp_path / "list.json"
+    lst.write_bytes(json.dumps([["a.png", "Negative"]]).encode("utf-8-sig"))
+    records, problems = load_source(lst)
+    assert problems == [] and [(r.image, r.label) for r in records] == [
+        (str(tmp_path / "a.png"), 0)
+    ]
+
+
 def test_folder_pair_by_stem_not_order(tmp_path):
     for name in ("zeta", "alpha", "mid"):
         _img(tmp_path / "images" / f"{name}.jpg")

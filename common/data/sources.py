@@ -6,8 +6,10 @@ ambiguous or orphan masks), never an exception for one bad entry.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,17 @@ from common.data.decode import IMAGE_EXTENSIONS, BadInputError, read_image, read
 
 MASK_SUFFIXES = ("_gt", "_mask", "_groundtruth", "-gt", "-mask")
 _NONE_MASKS = {"none", "null", "negative", "-", ""}
+_TRAILING_COMMENT = re.compile(r"\s#")  # a comment after the columns: whitespace, then #
+
+
+def read_user_text(path: Path) -> str:
+    """A text file as users' editors save it: UTF-8 with or without the byte-order mark
+    Windows tools write, or UTF-16 with its mark (PowerShell 5's ``>``). Undecodable
+    bytes become U+FFFD, so the row holding them is reported rather than the file."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -70,14 +83,16 @@ def read_list_file(
 
     ``mask`` may be ``None`` (authentic); a single column is an unlabelled image. Relative
     paths resolve under ``root`` when given, else beside the list file first, then from
-    the working directory. Blank lines and lines starting with ``#`` are ignored.
+    the working directory. Blank lines, lines starting with ``#`` and a ``#`` comment
+    after the columns are ignored; the file may be UTF-8 (with or without a byte-order
+    mark) or UTF-16 (:func:`read_user_text`).
     """
     path = Path(path)
     base = path.parent
     root = None if root is None else Path(root).expanduser()
     records, problems = [], []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        text = line.strip()
+    for number, line in enumerate(read_user_text(path).splitlines(), start=1):
+        text = _TRAILING_COMMENT.split(line, maxsplit=1)[0].strip()
         if not text or text.startswith("#"):
             continue
         cols = text.split()
@@ -115,8 +130,8 @@ def read_json_list(
     path = Path(path)
     root = None if root is None else Path(root).expanduser()
     try:
-        rows = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        rows = json.loads(read_user_text(path))
+    except json.JSONDecodeError as exc:
         return [], [Problem(str(path), f"not valid JSON ({exc})")]
     if not isinstance(rows, list):
         return [], [Problem(str(path), "expected a JSON list of [image, mask] pairs")]
