@@ -38,7 +38,13 @@ from common.inference.arguments import (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    add_io_args(parser, default_resize="none", empty_f1="seed", mask_rule=DEFAULT_MASK_THRESHOLD)
+    add_io_args(
+        parser,
+        default_resize="none",
+        empty_f1="seed",
+        mask_rule=DEFAULT_MASK_THRESHOLD,
+        mask_size="resize",  # class maps are scored against the mask: none without it
+    )
     add_model_args(parser, nclass=3)
     add_run_args(parser, tile=512, stride=256)
     add_threshold_args(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -179,6 +180,73 @@ def test_infer_calmetrics_end_to_end(tiny_data):
     assert status["img_03.png"] == "ok" and status["img_00.png"] == "existing"
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["pixel_f1"] == pytest.approx(summary["pixel_f1"])
+
+
+def _mismatched_masks(root: Path, list_file: Path) -> Path:
+    """The tiny list with img_00's mask at half size, img_01's unreadable (0 bytes)."""
+    data = root / "mismatch"
+    shutil.copytree(list_file.parent, data)
+    mask = cv2.imread(str(data / "mask_00.png"), 0)
+    cv2.imwrite(str(data / "mask_00.png"), cv2.resize(mask, (44, 36), interpolation=0))
+    (data / "mask_01.png").write_bytes(b"")
+    return data / "test.txt"
+
+
+@pytest.mark.parametrize("policy", ["image-level", "resize", "reject"])
+def test_masks_of_another_size_follow_the_policy_fresh_and_reused(tiny_data, tmp_path, policy):
+    """The release scores an image whose mask size differs from its map at the image
+    level only (the default); ``resize`` scores the resized mask, ``reject`` fails the
+    row. Each mask is named, as a warning in summary.json or as the failure; the same
+    rows come back when the maps are reused; an unreadable mask is named, not the image."""
+    _, list_file, ckpt = tiny_data
+    test = _mismatched_masks(tmp_path, list_file)
+    argv = ["--model_path", str(ckpt), "--test_file", str(test), "--save_dir", str(tmp_path)]
+    argv += ["--resize", "64", "--workers", "0", "--mask-size-policy", policy]
+    assert infer_mvss_calmetrics.main(argv) == EXIT_SOME_FAILED
+    out = tmp_path / "test" / "tiny"
+    fresh = {Path(r["path"]).name: r for r in _rows(out / "per_image.csv")}
+    summary = json.loads((out / "summary.json").read_text())
+    small = str(test.parent / "mask_00.png")
+    assert fresh["img_01.png"]["status"] == "failed"
+    assert (
+        fresh["img_01.png"]["reason"] == f"mask {test.parent / 'mask_01.png'}: empty file (0 bytes)"
+    )
+    row = fresh["img_00.png"]
+    if policy == "image-level":
+        assert row["status"] == "ok (mask size differs: image level only)" and row["score"]
+        assert row["pixel_f1"] == "" and summary["num_tampered_scored"] == 1
+        assert summary["warnings"] == [
+            f"{small}: mask is 44×36 but its image is 88×72: image level only (the release's rule)"
+        ]
+        # the maps scored again by --pred-dir (as the benchmark scores them): the same
+        infer_mvss_calmetrics.main(
+            ["--test_file", str(test), "--save_dir", str(tmp_path), "--pred-dir", str(out / "pred")]
+        )
+        again = json.loads((tmp_path / "test" / "eval_pred" / "summary.json").read_text())
+        for key in ("pixel_f1", "image_auc", "num_tampered_scored", "num_images"):
+            assert again[key] == summary[key], key
+    elif policy == "resize":
+        assert row["status"] == "ok" and row["pixel_f1"] != ""
+        assert summary["num_tampered_scored"] == 2
+        assert summary["warnings"] == [
+            f"{small}: mask 44×36 resized (nearest) to the image's 88×72"
+        ]
+    else:
+        assert (
+            row["status"] == "failed"
+            and row["reason"] == f"{small}: mask is 44×36 but its image is 88×72"
+        )
+        assert summary["warnings"] == []
+    infer_mvss_calmetrics.main([*argv, "--skip-existing"])
+    reused = {Path(r["path"]).name: r for r in _rows(out / "per_image.csv")}
+    assert json.loads((out / "summary.json").read_text())["warnings"] == summary["warnings"]
+    for name, before in fresh.items():
+        after = reused[name]
+        if before["status"].startswith("ok"):
+            assert after["status"] == before["status"].replace("ok", "existing", 1), name
+        assert {k: v for k, v in after.items() if k != "status"} == {
+            k: v for k, v in before.items() if k != "status"
+        }, name
 
 
 def test_written_maps_equal_the_releases_bit_for_bit(tiny_data, tmp_path):

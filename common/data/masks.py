@@ -47,7 +47,11 @@ DEFAULT_MASK_THRESHOLD = 127
 RELEASE_MASK_THRESHOLD = 0
 RULES_DISAGREE_SHARE = 0.01  # a mask counts as disagreeing above this share of pixels
 DEFAULT_EDGE_THICKNESS = 3
-MASK_SIZE_POLICIES = ("resize", "reject")
+MASK_SIZE_POLICIES = ("resize", "reject")  # what a mask reader (and training) may do
+# Evaluation may also do what the release does: an image whose mask size differs from its
+# map (the image's size) counts for the image level only.
+IMAGE_LEVEL_ONLY = "image-level"
+EVALUATION_MASK_SIZE_POLICIES = (IMAGE_LEVEL_ONLY, *MASK_SIZE_POLICIES)
 MASK_ENCODINGS = ("colour", "index", "seed-luma", "grey")
 DESENSITISED_POLICIES = ("positive", "negative", "ignore")
 IGNORE = 255  # binary-mask value of pixels left out of losses and metrics
@@ -75,14 +79,15 @@ class MaskOptions:
     nclass: int = 1
     threshold: int = DEFAULT_MASK_THRESHOLD
     edge_thickness: int = DEFAULT_EDGE_THICKNESS
-    size_policy: str = "resize"  # or "reject"
+    size_policy: str = "resize"  # or "reject"; evaluation also "image-level"
     desensitised: str = "positive"  # binary tasks: positive | negative | ignore
 
     def __post_init__(self) -> None:
         check_policy(self.desensitised)
-        if self.size_policy not in MASK_SIZE_POLICIES:
+        if self.size_policy not in EVALUATION_MASK_SIZE_POLICIES:
             raise ValueError(
-                f"size_policy must be one of {MASK_SIZE_POLICIES}, got {self.size_policy!r}"
+                f"size_policy must be one of {EVALUATION_MASK_SIZE_POLICIES}, "
+                f"got {self.size_policy!r}"
             )
 
 
@@ -318,16 +323,34 @@ def read_ground_truth(
     mask_path: str | Path | None,
     image_shape: tuple[int, int],
     options: MaskOptions,
+    notes: list[str] | None = None,
 ) -> tuple[np.ndarray | None, int]:
     """What an evaluation scores an image against: its mask for the task (None for
     unlabelled or mask-less rows, and for authentic rows of a binary task) and its
     image-level label under the ``desensitised`` policy (:func:`image_label`). The
     three-class task reads the mask of an authentic row too: its desensitised regions
-    are classes to score."""
+    are classes to score.
+
+    A mask whose size differs from the image is resized (nearest) or refused
+    (:class:`MaskSizeError`) as ``options.size_policy`` says; under ``image-level`` (the
+    release's rule, binary tasks) the image keeps its label, read from the resized mask,
+    but no mask: it counts for the image level only. Either adds a line to ``notes``."""
     label = record_label if record_label <= 0 else 1
     if mask_path is None or label < 0 or (label == 0 and options.nclass == 1):
         return None, label
-    classes, _ = read_classes(mask_path, image_shape, options.threshold, options.size_policy)
+    if options.size_policy == IMAGE_LEVEL_ONLY and options.nclass == 1:
+        try:
+            classes, _ = read_classes(mask_path, image_shape, options.threshold, "reject")
+        except MaskSizeError as exc:
+            if notes is not None:
+                notes.append(f"{exc.path}: {exc.reason}: image level only (the release's rule)")
+            classes, _ = read_classes(mask_path, image_shape, options.threshold, "resize")
+            return None, image_label(label, classes, options.desensitised)
+    else:  # a three-class map needs its mask: resized under image-level too
+        policy = "resize" if options.size_policy == IMAGE_LEVEL_ONLY else options.size_policy
+        classes, note = read_classes(mask_path, image_shape, options.threshold, policy)
+        if note and notes is not None:
+            notes.append(note)
     label = image_label(label, classes, options.desensitised)
     if options.nclass != 1:
         return classes, label

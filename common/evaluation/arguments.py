@@ -21,6 +21,8 @@ from common.core.user_errors import (
 from common.data.masks import (
     DEFAULT_EDGE_THICKNESS,
     DESENSITISED_POLICIES,
+    EVALUATION_MASK_SIZE_POLICIES,
+    IMAGE_LEVEL_ONLY,
     MASK_SIZE_POLICIES,
     RELEASE_MASK_THRESHOLD,
     MaskOptions,
@@ -172,9 +174,12 @@ def add_io_args(
     sources: bool = True,
     save_dir: str = "outputs",
     mask_rule: int = RELEASE_MASK_THRESHOLD,
+    mask_size: str = IMAGE_LEVEL_ONLY,
 ) -> None:
     """The shared input/output options; ``mask_rule`` is ``--mask-threshold``'s default
-    (the release's ``> 0`` for binary localisation); ``desensitised`` (binary tasks) adds
+    (the release's ``> 0`` for binary localisation); ``mask_size`` is
+    ``--mask-size-policy``'s (``image-level``, the release's rule, where the task can
+    score an image at the image level alone); ``desensitised`` (binary tasks) adds
     ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default;
     ``sources=False`` leaves out ``--test_file`` and ``--skip-existing`` (the benchmark
     names its sets, and always reuses its maps)."""
@@ -229,12 +234,21 @@ def add_io_args(
         help=f"grey masks: pixel > this is tampered (default {mask_rule}; 0: the release's "
         "evaluation, any non-zero pixel; 127: the middle grey, as training reads masks)",
     )
+    image_level = mask_size == IMAGE_LEVEL_ONLY
     g.add_argument(
         "--mask-size-policy",
+        "--mask_size_policy",
         dest="mask_size_policy",
-        choices=MASK_SIZE_POLICIES,
-        default="resize",
-        help="a mask whose size differs from its image",
+        choices=EVALUATION_MASK_SIZE_POLICIES if image_level else MASK_SIZE_POLICIES,
+        default=mask_size,
+        help="a mask whose size differs from its image: "
+        + (
+            "image-level = the image counts for the image level only (the release's rule), "
+            if image_level
+            else ""
+        )
+        + f"resize = resized (nearest) and scored, reject = the row fails; default {mask_size}; "
+        "each such mask is a warning in summary.json",
     )
     if desensitised is not None:
         g.add_argument(

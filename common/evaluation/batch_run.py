@@ -8,15 +8,20 @@ kept), one ``summary.json``, one printed table, and the exit code (3 when some f
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from common.core.release import RELEASE_SIZE
 from common.core.reports import EXIT_SOME_FAILED, CsvLog, format_table, write_json
 from common.data.masks import MaskOptions
 from common.data.sources import Problem
+
+WARNINGS_SHOWN = 5  # said on the console as they come; the rest are counted
 
 
 @dataclass
@@ -54,9 +59,13 @@ def output_dir(
 class BatchRun:
     """Bookkeeping of a batch job: the per-image CSV, the failures, the summary JSON."""
 
-    def __init__(self, out: Path, fields: Sequence[str], problems: Sequence[Problem]) -> None:
+    def __init__(
+        self, out: Path, fields: Sequence[str], problems: Sequence[Problem], quiet: bool = False
+    ) -> None:
         self.out = out
+        self.quiet = quiet  # warnings only counted and listed (a benchmark's many levels)
         self.failures: list[dict[str, str]] = []
+        self.warnings: list[str] = []
         self.csv = CsvLog(out / "per_image.csv", fields)
         for p in problems:
             self.fail(p.where, p.reason)
@@ -65,6 +74,13 @@ class BatchRun:
         self.failures.append({"path": path, "reason": reason})
         self.csv.write({"path": path, "status": "failed", "reason": reason})
 
+    def warn(self, note: str) -> None:
+        """An input used with a caveat (its mask's size differs from the image): the first
+        few said as they come, all of them listed in summary.json."""
+        self.warnings.append(note)
+        if len(self.warnings) <= WARNINGS_SHOWN and not self.quiet:
+            tqdm.write(f"warning: {note}", file=sys.stderr)
+
     def finish(
         self, metrics: dict[str, Any], table_keys: Sequence[str], quiet: bool = False
     ) -> int:
@@ -72,10 +88,17 @@ class BatchRun:
         the failure count); the exit code says whether all went well."""
         self.csv.close()
         metrics.update(num_failed=len(self.failures), failures=self.failures)
+        metrics.update(num_warnings=len(self.warnings), warnings=self.warnings)
         write_json(self.out / "summary.json", metrics)
         if not quiet:
             print(format_table(metrics, [*table_keys, "num_failed"]))
             print(f"\nper-image results: {self.csv.path}\nsummary: {self.out / 'summary.json'}")
             if self.failures:
                 print(f"{len(self.failures)} input(s) failed; see the CSV (status=failed)")
+        if len(self.warnings) > WARNINGS_SHOWN and not quiet:
+            print(
+                f"{len(self.warnings)} warnings in all (the first {WARNINGS_SHOWN} above); "
+                "every one is under 'warnings' in summary.json",
+                file=sys.stderr,
+            )
         return EXIT_SOME_FAILED if self.failures else 0

@@ -60,13 +60,15 @@ def report_classification(
 ) -> int:
     """Write the per-image CSV and summary of (index, result) pairs (from
     :func:`iter_scores`, or gathered from several processes) in the order given."""
-    run = BatchRun(out, CSV_FIELDS, problems)
+    run = BatchRun(out, CSV_FIELDS, problems, quiet)
     evaluator = ClassificationEvaluator(threshold=threshold)
     for index, result in results:
         rec = records[index]
         if "error" in result:
             run.fail(rec.image, result["error"])
             continue
+        for note in result.get("notes", ()):
+            run.warn(note)
         score, label = result["score"], result["label"]
         if label >= 0:
             evaluator.update([score], [label])

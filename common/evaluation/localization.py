@@ -26,9 +26,10 @@ from common.data.masks import read_ground_truth
 from common.data.sources import Problem, Record
 from common.evaluation.batch_run import BatchRun, EvalSettings
 from common.evaluation.metrics import LocalizationEvaluator
-from common.inference.batched import Perturb, Prediction, iter_predictions
+from common.inference.batched import Perturb, Prediction, failure_reason, iter_predictions
 from common.inference.single_image import RunOptions, binary_png, manipulated_map, scored_map
 
+IMAGE_LEVEL_STATUS = "mask size differs: image level only"
 CSV_FIELDS = (
     "path",
     "status",
@@ -53,7 +54,7 @@ def _score(
 
 class _LocalizationRun(BatchRun):
     def __init__(self, out: Path, settings: EvalSettings, problems: Sequence[Problem]) -> None:
-        super().__init__(out, CSV_FIELDS, problems)
+        super().__init__(out, CSV_FIELDS, problems, settings.quiet)
         self.settings = settings
         self.evaluator = LocalizationEvaluator(
             threshold=settings.threshold,
@@ -98,6 +99,15 @@ def read_saved_map(path: Path) -> np.ndarray:
     return scored_map(raw)
 
 
+def _with_truth(pred: Prediction, shape: tuple[int, ...], settings: EvalSettings) -> Prediction:
+    """``pred`` with its ground truth read for a map of ``shape`` (the image's size: the
+    maps are written at it), as a decoded image would have had it."""
+    notes: list[str] = []
+    rec = pred.record
+    mask, label = read_ground_truth(rec.label, rec.mask, shape[:2], settings.masks, notes)
+    return replace(pred, mask=mask, label=label, notes=tuple(notes))
+
+
 def _written_maps(
     model: nn.Module,
     records: Sequence[Record],
@@ -140,10 +150,18 @@ def _written_maps(
                 continue
             if pred.skipped or exists(pred.index):  # recomputed only for its batch's sake
                 try:
-                    yield pred, read_saved_map(pred_path), "existing"
+                    prob = read_saved_map(pred_path)
                 except BadInputError as exc:
                     reason = f"existing map unreadable ({exc.reason}); rerun without reusing maps"
                     yield pred, None, reason
+                    continue
+                if pred.skipped:  # not decoded: its truth is read at its map's size
+                    try:
+                        pred = _with_truth(pred, prob.shape, settings)
+                    except BadInputError as exc:
+                        yield pred, None, failure_reason(exc, pred.record)
+                        continue
+                yield pred, prob, "existing"
                 continue
             levels = pred.levels(manipulated_map)
             pending.append(writer.submit(write_png, pred_path, levels))
@@ -183,6 +201,10 @@ def run_model_evaluation(
         if prob is None:
             run.fail(rec.image, status)
             continue
+        for note in pred.notes:
+            run.warn(note)
+        if pred.label > 0 and pred.mask is None and rec.mask is not None:
+            status = f"{status} ({IMAGE_LEVEL_STATUS})"  # its mask's size differs
         run.record(rec, pred.label, prob, pred.mask, status, path)
         if status == "ok":
             done += 1
@@ -280,8 +302,8 @@ def run_pred_dir_evaluation(
         except BadInputError as exc:
             if isinstance(exc, MaskSizeError):  # image level only (the release's rule)
                 _, label = read_ground_truth(rec.label, rec.mask, prob.shape, settings.masks)
-                status = "ok (mask size differs: image level only)"
-                run.record(rec, label, prob, None, status, str(path))
+                run.warn(f"{exc.path}: {exc.reason} (its map): image level only")
+                run.record(rec, label, prob, None, f"ok ({IMAGE_LEVEL_STATUS})", str(path))
             else:
                 run.fail(exc.path, exc.reason)
             continue

@@ -92,6 +92,8 @@ def run_three_class_evaluation(
         if pred.error is not None:
             run.fail(rec.image, pred.error)
             continue
+        for note in pred.notes:
+            run.warn(note)
         probs = pred.probs
         if probs.shape[0] != 3:
             raise SystemExit(f"the model gives {probs.shape[0]} classes; this script needs 3")

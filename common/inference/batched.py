@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.core.release import RELEASE_SIZE
-from common.data.decode import BadInputError, read_image, read_mask_raw
+from common.data.decode import BadInputError, read_image
 from common.data.masks import MaskOptions, read_ground_truth
 from common.data.sources import Record
 from common.inference.single_image import (
@@ -52,6 +52,7 @@ class Prediction:
     skipped: bool = False  # not run: the caller said its output already exists
     net_probs: np.ndarray | None = None
     label: int = -1  # image-level ground truth under the desensitised policy
+    notes: tuple[str, ...] = ()  # warnings about this image's inputs (a mask resized)
 
     def levels(self, channel_map: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """8-bit map at the original size of ``channel_map(probs)`` (e.g. the
@@ -84,17 +85,16 @@ class _InferenceItems(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _truth(self, rec: Record, shape: tuple[int, int] | None) -> dict[str, Any]:
-        if shape is None and rec.label > 0 and rec.mask is not None:
-            shape = read_mask_raw(rec.mask).shape[:2]  # image not decoded: the mask's size
-        mask, label = read_ground_truth(rec.label, rec.mask, shape or (0, 0), self.masks)
-        return {"mask": mask, "label": label}
+    def _truth(self, rec: Record, shape: tuple[int, int]) -> dict[str, Any]:
+        notes: list[str] = []
+        mask, label = read_ground_truth(rec.label, rec.mask, shape, self.masks, notes)
+        return {"mask": mask, "label": label, "notes": tuple(notes)}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         try:
-            if self.skip(index):
-                return {"index": index, "skipped": True, **self._truth(rec, None)}
+            if self.skip(index):  # its map exists: the caller reads the truth at its size
+                return {"index": index, "skipped": True}
             image = read_image(rec.image)
             size = image.shape[:2]  # maps are scored at the original size
             if self.perturb is not None:
@@ -109,9 +109,19 @@ class _InferenceItems(Dataset):
                 item["input"] = torch.from_numpy(resize_input(image, self.resize))
             return item
         except BadInputError as exc:
-            return {"index": index, "error": exc.reason}
+            return {"index": index, "error": failure_reason(exc, rec)}
         except (OSError, ValueError, MemoryError) as exc:
             return {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def failure_reason(exc: BadInputError, rec: Record) -> str:
+    """Why a row failed, recorded against its image: the file is named when it is not
+    the image itself (an unreadable mask must not read as a bad image)."""
+    if exc.path == str(rec.image):
+        return exc.reason
+    kind = "mask" if exc.path == str(rec.mask) else "file"
+    named = f"{exc.path}: {exc.reason}"
+    return named if exc.reason.startswith(kind) else f"{kind} {named}"
 
 
 def _passthrough(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,7 +206,7 @@ def iter_predictions(
             if "error" in b:
                 yield Prediction(b["index"], rec, error=b["error"])
             elif b.get("skipped"):
-                yield Prediction(b["index"], rec, mask=b["mask"], skipped=True, label=b["label"])
+                yield Prediction(b["index"], rec, skipped=True, label=rec.binary_label)
             else:
                 probs_i = probs_by_index.get(b["index"])
                 if probs_i is None:  # tiled, full resolution
@@ -215,4 +225,5 @@ def iter_predictions(
                     b["image"] if keep_image else None,
                     net_probs=net_by_index.get(b["index"]),
                     label=b["label"],
+                    notes=b["notes"],
                 )

@@ -108,6 +108,11 @@ def score_image(
     return float(manipulated_score(cls)[0]), 1
 
 
+def _truth(item: dict[str, Any]) -> dict[str, Any]:
+    """An image's label and the warnings about its mask, as a result carries them."""
+    return {"label": item["label"], "notes": list(item["notes"])}
+
+
 def iter_scores(
     model: nn.Module,
     records: Sequence[Record],
@@ -138,8 +143,8 @@ def iter_scores(
             if "error" in b:
                 yield b["index"], {"error": b["error"]}
             elif b["index"] in scores:
-                yield b["index"], {"score": scores[b["index"]], "crops": 1, "label": b["label"]}
+                yield b["index"], {"score": scores[b["index"]], "crops": 1, **_truth(b)}
             else:
                 assert crop is not None
                 score, n_crops = score_crops(model, b["image"], opts, crop, stride)
-                yield b["index"], {"score": score, "crops": n_crops, "label": b["label"]}
+                yield b["index"], {"score": score, "crops": n_crops, **_truth(b)}
