@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -116,6 +117,44 @@ def test_the_checkpoints_own_thresholds_apply_unless_a_file_or_option_says_other
         [*argv, str(tmp_path / "p"), "--resize", "64", "--workers", "0", "--th", "0.5"]
     )
     assert _summary(tmp_path / "p", "with_thresholds")["pixel_threshold"] == 0.5
+
+
+def _with_stored(world, tmp_path, ck: str, task: str) -> Path:
+    """World checkpoint ``ck`` with thresholds and a calibration stored as ``task``'s."""
+    state = torch.load(world[ck], weights_only=True)
+    chosen = ChosenThresholds(
+        task,
+        0.2,
+        0.7,
+        "val",
+        9,
+        calibration=fit_platt(np.array([0.1, 0.4, 0.6, 0.9]), np.array([0, 1, 0, 1]), "val"),
+    )
+    state["thresholds"] = chosen.to_dict()
+    torch.save(state, tmp_path / f"{ck}_{task}.pt")
+    return tmp_path / f"{ck}_{task}.pt"
+
+
+def test_a_checkpoints_own_thresholds_stay_within_their_kind_of_score(world, tmp_path, capsys):
+    """A classifier's image scores are not map maxima: its stored threshold and
+    calibration are not applied by the map scripts, nor a map model's by the classifier
+    script (a thresholds file crossing over is refused the same way)."""
+    cls = _with_stored(world, tmp_path, "ckcls", "classification")
+    argv = ["--model_path", str(cls), "--test_file", str(world["list"]), "--save_dir"]
+    infer_mvss_calmetrics.main([*argv, str(tmp_path / "o"), "--resize", "64", "--workers", "0"])
+    summary = _summary(tmp_path / "o", cls.stem)
+    assert (summary["pixel_threshold"], summary["image_threshold"]) == (0.5, 0.5)
+    assert "image_ece_calibrated" not in summary
+    line = "the checkpoint's own were chosen for a classification model: not used"
+    assert line in summary["thresholds_source"] and line in capsys.readouterr().out
+    maps = _with_stored(world, tmp_path, "ckcls", "localization")
+    argv = ["--model_path", str(maps), "--test_file", str(world["list"]), "--save_dir"]
+    infer_mvss_cls.main(
+        [*argv, str(tmp_path / "c"), "--crop", "64", "--crop-stride", "64", "--workers", "0"]
+    )
+    summary = _summary(tmp_path / "c", maps.stem)
+    assert summary["image_threshold"] == 0.5 and "image_ece_calibrated" not in summary
+    assert "chosen for a localization model: not used" in summary["thresholds_source"]
 
 
 def test_three_class_and_classifier_scripts_choose_and_read_their_own(world, tmp_path):

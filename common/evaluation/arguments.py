@@ -112,7 +112,7 @@ def resolve_thresholds(
 ) -> Thresholds:
     """Command line first, then ``--thresholds`` (refused when chosen for another
     checkpoint or task, unless ``--force-thresholds``), then the checkpoint's own."""
-    chosen, origin = None, ""
+    chosen, origin, unused = None, "", ""
     if args.thresholds:
         chosen = read_thresholds(args.thresholds)
         where = f"--thresholds {args.thresholds}"
@@ -134,6 +134,11 @@ def resolve_thresholds(
     elif checkpoint:
         chosen = stored_thresholds(checkpoint)
         origin = "" if chosen is None else f"the checkpoint's own, {chosen.describe()}"
+        if chosen is not None and (chosen.task == "classification") != (task == "classification"):
+            # a classifier's image scores are not map maxima (nor the other way round):
+            # its stored thresholds and calibration mean nothing here, as a file's would not
+            unused = f"the checkpoint's own were chosen for a {chosen.task} model: not used"
+            chosen = None
     origins: dict[str, list[str]] = {}  # where from → which thresholds
 
     def pick(given: float | None, stored: float | None, name: str) -> float:
@@ -158,6 +163,8 @@ def resolve_thresholds(
         f"{' and '.join(names)} from {where}" if many else f"from {where}"
         for where, names in origins.items()
     )
+    if unused:
+        source = f"{source}; {unused}"
     return Thresholds(
         pixel=pixel,
         image=image,
