@@ -108,6 +108,11 @@ def test_generate_deterministic_all_classes_and_sheet(tmp_path, photos):
     records, problems = read_list_file(tmp_path / "a" / "train.txt")
     assert not problems and len(records) == 24
     assert {0, 1, 2, 3} <= {r.label for r in records}
+    # a desensitised-only image is type 4 in the binary list, 2 in the three-class one
+    three = read_list_file(tmp_path / "a" / "train3.txt")[0]
+    only = {r.image for r in three if r.label == 2}
+    assert only and {r.label for r in records if r.image in only} == {4}
+    assert all(r.label != 4 for r in records if r.image not in only)
     classes = set()
     for r in read_list_file(tmp_path / "a" / "train3.txt")[0]:
         if r.mask:

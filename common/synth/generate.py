@@ -161,15 +161,17 @@ def prepare_output(out: Path, settings: dict, overwrite: bool) -> dict[tuple[str
 
 
 def _list_lines(records: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """Binary list (label = manipulation type) and three-class list (1 tampered,
-    2 desensitised only)."""
+    """Binary list (label = manipulation type, 4 for desensitised only: its 0/255 mask
+    marks those regions, manipulated under the binary tasks' ``positive``) and
+    three-class list (1 tampered, 2 desensitised only; index masks keep class 2 apart,
+    so the classifier's ``negative`` can tell such an image authentic)."""
     lines, lines3 = [], []
     for r in records:
         if r["label"] == 0:
             lines.append(f"{r['image']} None 0")
             lines3.append(f"{r['image']} None 0")
         else:
-            lines.append(f"{r['image']} {r['mask']} {r['label'] if r['label'] != 4 else 1}")
+            lines.append(f"{r['image']} {r['mask']} {r['label']}")
             lines3.append(f"{r['image']} {r['mask3']} {2 if r['label'] == 4 else 1}")
     return lines, lines3
 
