@@ -188,6 +188,41 @@ def test_a_best_pt_starts_a_new_run_with_every_weight(data, tmp_path, caplog):
     assert f"initialised from {best} (all keys match)" in caplog.text
 
 
+def test_what_a_run_skips_or_resumes_with_is_said(data, tmp_path, caplog):
+    """An unreadable validation file is named once and counted on the epoch line; a
+    resume that changes a training setting says which; resuming a finished run says there
+    is nothing to train."""
+    out = tmp_path / "run"
+    argv = ["--train_list", str(data), "--val_list", str(data), "--out_dir", str(out), *TINY]
+    argv += ["--max_steps_per_epoch", "1"]
+    caplog.set_level(logging.INFO, logger="mvss")
+    assert train_demo.main([*argv, "--epochs", "2"]) == 0
+    corrupt = str(data.parent / "corrupt.jpg")
+    said = [r.getMessage() for r in caplog.records if "validation: skipped" in r.getMessage()]
+    assert len(said) == 1 and corrupt in said[0]  # two epochs, said once
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2 and all("(and 1 in validation)" in line for line in epochs)
+
+    last = tmp_path / "last.pt"
+    shutil.copy(out / "checkpoints" / "last.pt", last)
+    for extra, expected in [
+        (["--epochs", "2"], "nothing to train: the run resumed has finished its 2 epochs"),
+        (
+            ["--epochs", "3", "--lr", "0.001"],
+            "other settings than the run had (it continues with the new ones): lr 0.0001 → 0.001",
+        ),
+        (["--epochs", "3"], None),
+    ]:
+        caplog.clear()
+        assert train_demo.main([*argv, "--resume", str(last), *extra]) == 0
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        warned = [w for w in warned if "validation: skipped" not in w]
+        if expected is None:
+            assert warned == [], warned
+        else:
+            assert len(warned) == 1 and expected in warned[0], warned
+
+
 def _validation_reports(monkeypatch, *epochs: dict[str, float]) -> None:
     """Validation runs as usual but reports these values, one dict per validated epoch."""
     validate, values = Trainer.validate, iter(epochs)

@@ -102,6 +102,7 @@ class Trainer:
             log.warning("%s", competing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg["amp"] == "fp16")
         self.start_epoch = 0
+        self.val_skipped_said: set[str] = set()
         self.best_score: float | None = None
         self.val_thresholds: ChosenThresholds | None = None
         self.nonfinite_in_row = 0
@@ -147,6 +148,13 @@ class Trainer:
             ) from exc
         if self.main:
             log.info("resumed from %s at epoch %d", path, self.start_epoch)
+            changed = changed_settings(state.get("config") or {}, self.cfg)
+            if changed:
+                log.warning(
+                    "resumed with other settings than the run had (it continues with the "
+                    "new ones): %s",
+                    "; ".join(changed),
+                )
 
     def _resumed_best_score(self, state: dict[str, Any]) -> float | None:
         """The score best.pt was kept for, if it measures what this run's ``best_metric``
@@ -289,6 +297,10 @@ class Trainer:
             unit="batch",
         ):
             skipped += len(batch["skipped"])
+            for path, reason in batch["skipped"]:
+                if path not in self.val_skipped_said:  # said once, not every epoch
+                    self.val_skipped_said.add(path)
+                    log.warning("validation: skipped %s: %s", path, reason)
             if batch["count"] == 0:
                 continue
             batch = self._to_device(batch)
@@ -316,6 +328,13 @@ class Trainer:
             if self.main
             else None
         )
+        if self.start_epoch >= cfg["epochs"]:
+            log.warning(
+                "nothing to train: the run resumed has finished its %d epochs (--epochs %d); "
+                "pass a larger --epochs to train on",
+                self.start_epoch,
+                cfg["epochs"],
+            )
         try:
             for epoch in range(self.start_epoch, cfg["epochs"]):
                 stats = self.train_epoch(epoch)
@@ -351,6 +370,38 @@ class Trainer:
             self.best_score = float(value)
             return True
         return False
+
+
+# Settings a resumed run may change without changing what it trains: where and how fast
+# it runs, how long, what it logs.
+FREE_ON_RESUME = frozenset(
+    {
+        "resume",
+        "epochs",
+        "out_dir",
+        "device",
+        "amp",
+        "channels_last",
+        "workers",
+        "tensorboard",
+        "max_nonfinite",
+        "ddp_find_unused_parameters",
+        "init",
+        "pretrained_base",
+        "model",
+        "task",
+    }
+)
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key old → new`` for each setting a resume changes that shapes the training
+    (data, augmentation, losses, optimiser, seed), so it is said rather than silent."""
+    return [
+        f"{key} {saved[key]!r} → {now[key]!r}"
+        for key in sorted(saved)
+        if key not in FREE_ON_RESUME and key in now and saved[key] != now[key]
+    ]
 
 
 def _thresholds_line(chosen: ChosenThresholds) -> str:

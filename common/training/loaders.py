@@ -40,7 +40,11 @@ def build_dataset(
     a list; a source without one readable, labelled sample is a :class:`UsageError`."""
     option = "--train_list" if train else "--val_list"
     records, problems = load_usable(
-        source, f"{option} {source}", noun="samples", root=cfg.get("data_root")
+        source,
+        f"{option} {source}",
+        noun="samples",
+        root=cfg.get("data_root"),
+        root_option="--data_root",  # the training scripts' spelling (both are accepted)
     )
     unlabelled = [r.image for r in records if r.label < 0]
     if unlabelled:

@@ -66,12 +66,14 @@ class RunLog:
         shown = ", ".join(
             f"{k} {val[k]:.4f}" for k in self.headline if isinstance(val.get(k), float)
         )
+        val_skipped = val.get("skipped_samples") or 0
         log.info(
-            "epoch %d: loss %.4f, %.2f img/s, %d skipped samples%s",
+            "epoch %d: loss %.4f, %.2f img/s, %d skipped samples%s%s",
             row["epoch"],
             row.get("train_loss", float("nan")),
             row["images_per_second"],
             row["skipped_samples"],
+            f" (and {val_skipped} in validation)" if val_skipped else "",
             f"; val {shown}" if shown else "",
         )
 
