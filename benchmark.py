@@ -178,8 +178,14 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
             int8_images=spec.int8_images,
             int8_min_gain=spec.int8_min_gain,
         )
-    if task == "classification":
-        stamp.update(crop=args.crop, crop_stride=args.crop_stride)
+    if task == "classification":  # its saved scores carry each image's label and notes
+        stamp.update(
+            crop=args.crop,
+            crop_stride=args.crop_stride,
+            desensitised=args.desensitised,
+            mask_threshold=args.mask_threshold,
+            mask_size_policy=args.mask_size_policy,
+        )
     else:
         pixel = resolve_thresholds(args, args.model_path, task).pixel
         stamp["threshold"] = pixel  # bin/ maps are written at it

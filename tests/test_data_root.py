@@ -107,6 +107,18 @@ def test_training_reads_lists_under_the_data_root(release_layout, tmp_path):
     assert row["val"]["num_images"] == 5
 
 
+def test_a_wrong_root_in_training_names_the_training_option(release_layout, tmp_path, capsys):
+    code = train_demo.main(
+        [
+            *("--train_list", str(release_layout["list"])),
+            *("--data_root", str(tmp_path / "nowhere")),
+            *("--out_dir", str(tmp_path / "r"), "--backbone", "resnet18", "--workers", "0"),
+        ]
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and f"--data_root {tmp_path / 'nowhere'}" in line, line
+
+
 def test_the_papers_sets_file_and_training_configs_read():
     sets = read_sets_file(ROOT / "configs" / "paper" / "test_sets.yaml")
     names = [s.name for s in sets]

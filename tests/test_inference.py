@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -193,38 +194,35 @@ def _mismatched_masks(root: Path, list_file: Path) -> Path:
 
 
 @pytest.mark.parametrize("policy", ["image-level", "resize", "reject"])
-def test_masks_of_another_size_follow_the_policy_fresh_and_reused(tiny_data, tmp_path, policy):
+def test_masks_of_another_size_follow_the_policy_fresh_reused_and_from_maps(
+    tiny_data, tmp_path, policy
+):
     """The release scores an image whose mask size differs from its map at the image
     level only (the default); ``resize`` scores the resized mask, ``reject`` fails the
-    row. Each mask is named, as a warning in summary.json or as the failure; the same
-    rows come back when the maps are reused; an unreadable mask is named, not the image."""
+    row. Each mask is named, as a warning in summary.json or as the failure, and the
+    same rows come from the maps scored again (``--pred-dir``, as the benchmark scores
+    them) and from maps reused (``--skip-existing``); an unreadable mask is named, not
+    the image, there too."""
     _, list_file, ckpt = tiny_data
     test = _mismatched_masks(tmp_path, list_file)
+    policy_args = ["--mask-size-policy", policy]
     argv = ["--model_path", str(ckpt), "--test_file", str(test), "--save_dir", str(tmp_path)]
-    argv += ["--resize", "64", "--workers", "0", "--mask-size-policy", policy]
+    argv += ["--resize", "64", "--workers", "0", *policy_args]
     assert infer_mvss_calmetrics.main(argv) == EXIT_SOME_FAILED
     out = tmp_path / "test" / "tiny"
     fresh = {Path(r["path"]).name: r for r in _rows(out / "per_image.csv")}
     summary = json.loads((out / "summary.json").read_text())
     small = str(test.parent / "mask_00.png")
-    assert fresh["img_01.png"]["status"] == "failed"
-    assert (
-        fresh["img_01.png"]["reason"] == f"mask {test.parent / 'mask_01.png'}: empty file (0 bytes)"
-    )
+    empty = f"mask {test.parent / 'mask_01.png'}: empty file (0 bytes)"
+    assert fresh["img_01.png"]["status"] == "failed" and fresh["img_01.png"]["reason"] == empty
     row = fresh["img_00.png"]
+    mismatch = f"{small}: mask is 44×36 but its image is 88×72"
     if policy == "image-level":
         assert row["status"] == "ok (mask size differs: image level only)" and row["score"]
         assert row["pixel_f1"] == "" and summary["num_tampered_scored"] == 1
         assert summary["warnings"] == [
-            f"{small}: mask is 44×36 but its image is 88×72: image level only (the release's rule)"
+            f"{mismatch}: its label counts, its pixels do not (the release's rule)"
         ]
-        # the maps scored again by --pred-dir (as the benchmark scores them): the same
-        infer_mvss_calmetrics.main(
-            ["--test_file", str(test), "--save_dir", str(tmp_path), "--pred-dir", str(out / "pred")]
-        )
-        again = json.loads((tmp_path / "test" / "eval_pred" / "summary.json").read_text())
-        for key in ("pixel_f1", "image_auc", "num_tampered_scored", "num_images"):
-            assert again[key] == summary[key], key
     elif policy == "resize":
         assert row["status"] == "ok" and row["pixel_f1"] != ""
         assert summary["num_tampered_scored"] == 2
@@ -232,21 +230,43 @@ def test_masks_of_another_size_follow_the_policy_fresh_and_reused(tiny_data, tmp
             f"{small}: mask 44×36 resized (nearest) to the image's 88×72"
         ]
     else:
-        assert (
-            row["status"] == "failed"
-            and row["reason"] == f"{small}: mask is 44×36 but its image is 88×72"
-        )
+        assert row["status"] == "failed" and row["reason"] == mismatch
         assert summary["warnings"] == []
-    infer_mvss_calmetrics.main([*argv, "--skip-existing"])
+
+    def same_rows(rows: dict, status: Callable[[str], str]) -> None:
+        assert rows.keys() == fresh.keys()
+        for name, before in fresh.items():
+            after = rows[name]
+            assert after["status"] == status(before["status"]), name
+            assert {k: v for k, v in after.items() if k not in ("status", "pred")} == {
+                k: v for k, v in before.items() if k not in ("status", "pred")
+            }, name
+
+    pred_dir = ["--test_file", str(test), "--save_dir", str(tmp_path), *policy_args]
+    infer_mvss_calmetrics.main([*pred_dir, "--pred-dir", str(out / "pred")])
+    scored = tmp_path / "test" / "eval_pred"
+    again = json.loads((scored / "summary.json").read_text())
+    assert again["warnings"] == summary["warnings"]
+    for key in ("pixel_f1", "image_auc", "num_tampered_scored", "num_images", "num_failed"):
+        assert again[key] == summary[key], key
+    no_map = {"img_01.png", "corrupt.jpg"} | ({"img_00.png"} if policy == "reject" else set())
+    from_maps = {Path(r["path"]).name: r for r in _rows(scored / "per_image.csv")}
+    for name in no_map:  # failed in the run: no map to score
+        assert from_maps[name]["status"] == "failed"
+        from_maps[name] = fresh[name]
+    same_rows(from_maps, lambda status: status)
+
+    # reused one image at a time (each map read back, its truth read at the map's size)
+    infer_mvss_calmetrics.main([*argv, "--skip-existing", "--batch-size", "1"])
     reused = {Path(r["path"]).name: r for r in _rows(out / "per_image.csv")}
     assert json.loads((out / "summary.json").read_text())["warnings"] == summary["warnings"]
-    for name, before in fresh.items():
-        after = reused[name]
-        if before["status"].startswith("ok"):
-            assert after["status"] == before["status"].replace("ok", "existing", 1), name
-        assert {k: v for k, v in after.items() if k != "status"} == {
-            k: v for k, v in before.items() if k != "status"
-        }, name
+    same_rows(reused, lambda status: status.replace("ok", "existing", 1))
+    # a mask made unreadable after its map was written: named on reuse too
+    (test.parent / "mask_02.png").write_bytes(b"")
+    infer_mvss_calmetrics.main([*argv, "--skip-existing", "--batch-size", "1"])
+    row = {Path(r["path"]).name: r for r in _rows(out / "per_image.csv")}["img_02.png"]
+    assert row["status"] == "failed"
+    assert row["reason"] == f"mask {test.parent / 'mask_02.png'}: empty file (0 bytes)"
 
 
 def test_written_maps_equal_the_releases_bit_for_bit(tiny_data, tmp_path):

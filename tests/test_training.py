@@ -205,16 +205,22 @@ def test_what_a_run_skips_or_resumes_with_is_said(data, tmp_path, caplog):
 
     last = tmp_path / "last.pt"
     shutil.copy(out / "checkpoints" / "last.pt", last)
-    for extra, expected in [
-        (["--epochs", "2"], "nothing to train: the run resumed has finished its 2 epochs"),
+    state = torch.load(last, weights_only=True)
+    state["epoch"] = 0  # as if the run had stopped after its first epoch
+    middle = tmp_path / "middle.pt"
+    torch.save(state, middle)
+    for checkpoint, extra, expected in [
+        (last, ["--epochs", "2"], "nothing to train: the run resumed has finished its 2 epochs"),
         (
+            last,
             ["--epochs", "3", "--lr", "0.001"],
-            "other settings than the run had (it continues with the new ones): lr 0.0001 → 0.001",
+            "other settings than the run had (it continues with the new ones): "
+            "epochs 2 → 3; lr 0.0001 → 0.001",
         ),
-        (["--epochs", "3"], None),
+        (middle, ["--epochs", "2", "--best_metric", "pixel_f1"], None),  # validation only
     ]:
         caplog.clear()
-        assert train_demo.main([*argv, "--resume", str(last), *extra]) == 0
+        assert train_demo.main([*argv, "--resume", str(checkpoint), *extra]) == 0
         warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         warned = [w for w in warned if "validation: skipped" not in w]
         if expected is None:

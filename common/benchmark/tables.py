@@ -30,10 +30,22 @@ LOCALIZATION_ROWS = (
     "com_f1",
     "num_images",
     "num_failed",
+    "num_warnings",
 )
 LOCALIZATION_AT_THRESHOLD = ("pixel_f1", "pixel_iou", "image_f1", "image_accuracy", "com_f1")
 LOCALIZATION_CURVES = ("pixel_f1", "pixel_auc", "image_auc", "image_f1", "com_f1")
-CLASSIFIER_ROWS = ("auc", "accuracy", "precision", "recall", "f1", "mcc", "fpr", "num_images")
+CLASSIFIER_ROWS = (
+    "auc",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "mcc",
+    "fpr",
+    "num_images",
+    "num_failed",
+    "num_warnings",
+)
 CLASSIFIER_AT_THRESHOLD = ("accuracy", "precision", "recall", "f1", "mcc", "fpr")
 CLASSIFIER_CURVES = ("auc", "accuracy", "f1")
 # Image-score calibration on the clean level (ECE, 10 bins): raw, and calibrated where a

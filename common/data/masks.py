@@ -288,18 +288,43 @@ def read_classes(
     """
     if size_policy not in MASK_SIZE_POLICIES:
         raise ValueError(f"size_policy must be one of {MASK_SIZE_POLICIES}, got {size_policy!r}")
-    classes = decode_classes(read_mask_raw(path, keep_channels=True), threshold, str(path))
-    warning = None
-    if classes.shape[:2] != tuple(image_shape):
-        got = f"{classes.shape[1]}×{classes.shape[0]}"
-        want = f"{image_shape[1]}×{image_shape[0]}"
-        if size_policy == "reject":
-            raise MaskSizeError(path, f"mask is {got} but its image is {want}")
-        classes = cv2.resize(
-            classes, (image_shape[1], image_shape[0]), interpolation=cv2.INTER_NEAREST
-        )
-        warning = f"{path}: mask {got} resized (nearest) to the image's {want}"
-    return classes, warning
+    return fit_to_image(decode_mask_file(path, threshold), path, image_shape, size_policy)
+
+
+def decode_mask_file(path: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> np.ndarray:
+    """A mask file's classes (uint8 {0, 1, 2}) at the file's own size."""
+    return decode_classes(read_mask_raw(path, keep_channels=True), threshold, str(path))
+
+
+def size_mismatch(classes: np.ndarray, image_shape: tuple[int, int]) -> str | None:
+    """``mask is W×H but its image is W×H`` when the sizes differ, else None."""
+    if classes.shape[:2] == tuple(image_shape):
+        return None
+    got = f"{classes.shape[1]}×{classes.shape[0]}"
+    return f"mask is {got} but its image is {image_shape[1]}×{image_shape[0]}"
+
+
+def image_level_note(path: str | Path, mismatch: str) -> str:
+    """The warning of a mask scored at the image level only (every path says it alike)."""
+    return f"{path}: {mismatch}: its label counts, its pixels do not (the release's rule)"
+
+
+def fit_to_image(
+    classes: np.ndarray, path: str | Path, image_shape: tuple[int, int], size_policy: str
+) -> tuple[np.ndarray, str | None]:
+    """``classes`` at the image's size: as they are, resized (nearest, with a warning)
+    or refused (:class:`MaskSizeError`, ``reject``)."""
+    mismatch = size_mismatch(classes, image_shape)
+    if mismatch is None:
+        return classes, None
+    if size_policy == "reject":
+        raise MaskSizeError(path, mismatch)
+    got = f"{classes.shape[1]}×{classes.shape[0]}"
+    resized = cv2.resize(classes, (image_shape[1], image_shape[0]), interpolation=cv2.INTER_NEAREST)
+    return (
+        resized,
+        f"{path}: mask {got} resized (nearest) to the image's {image_shape[1]}×{image_shape[0]}",
+    )
 
 
 def read_mask(
@@ -338,19 +363,18 @@ def read_ground_truth(
     label = record_label if record_label <= 0 else 1
     if mask_path is None or label < 0 or (label == 0 and options.nclass == 1):
         return None, label
-    if options.size_policy == IMAGE_LEVEL_ONLY and options.nclass == 1:
-        try:
-            classes, _ = read_classes(mask_path, image_shape, options.threshold, "reject")
-        except MaskSizeError as exc:
-            if notes is not None:
-                notes.append(f"{exc.path}: {exc.reason}: image level only (the release's rule)")
-            classes, _ = read_classes(mask_path, image_shape, options.threshold, "resize")
-            return None, image_label(label, classes, options.desensitised)
-    else:  # a three-class map needs its mask: resized under image-level too
-        policy = "resize" if options.size_policy == IMAGE_LEVEL_ONLY else options.size_policy
-        classes, note = read_classes(mask_path, image_shape, options.threshold, policy)
-        if note and notes is not None:
-            notes.append(note)
+    classes = decode_mask_file(mask_path, options.threshold)
+    mismatch = size_mismatch(classes, image_shape)
+    if mismatch and options.size_policy == IMAGE_LEVEL_ONLY and options.nclass == 1:
+        # its label from the mask as drawn: a resize could erase a thin region
+        if notes is not None:
+            notes.append(image_level_note(mask_path, mismatch))
+        return None, image_label(label, classes, options.desensitised)
+    # a three-class map needs its mask: resized under image-level too
+    policy = "resize" if options.size_policy == IMAGE_LEVEL_ONLY else options.size_policy
+    classes, note = fit_to_image(classes, mask_path, image_shape, policy)
+    if note and notes is not None:
+        notes.append(note)
     label = image_label(label, classes, options.desensitised)
     if options.nclass != 1:
         return classes, label

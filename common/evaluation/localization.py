@@ -21,7 +21,7 @@ from torch import nn
 
 from common.core.progress import progress
 from common.core.reports import overlay, unique_names
-from common.data.decode import BadInputError, MaskSizeError, read_map_raw, write_png
+from common.data.decode import BadInputError, read_map_raw, write_png
 from common.data.masks import read_ground_truth
 from common.data.sources import Problem, Record
 from common.evaluation.batch_run import BatchRun, EvalSettings
@@ -203,9 +203,8 @@ def run_model_evaluation(
             continue
         for note in pred.notes:
             run.warn(note)
-        if pred.label > 0 and pred.mask is None and rec.mask is not None:
-            status = f"{status} ({IMAGE_LEVEL_STATUS})"  # its mask's size differs
-        run.record(rec, pred.label, prob, pred.mask, status, path)
+        shown = _status(status, rec, pred.label, pred.mask)
+        run.record(rec, pred.label, prob, pred.mask, shown, path)
         if status == "ok":
             done += 1
             bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
@@ -283,7 +282,7 @@ def run_pred_dir_evaluation(
     map could not be made: recorded as failed with that reason."""
     run = _LocalizationRun(out, settings, problems)
     written = unique_names([r.image for r in records])
-    strict_size = replace(settings.masks, nclass=1, size_policy="reject")
+    binary = replace(settings.masks, nclass=1)
     for rec, name in progress(
         zip(records, written, strict=True), total=len(records), unit="img", desc="evaluating"
     ):
@@ -296,16 +295,23 @@ def run_pred_dir_evaluation(
             tried = " or ".join(f"{c}.png" for c in candidates)
             run.fail(rec.image, f"no map named {tried} in {pred_dir}")
             continue
+        notes: list[str] = []
         try:
             prob = read_saved_map(path)
-            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict_size)
+            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, binary, notes)
         except BadInputError as exc:
-            if isinstance(exc, MaskSizeError):  # image level only (the release's rule)
-                _, label = read_ground_truth(rec.label, rec.mask, prob.shape, settings.masks)
-                run.warn(f"{exc.path}: {exc.reason} (its map): image level only")
-                run.record(rec, label, prob, None, f"ok ({IMAGE_LEVEL_STATUS})", str(path))
-            else:
-                run.fail(exc.path, exc.reason)
+            named = f"map {exc.path}: {exc.reason}" if exc.path == str(path) else None
+            run.fail(rec.image, named or failure_reason(exc, rec))
             continue
-        run.record(rec, label, prob, mask, "ok", str(path))
+        for note in notes:
+            run.warn(note)
+        run.record(rec, label, prob, mask, _status("ok", rec, label, mask), str(path))
     return run.done({"pred_dir": str(pred_dir)})
+
+
+def _status(status: str, rec: Record, label: int, mask: np.ndarray | None) -> str:
+    """``status``, saying so when a manipulated image with a mask is scored at the image
+    level only (its mask's size differs from its map)."""
+    if label > 0 and mask is None and rec.mask is not None:
+        return f"{status} ({IMAGE_LEVEL_STATUS})"
+    return status

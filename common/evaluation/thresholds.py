@@ -26,7 +26,7 @@ import numpy as np
 from common.core.release import MAP_LEVELS
 from common.core.reports import unique_names, write_json
 from common.core.user_errors import UsageError, clip, require_file
-from common.data.decode import BadInputError, MaskSizeError
+from common.data.decode import BadInputError
 from common.data.masks import MaskOptions, read_ground_truth
 from common.data.sources import Record
 from common.evaluation.calibration import Calibration, fit_platt
@@ -297,9 +297,9 @@ def choose_from_maps(
 ) -> ChosenThresholds:
     """The thresholds and calibration chosen on the 8-bit maps in ``pred_dir`` (as the
     scripts write them, found as the evaluation finds them). Images that failed are left
-    out; those whose mask size differs count at image level only, as the report does."""
+    out; a mask of another size counts as the report counts it (``masks.size_policy``)."""
     collector = ThresholdCollector(task, empty_f1)
-    strict = replace(masks, nclass=1, size_policy="reject")
+    binary = replace(masks, nclass=1)
     names = unique_names([r.image for r in records])
     for rec, name in zip(records, names, strict=True):
         if rec.image in failures:
@@ -307,12 +307,9 @@ def choose_from_maps(
         path = find_map(pred_dir, map_candidates(rec.image, name))
         if path is None:
             continue
-        try:
+        try:  # read as the report reads it (a mask of another size as its policy says)
             prob = read_saved_map(path)
-            try:
-                mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, strict)
-            except MaskSizeError:  # image level only, as the report scores it
-                mask, (_, label) = None, read_ground_truth(rec.label, rec.mask, prob.shape, masks)
+            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, binary)
         except BadInputError:
             continue
         levels = np.rint(prob * (LEVELS - 1)).astype(np.uint8)

@@ -122,9 +122,14 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "best_score": self.best_score,
-            "config": {**self.cfg, "model": model_cfg, "task": self.task.name},
+            "config": {**self._run_settings(), "model": model_cfg, "task": self.task.name},
             "rng": rng_state(),
         }
+
+    def _run_settings(self) -> dict[str, Any]:
+        """The config, and the number of processes (it sets the steps per epoch, so the
+        learning-rate schedule)."""
+        return {**self.cfg, "processes": dist.world_size()}
 
     def _resume(self, path: str) -> None:
         """Continue from one of our checkpoints; one that cannot be read or that belongs
@@ -148,7 +153,7 @@ class Trainer:
             ) from exc
         if self.main:
             log.info("resumed from %s at epoch %d", path, self.start_epoch)
-            changed = changed_settings(state.get("config") or {}, self.cfg)
+            changed = changed_settings(state.get("config") or {}, self._run_settings())
             if changed:
                 log.warning(
                     "resumed with other settings than the run had (it continues with the "
@@ -328,10 +333,11 @@ class Trainer:
             if self.main
             else None
         )
-        if self.start_epoch >= cfg["epochs"]:
+        if self.start_epoch >= cfg["epochs"] and self.main:
             log.warning(
                 "nothing to train: the run resumed has finished its %d epochs (--epochs %d); "
-                "pass a larger --epochs to train on",
+                "a larger --epochs trains on, its learning-rate schedule stretched to the "
+                "new length",
                 self.start_epoch,
                 cfg["epochs"],
             )
@@ -373,12 +379,15 @@ class Trainer:
 
 
 # Settings a resumed run may change without changing what it trains: where and how fast
-# it runs, how long, what it logs.
+# it runs, what it logs, how it validates. (epochs is not one: a cosine schedule
+# stretches to the new length.)
 FREE_ON_RESUME = frozenset(
     {
         "resume",
-        "epochs",
         "out_dir",
+        "val_list",
+        "val_size",
+        "best_metric",
         "device",
         "amp",
         "channels_last",
