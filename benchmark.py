@@ -356,9 +356,7 @@ def _classification(
             stamp["checkpoint_sha256"],
         )
         rescored = {
-            d.name: rescore_classifier_at(
-                d, out / d.name / "none", scores[d.name], chosen, thresholds.image
-            )
+            d.name: rescore_classifier_at(d, out / d.name / "none", scores[d.name], chosen)
             for d in loaded
             if d.name != args.th_from
         }
@@ -412,6 +410,8 @@ def _report(
         clean[name] = summary
     view = None if chosen is None else _chosen_view(chosen)
     print(thresholds.line(task) if chosen is None else f"thresholds: {chosen.describe()}")
+    for line in [] if chosen is None else _unchosen_lines(chosen):
+        print(line, file=sys.stderr)
     published = sorted({f"{k} (paper)" for d in loaded for k in (d.paper or {})})
     table_rows = (*rows, *published, *CALIBRATION_ROWS, "masks_rules_disagree")
     print(combined_table(out, clean, table_rows, at_threshold, view, rescored))
@@ -423,6 +423,23 @@ def _report(
     if perturbations:
         files = robustness_tables(out, perturbations, results, curves)
         print("robustness: " + ", ".join(str(f) for f in files if f.suffix == ".png"))
+
+
+def _unchosen_lines(chosen: ChosenThresholds) -> list[str]:
+    """A warning for each threshold the set could not choose: the file leaves it unset
+    and the rows at the chosen thresholds take the release's 0.5 for it."""
+    needs = {
+        "pixel": "manipulated images with masks",
+        "image": "authentic and manipulated images",
+    }
+    kinds = ["image"] if chosen.task == "classification" else ["pixel", "image"]
+    return [
+        f"warning: no {kind} threshold could be chosen on {chosen.chosen_on} (it needs "
+        f"{needs[kind]}; {chosen.images} labelled images scored): its rows "
+        f"'@ th from {chosen.chosen_on}' and the thresholds file use the release's 0.5"
+        for kind in kinds
+        if getattr(chosen, kind) is None
+    ]
 
 
 def _chosen_view(chosen: ChosenThresholds) -> dict[str, Any]:

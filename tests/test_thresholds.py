@@ -198,6 +198,38 @@ def test_the_benchmark_writes_thresholds_the_scripts_read(world, tmp_path):
     assert _summary(tmp_path / "s", "ck")["pixel_threshold"] == chosen.pixel
 
 
+def test_thresholds_a_set_cannot_choose_are_the_files_in_the_benchmarks_rows(
+    world, tmp_path, capsys
+):
+    """A set without authentic images chooses no image threshold: the file leaves it
+    unset (0.5 when read), and the benchmark's rows at the chosen thresholds must be
+    what that file gives, said in a warning, not the checkpoint's own threshold."""
+    lines = world["list"].read_text().splitlines()
+    manipulated = world["list"].with_name("manipulated.txt")
+    manipulated.write_text("\n".join(x for x in lines if not x.endswith(" 0")) + "\n")
+    state = torch.load(world["ck"], weights_only=True)
+    state["thresholds"] = ChosenThresholds("localization", 0.2, 0.7, "val", 9).to_dict()
+    ckpt = tmp_path / "own.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "bench"
+    argv = ["--model_path", str(ckpt), "--sets", f"m={manipulated}", f"b={world['list']}"]
+    argv += ["--save_dir", str(out), "--resize", "64", "--workers", "0", "--th-from", "m"]
+    assert benchmark.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: no image threshold could be chosen on m" in err
+    written = out / "own" / "thresholds_from_m.json"
+    chosen = read_thresholds(written)
+    assert chosen.image is None and chosen.pixel is not None
+    rows = json.loads((out / "own" / "benchmark.json").read_text())["at_chosen_thresholds"]
+    infer = ["--model_path", str(ckpt), "--test_file", str(world["list"]), "--resize", "64"]
+    infer += ["--save_dir", str(tmp_path / "s"), "--workers", "0", "--thresholds", str(written)]
+    infer_mvss_calmetrics.main(infer)
+    applied = _summary(tmp_path / "s", "own")
+    assert applied["image_threshold"] == 0.5
+    for key in ("pixel_f1", "image_f1", "image_accuracy", "com_f1"):
+        assert rows["b"][key] == pytest.approx(applied[key]), key
+
+
 def test_platt_calibration_is_monotone_and_improves_ece_where_fitted():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)

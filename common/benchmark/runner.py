@@ -50,7 +50,7 @@ from common.evaluation.localization import (
     predict_maps,
     run_pred_dir_evaluation,
 )
-from common.evaluation.thresholds import ChosenThresholds
+from common.evaluation.thresholds import DEFAULT_THRESHOLD, ChosenThresholds
 from common.inference.crops import iter_scores
 from common.inference.single_image import RunOptions
 
@@ -267,9 +267,10 @@ def run_localization_level(
     return summary, failures
 
 
-def _or_default(value: float | None, default: float) -> float:
-    """A chosen threshold (0.0 is a real choice), or the default where none was."""
-    return default if value is None else value
+def _or_default(value: float | None) -> float:
+    """A chosen threshold (0.0 is a real choice), or the release's 0.5 where none could
+    be chosen: what the thresholds file written beside it gives with --thresholds."""
+    return DEFAULT_THRESHOLD if value is None else value
 
 
 def rescore_at(
@@ -283,8 +284,8 @@ def rescore_at(
     chosen), into ``<level>/th_from_<set>/`` (main process)."""
     at = replace(
         settings,
-        threshold=_or_default(chosen.pixel, settings.threshold),
-        image_threshold=_or_default(chosen.image, settings.image_threshold),
+        threshold=_or_default(chosen.pixel),
+        image_threshold=_or_default(chosen.image),
         quiet=True,
     )
     out = level_out / f"th_from_{chosen.chosen_on}"
@@ -361,9 +362,8 @@ def rescore_classifier_at(
     level_out: Path,
     results: list[tuple[int, dict[str, Any]]],
     chosen: ChosenThresholds,
-    default: float,
 ) -> dict[str, Any]:
     out = level_out / f"th_from_{chosen.chosen_on}"
-    threshold = _or_default(chosen.image, default)
+    threshold = _or_default(chosen.image)
     report_classification(data.records, results, data.problems, out, threshold, True)
     return json.loads((out / "summary.json").read_text())
