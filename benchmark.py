@@ -22,6 +22,7 @@ from common.benchmark.degradations import PRESETS, Perturbation, parse_sweep, pr
 from common.benchmark.runner import (
     ClassifierSettings,
     LoadedSet,
+    checked_sets,
     level_name,
     level_stamp,
     load_sets,
@@ -203,7 +204,7 @@ def run(argv: list[str]) -> int:
     args = parse_args(argv)
     sets = parse_sets(args.sets) if args.sets else []
     if args.sets_file:
-        sets += read_sets_file(args.sets_file)
+        sets = checked_sets([*sets, *read_sets_file(args.sets_file)], "--sets and --sets-file")
     if not sets:
         raise UsageError("no test sets", "--sets", "give NAME=LIST items or --sets-file")
     names = [s.name for s in sets]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -137,3 +138,30 @@ def test_the_papers_sets_file_and_training_configs_read():
             defaults, "t", ["--config", str(ROOT / "configs/paper" / f"{config}.yaml")]
         )
         assert (cfg["size"], cfg["lr"], cfg["optimizer"]) == (512, 1e-4, "adam")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: x.txt\na: y.txt\n", "'a' is given twice (line 2)"),
+        (
+            "a: {list: x.txt, rooot: /data}\n",
+            "set 'a': unknown key 'rooot' (known: list, root, paper)",
+        ),
+        ("a: {list: x.txt, papers: {pixel_f1: 0.5}}\n", "unknown key 'papers'"),
+        ("sets: {a: x.txt}\nroots: /data\n", "unknown top-level key 'roots' (known: sets, root)"),
+    ],
+)
+def test_a_sets_file_refuses_what_it_would_lose(tmp_path, text, message):
+    """A set given twice, or a misspelt key, would be dropped without a word."""
+    sets_file = tmp_path / "sets.yaml"
+    sets_file.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        read_sets_file(sets_file)
+
+
+def test_a_set_named_on_the_command_line_and_in_the_file_is_refused(tmp_path, capsys):
+    (tmp_path / "sets.yaml").write_text("a: y.txt\n")
+    argv = ["--model_path", "x.pt", "--sets", "a=x.txt", "--sets-file", str(tmp_path / "sets.yaml")]
+    assert benchmark.main(argv) == 2
+    assert "set names must be unique: a (--sets and --sets-file)" in capsys.readouterr().err

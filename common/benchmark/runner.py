@@ -82,7 +82,30 @@ def parse_sets(items: list[str]) -> list[BenchSet]:
         if at and not root.strip():
             raise UsageError(f"expected a data root after '@', got {item!r}", "--sets")
         sets.append(BenchSet(name.strip(), source.strip(), root.strip() or None))
-    return _checked(sets, "--sets")
+    return checked_sets(sets, "--sets")
+
+
+SET_KEYS = ("list", "root", "paper")  # what a set of a sets file may say
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping: the second set of a
+    name would silently replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKeyError(
+                    f"{key!r} is given twice (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_sets_file(path: str | Path) -> list[BenchSet]:
@@ -93,13 +116,18 @@ def read_sets_file(path: str | Path) -> list[BenchSet]:
     path = Path(path)
     where = f"--sets-file {path}"
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)  # a safe loader
     except UnicodeDecodeError as exc:
         raise UsageError("not a text (YAML) file", where) from exc
+    except _DuplicateKeyError as exc:
+        raise UsageError(str(exc), where) from exc
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read the sets file ({exc})", where) from exc
     default_root = data.get("root") if isinstance(data, dict) else None
     if isinstance(data, dict) and isinstance(data.get("sets"), dict):
+        others = sorted(str(k) for k in data if k not in ("sets", "root"))
+        if others:
+            raise UsageError(f"unknown top-level key {others[0]!r} (known: sets, root)", where)
         data = data["sets"]
     if not isinstance(data, dict) or not data:
         raise UsageError("expected a mapping NAME: LIST", where)
@@ -113,6 +141,10 @@ def read_sets_file(path: str | Path) -> list[BenchSet]:
         if name == "root":
             continue
         spec = entry if isinstance(entry, dict) else {"list": entry}
+        unknown = sorted(str(k) for k in spec if k not in SET_KEYS)
+        if unknown:  # a misspelt root: or paper: would be lost without a word
+            known = ", ".join(SET_KEYS)
+            raise UsageError(f"set {name!r}: unknown key {unknown[0]!r} (known: {known})", where)
         if "list" not in spec:
             raise UsageError(f"set {name!r} has no 'list'", where)
         source = Path(str(spec["list"])).expanduser()
@@ -127,10 +159,11 @@ def read_sets_file(path: str | Path) -> list[BenchSet]:
         own = None if root is None else local(root)
         file_root = None if default_root is None else local(default_root)
         sets.append(BenchSet(str(name), str(source), own, paper, file_root))
-    return _checked(sets, where)
+    return checked_sets(sets, where)
 
 
-def _checked(sets: list[BenchSet], where: str) -> list[BenchSet]:
+def checked_sets(sets: list[BenchSet], where: str) -> list[BenchSet]:
+    """``sets``, once each name is known to be unique and a folder name."""
     names = [s.name for s in sets]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
