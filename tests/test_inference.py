@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -598,3 +599,40 @@ def test_int8_runs_on_the_cpu_even_where_auto_finds_a_gpu(monkeypatch):
     spec = ModelSpec(int8=True).resolved("auto")
     assert run_options(spec, "auto").device.type == "cpu"
     assert (spec.amp, spec.fast, spec.channels_last) == ("bf16", True, True)
+
+
+def test_the_python_api_takes_an_image_as_the_scripts_take_its_file(tiny_model, tmp_path):
+    """A path, a grey, BGRA, 16-bit or float array gives what the uint8 BGR image gives
+    (converted as files of those kinds are); what cannot be an image is refused."""
+    from common.inference import predict as api_predict
+
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (40, 52), dtype=np.uint8)
+    bgr = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    cv2.imwrite(str(tmp_path / "x.png"), bgr)
+    same = {
+        "path": str(tmp_path / "x.png"),
+        "grey": grey,
+        "grey H×W×1": grey[:, :, None],
+        "BGRA": np.dstack([bgr, np.full_like(grey, 7)]),
+        "uint16": bgr.astype(np.uint16) * 257,
+        "float 0-1": bgr.astype(np.float32) / 255,
+    }
+    with threads(1):
+        want = api_predict(tiny_model, bgr, resize=64)
+        for name, image in same.items():
+            levels, score = api_predict(tiny_model, image, resize=64)
+            assert np.array_equal(levels, want[0]) and score == want[1], name
+        refused = {
+            "an image of bool values": grey > 127,
+            "channels last; got (3, 40, 52)": bgr.transpose(2, 0, 1),
+            "without pixels": bgr[:0],
+            "must be finite": np.full((8, 8, 3), np.nan, np.float32),
+        }
+        for message, image in refused.items():
+            with pytest.raises(ValueError, match=re.escape(message)):
+                api_predict(tiny_model, image, resize=64)
+        with pytest.raises(TypeError, match="got list"):
+            api_predict(tiny_model, bgr.tolist(), resize=64)
+        with pytest.raises(TypeError, match="resize must be an int"):
+            api_predict(tiny_model, bgr, resize="512")

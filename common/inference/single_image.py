@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 from common.core.release import MAP_LEVELS, RELEASE_SIZE, TILE_STRIDE
 from common.core.runtime import autocast, to_memory_format
 from common.core.scores import manipulated_probability, probabilities
+from common.data.decode import read_image, to_uint8
 from common.data.transforms import MIN_SIDE, normalize_bgr_batch, upsample_to_min_side
 from models.outputs import ModelOutput, cast_output
 
@@ -137,7 +139,7 @@ def predict_tiled(
 
 def predict_probs(
     model: nn.Module,
-    image_bgr: np.ndarray,
+    image_bgr: np.ndarray | str | Path,
     resize: int | None = RELEASE_SIZE,
     opts: RunOptions | None = None,
 ) -> np.ndarray:
@@ -166,7 +168,11 @@ def predict(
     it (``floor(255·p)`` at the network's size, then resized as uint8; tiles at full
     resolution need no resize), the score its maximum / 255 (the release's image-level
     score). ``resize=None`` runs full resolution in tiles. The model is put in eval mode.
+    ``image_bgr`` may also be a path or another array layout (:func:`as_bgr_image`).
     """
+    image_bgr = as_bgr_image(image_bgr)
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int)):
+        raise TypeError(f"resize must be an int (pixels) or None, got {resize!r}")
     model.eval()
     opts = opts or RunOptions(device=next(model.parameters()).device)
     if resize is None:
@@ -176,6 +182,38 @@ def predict(
         net_probs = forward_probs(model, net_in, opts)[0].numpy()
         levels = release_levels(manipulated_map(net_probs), image_bgr.shape[:2])
     return levels, float(scored_map(levels).max())
+
+
+def as_bgr_image(image: np.ndarray | str | Path) -> np.ndarray:
+    """An image as the model takes it, uint8 H×W×3 BGR, converted as the scripts convert
+    files: a path is read; grey (H×W or H×W×1) becomes three channels, a fourth (alpha)
+    channel is dropped, 16-bit and float arrays are scaled as image files of those kinds
+    are (float: 0–1 when no value exceeds 1, else 0–255). What cannot be an image (a
+    boolean mask, a channels-first array, no pixels, NaN) is a clear error, not a score."""
+    if isinstance(image, str | Path):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"expected a numpy array (H×W×3 BGR, as cv2.imread gives) or an image path, "
+            f"got {type(image).__name__}"
+        )
+    numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    if image.dtype == np.bool_ or not numeric:
+        raise ValueError(f"an image of {image.dtype} values: give uint8, uint16 or float pixels")
+    if image.ndim == 3 and image.shape[2] in (1, 4):
+        image = image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(
+            f"expected H×W, H×W×3 (BGR) or H×W×4 (BGRA), channels last; got {image.shape}"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"an image without pixels: shape {image.shape}")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError("image values must be finite (NaN or infinity found)")
+    image = to_uint8(image)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(image)
 
 
 def to_png_levels(prob: np.ndarray) -> np.ndarray:
