@@ -10,6 +10,7 @@ Exit code 2 for a user error (one line on stderr; --debug shows its traceback).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -47,8 +48,11 @@ def _fractions(text: str) -> tuple[float, float, float]:
         parts = tuple(float(v) for v in text.split(","))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected three numbers, got {text!r}") from exc
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST shares ≥ 0, got {text!r}")
+    finite = all(math.isfinite(v) for v in parts) and math.isfinite(sum(parts))
+    if len(parts) != 3 or not finite or min(parts) < 0 or sum(parts) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected TRAIN,VAL,TEST shares: finite numbers ≥ 0, not all 0; got {text!r}"
+        )
     return parts  # type: ignore[return-value]
 
 

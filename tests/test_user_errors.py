@@ -324,6 +324,9 @@ def test_resume_with_another_backbone(world, finished_runs, capsys):
         (["--train", "0", "--val", "0", "--test", "0"], "nothing to generate"),
         (["--photos", "nope_dir"], "photo folder not found"),
         (["--photos", "empty_dir"], "need at least 2 photographs"),
+        (["--photo-split", "nan,0.5,0.5"], "finite numbers ≥ 0, not all 0; got 'nan,0.5,0.5'"),
+        (["--photo-split", "inf,1,1"], "finite numbers ≥ 0"),
+        (["--photo-split", "1e308,1e308,1"], "finite numbers ≥ 0"),
     ],
 )
 def test_make_synthetic_data_user_errors(world, capsys, argv, expected):
