@@ -131,6 +131,10 @@ def test_full_resolution_tiles_and_jobs_with_progress(binary):
     assert body["state"] == "done" and body["progress"] == 1.0
     assert _decode_map(body["result"]["map_png"]).shape == (150, 170)
     assert client.get(f"/api/jobs/{job}").status_code == 404  # collected once
+    # cancelling a job that no longer exists (or never did) cancels nothing: 404 too
+    for gone in (job, "nonexistent"):
+        r = client.delete(f"/api/jobs/{gone}")
+        assert r.status_code == 404 and "no such job" in r.json()["error"], r.text
 
 
 @pytest.mark.parametrize(

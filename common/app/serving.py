@@ -610,8 +610,9 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
     @app.delete("/api/jobs/{job_id}")
     async def cancel(job_id: str) -> Any:
         job = service.jobs.pop(job_id, None)
-        if job is not None:
-            job.cancel.set()
+        if job is None:  # nothing was cancelled: say so, as polling it does
+            return error(404, "no such job (finished long ago, or never started)")
+        job.cancel.set()
         return {"id": job_id, "state": "cancelled"}
 
     @app.post("/api/mask")
