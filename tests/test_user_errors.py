@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -350,6 +352,29 @@ def test_internal_errors_keep_their_traceback():
 
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli(broken, [])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """A real Ctrl-C in the middle of a long run (the generator here): no traceback, the
+    shell's exit status for SIGINT, and the same command resumes."""
+    out = tmp_path / "syn"
+    cmd = [sys.executable, str(ROOT / "make_synthetic_data.py"), "--out", str(out)]
+    cmd += ["--train", "400", "--val", "0", "--test", "0", "--size", "64", "--workers", "0"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while not (manifest.is_file() and manifest.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted (Ctrl-C)" in err.strip().splitlines()[-1]
+    done = len(manifest.read_text().splitlines())
+    assert 0 < done < 400
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # resumes
+    assert len((out / "train.txt").read_text().splitlines()) == 400
 
 
 def test_debug_shows_the_traceback_of_user_errors(capsys, monkeypatch):

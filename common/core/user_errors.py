@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "MVSS_DEBUG"
 
@@ -59,7 +60,8 @@ def _debugging(argv: Sequence[str]) -> bool:
 
 def run_cli(body: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``body(argv)``; a :class:`UsageError` becomes one line on stderr
-    (from rank 0 only under torchrun) and exit code 2."""
+    (from rank 0 only under torchrun) and exit code 2, Ctrl-C one line and exit code 130
+    (what was written stays: rerunning resumes where a script says it does)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debugging(args)
     args = [a for a in args if a != DEBUG_FLAG]
@@ -71,6 +73,16 @@ def run_cli(body: Callable[[list[str]], int], argv: Sequence[str] | None = None)
                 traceback.print_exc()
             print(exc.line(), file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            if debug:
+                traceback.print_exc()
+            print(
+                "\ninterrupted (Ctrl-C); files already written are kept",
+                file=sys.stderr,
+                flush=True,
+            )
+        return EXIT_INTERRUPTED
 
 
 _ARGUMENT_MESSAGE = re.compile(r"^argument (?P<option>[^:]+): (?P<what>.*)$", re.DOTALL)
