@@ -421,9 +421,11 @@ def _report(
     if chosen is not None:
         path = write_thresholds(out / f"thresholds_from_{chosen.chosen_on}.json", chosen)
         print(f"thresholds for --thresholds: {path}")
-    if perturbations:
-        files = robustness_tables(out, perturbations, results, curves)
+    files = robustness_tables(out, perturbations, results, curves) if perturbations else []
+    if files:
         print("robustness: " + ", ".join(str(f) for f in files if f.suffix == ".png"))
+    for stale in set(out.glob("robustness_*")) - set(files):  # an earlier run's, other sets
+        stale.unlink()
 
 
 def _unchosen_lines(chosen: ChosenThresholds) -> list[str]:

@@ -231,6 +231,11 @@ def test_benchmark_resumes_from_maps_on_disk(bench_world, tmp_path):
     assert {s: _metrics(v) for s, v in first["sets"].items()} == {
         s: _metrics(v) for s, v in second["sets"].items()
     }
+    # rerun without one of the kinds: its robustness tables are not left beside the new ones
+    fewer = [a for a in _argv(bench_world, out) if a != "resize:0.5"]
+    assert benchmark.main(fewer) == 3
+    left = sorted(p.name for p in (out / "tiny").glob("robustness_*"))
+    assert left == ["robustness_jpeg.csv", "robustness_jpeg.md", "robustness_jpeg.png"]
 
 
 def test_benchmark_classifier(bench_world, tmp_path):
