@@ -304,11 +304,6 @@ def size_mismatch(classes: np.ndarray, image_shape: tuple[int, int]) -> str | No
     return f"mask is {got} but its image is {image_shape[1]}×{image_shape[0]}"
 
 
-def image_level_note(path: str | Path, mismatch: str) -> str:
-    """The warning of a mask scored at the image level only (every path says it alike)."""
-    return f"{path}: {mismatch}: its label counts, its pixels do not (the release's rule)"
-
-
 def fit_to_image(
     classes: np.ndarray, path: str | Path, image_shape: tuple[int, int], size_policy: str
 ) -> tuple[np.ndarray, str | None]:
@@ -358,7 +353,7 @@ def read_ground_truth(
 
     A mask whose size differs from the image is resized (nearest) or refused
     (:class:`MaskSizeError`) as ``options.size_policy`` says; under ``image-level`` (the
-    release's rule, binary tasks) the image keeps its label, read from the resized mask,
+    release's rule, binary tasks) the image keeps its label, read from the mask as drawn,
     but no mask: it counts for the image level only. Either adds a line to ``notes``."""
     label = record_label if record_label <= 0 else 1
     if mask_path is None or label < 0 or (label == 0 and options.nclass == 1):
@@ -368,7 +363,9 @@ def read_ground_truth(
     if mismatch and options.size_policy == IMAGE_LEVEL_ONLY and options.nclass == 1:
         # its label from the mask as drawn: a resize could erase a thin region
         if notes is not None:
-            notes.append(image_level_note(mask_path, mismatch))
+            notes.append(
+                f"{mask_path}: {mismatch}: its label counts, its pixels do not (the release's rule)"
+            )
         return None, image_label(label, classes, options.desensitised)
     # a three-class map needs its mask: resized under image-level too
     policy = "resize" if options.size_policy == IMAGE_LEVEL_ONLY else options.size_policy

@@ -63,7 +63,7 @@ class BatchRun:
         self, out: Path, fields: Sequence[str], problems: Sequence[Problem], quiet: bool = False
     ) -> None:
         self.out = out
-        self.quiet = quiet  # warnings only counted and listed (a benchmark's many levels)
+        self.quiet = quiet  # no table printed, warnings only listed (a benchmark prints its own)
         self.failures: list[dict[str, str]] = []
         self.warnings: list[str] = []
         self.csv = CsvLog(out / "per_image.csv", fields)
@@ -81,21 +81,19 @@ class BatchRun:
         if len(self.warnings) <= WARNINGS_SHOWN and not self.quiet:
             tqdm.write(f"warning: {note}", file=sys.stderr)
 
-    def finish(
-        self, metrics: dict[str, Any], table_keys: Sequence[str], quiet: bool = False
-    ) -> int:
+    def finish(self, metrics: dict[str, Any], table_keys: Sequence[str]) -> int:
         """Write summary.json (all of ``metrics``), print the table (``table_keys`` and
         the failure count); the exit code says whether all went well."""
         self.csv.close()
         metrics.update(num_failed=len(self.failures), failures=self.failures)
         metrics.update(num_warnings=len(self.warnings), warnings=self.warnings)
         write_json(self.out / "summary.json", metrics)
-        if not quiet:
+        if not self.quiet:
             print(format_table(metrics, [*table_keys, "num_failed"]))
             print(f"\nper-image results: {self.csv.path}\nsummary: {self.out / 'summary.json'}")
             if self.failures:
                 print(f"{len(self.failures)} input(s) failed; see the CSV (status=failed)")
-        if len(self.warnings) > WARNINGS_SHOWN and not quiet:
+        if len(self.warnings) > WARNINGS_SHOWN and not self.quiet:
             print(
                 f"{len(self.warnings)} warnings in all (the first {WARNINGS_SHOWN} above); "
                 "every one is under 'warnings' in summary.json",

@@ -82,4 +82,4 @@ def report_classification(
                 "crops": result["crops"],
             }
         )
-    return run.finish(evaluator.compute(), ClassificationEvaluator.TABLE_KEYS, quiet)
+    return run.finish(evaluator.compute(), ClassificationEvaluator.TABLE_KEYS)

@@ -22,11 +22,16 @@ from torch import nn
 from common.core.progress import progress
 from common.core.reports import overlay, unique_names
 from common.data.decode import BadInputError, read_map_raw, write_png
-from common.data.masks import read_ground_truth
 from common.data.sources import Problem, Record
 from common.evaluation.batch_run import BatchRun, EvalSettings
 from common.evaluation.metrics import LocalizationEvaluator
-from common.inference.batched import Perturb, Prediction, failure_reason, iter_predictions
+from common.inference.batched import (
+    Perturb,
+    Prediction,
+    failure_reason,
+    iter_predictions,
+    truth_of,
+)
 from common.inference.single_image import RunOptions, binary_png, manipulated_map, scored_map
 
 IMAGE_LEVEL_STATUS = "mask size differs: image level only"
@@ -70,8 +75,15 @@ class _LocalizationRun(BatchRun):
         mask: np.ndarray | None,
         status: str,
         pred: str,
+        notes: Sequence[str] = (),
     ) -> None:
-        """Score one image; ``label`` is its ground truth under the desensitised policy."""
+        """Score one image; ``label`` is its ground truth under the desensitised policy,
+        ``notes`` the warnings about its inputs. A manipulated image whose mask was
+        dropped (its size differs from the map's) is scored, and marked, at image level."""
+        for note in notes:
+            self.warn(note)
+        if label > 0 and mask is None and rec.mask is not None:
+            status = f"{status} ({IMAGE_LEVEL_STATUS})"
         row = _score(self.evaluator, label, prob, mask)
         self.csv.write(
             {
@@ -88,7 +100,7 @@ class _LocalizationRun(BatchRun):
     def done(self, extra: dict[str, Any]) -> int:
         metrics = self.evaluator.compute()
         metrics.update(threshold=self.settings.threshold, **extra)
-        return self.finish(metrics, LocalizationEvaluator.TABLE_KEYS, self.settings.quiet)
+        return self.finish(metrics, LocalizationEvaluator.TABLE_KEYS)
 
 
 def read_saved_map(path: Path) -> np.ndarray:
@@ -97,15 +109,6 @@ def read_saved_map(path: Path) -> np.ndarray:
     if raw.ndim == 3:
         raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
     return scored_map(raw)
-
-
-def _with_truth(pred: Prediction, shape: tuple[int, ...], settings: EvalSettings) -> Prediction:
-    """``pred`` with its ground truth read for a map of ``shape`` (the image's size: the
-    maps are written at it), as a decoded image would have had it."""
-    notes: list[str] = []
-    rec = pred.record
-    mask, label = read_ground_truth(rec.label, rec.mask, shape[:2], settings.masks, notes)
-    return replace(pred, mask=mask, label=label, notes=tuple(notes))
 
 
 def _written_maps(
@@ -156,8 +159,9 @@ def _written_maps(
                     yield pred, None, reason
                     continue
                 if pred.skipped:  # not decoded: its truth is read at its map's size
-                    try:
-                        pred = _with_truth(pred, prob.shape, settings)
+                    try:  # (the image's size: maps are written at it)
+                        mask, label, notes = truth_of(pred.record, prob.shape, settings.masks)
+                        pred = replace(pred, mask=mask, label=label, notes=notes)
                     except BadInputError as exc:
                         yield pred, None, failure_reason(exc, pred.record)
                         continue
@@ -201,10 +205,7 @@ def run_model_evaluation(
         if prob is None:
             run.fail(rec.image, status)
             continue
-        for note in pred.notes:
-            run.warn(note)
-        shown = _status(status, rec, pred.label, pred.mask)
-        run.record(rec, pred.label, prob, pred.mask, shown, path)
+        run.record(rec, pred.label, prob, pred.mask, status, path, pred.notes)
         if status == "ok":
             done += 1
             bar.set_postfix(img_s=f"{done / (time.perf_counter() - start):.2f}")
@@ -295,23 +296,12 @@ def run_pred_dir_evaluation(
             tried = " or ".join(f"{c}.png" for c in candidates)
             run.fail(rec.image, f"no map named {tried} in {pred_dir}")
             continue
-        notes: list[str] = []
         try:
             prob = read_saved_map(path)
-            mask, label = read_ground_truth(rec.label, rec.mask, prob.shape, binary, notes)
+            mask, label, notes = truth_of(rec, prob.shape, binary)
         except BadInputError as exc:
             named = f"map {exc.path}: {exc.reason}" if exc.path == str(path) else None
             run.fail(rec.image, named or failure_reason(exc, rec))
             continue
-        for note in notes:
-            run.warn(note)
-        run.record(rec, label, prob, mask, _status("ok", rec, label, mask), str(path))
+        run.record(rec, label, prob, mask, "ok", str(path), notes)
     return run.done({"pred_dir": str(pred_dir)})
-
-
-def _status(status: str, rec: Record, label: int, mask: np.ndarray | None) -> str:
-    """``status``, saying so when a manipulated image with a mask is scored at the image
-    level only (its mask's size differs from its map)."""
-    if label > 0 and mask is None and rec.mask is not None:
-        return f"{status} ({IMAGE_LEVEL_STATUS})"
-    return status

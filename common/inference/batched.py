@@ -86,9 +86,8 @@ class _InferenceItems(Dataset):
         return len(self.records)
 
     def _truth(self, rec: Record, shape: tuple[int, int]) -> dict[str, Any]:
-        notes: list[str] = []
-        mask, label = read_ground_truth(rec.label, rec.mask, shape, self.masks, notes)
-        return {"mask": mask, "label": label, "notes": tuple(notes)}
+        mask, label, notes = truth_of(rec, shape, self.masks)
+        return {"mask": mask, "label": label, "notes": notes}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
@@ -112,6 +111,16 @@ class _InferenceItems(Dataset):
             return {"index": index, "error": failure_reason(exc, rec)}
         except (OSError, ValueError, MemoryError) as exc:
             return {"index": index, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def truth_of(
+    rec: Record, shape: tuple[int, ...], masks: MaskOptions
+) -> tuple[np.ndarray | None, int, tuple[str, ...]]:
+    """``rec``'s mask and label for an image (or its map) of ``shape``, and the warnings
+    reading them gave (:func:`~common.data.masks.read_ground_truth`)."""
+    notes: list[str] = []
+    mask, label = read_ground_truth(rec.label, rec.mask, shape[:2], masks, notes)
+    return mask, label, tuple(notes)
 
 
 def failure_reason(exc: BadInputError, rec: Record) -> str:

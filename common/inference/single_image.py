@@ -139,7 +139,7 @@ def predict_tiled(
 
 def predict_probs(
     model: nn.Module,
-    image_bgr: np.ndarray | str | Path,
+    image_bgr: np.ndarray,
     resize: int | None = RELEASE_SIZE,
     opts: RunOptions | None = None,
 ) -> np.ndarray:
@@ -159,7 +159,7 @@ def manipulated_map(probs: np.ndarray) -> np.ndarray:
 
 def predict(
     model: nn.Module,
-    image_bgr: np.ndarray,
+    image_bgr: np.ndarray | str | Path,
     resize: int | None = RELEASE_SIZE,
     opts: RunOptions | None = None,
 ) -> tuple[np.ndarray, float]:
