@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from tests.ddp_worker import state_digest
 from tests.helpers import make_tiny_dataset
@@ -35,6 +36,19 @@ COMMON = [
 ]
 
 
+CORRUPT_ROW = 1  # make_tiny_dataset puts the corrupt file on the list's second row
+
+
+def _rows_drawn(length: int, seed: int, epoch: int) -> list[int]:
+    """Every row the two ranks' DistributedSamplers draw in an epoch, padding included."""
+    drawn = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(range(length), num_replicas=2, rank=rank, seed=seed)
+        sampler.set_epoch(epoch)
+        drawn += list(sampler)
+    return drawn
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,7 +67,8 @@ def ddp_runs(tmp_path_factory):
         pair = make_tiny_dataset(
             root / f"{script}_pair", n_tampered=1, n_authentic=1, three_class=three, corrupt=False
         )
-        # 9 rows (one corrupt) over 2 ranks: padded shards, a short last batch
+        # 9 rows (one corrupt, row 1) over 2 ranks: padded shards, a short last batch;
+        # with seed 8 the shard padding repeats the corrupt row in epoch 2
         mixed = make_tiny_dataset(
             root / f"{script}_mixed", n_tampered=1, n_authentic=7, three_class=three
         )
@@ -62,7 +77,7 @@ def ddp_runs(tmp_path_factory):
             (
                 "uneven_accumulate_bad_nan",
                 mixed,
-                ["--batch_size", "2", "--accumulate", "2", "--epochs", "2"],
+                ["--batch_size", "2", "--accumulate", "2", "--epochs", "2", "--seed", "8"],
                 {"nan_rank": 1, "nan_step": 1},
             ),
         ):
@@ -116,7 +131,9 @@ def test_ddp_run_finishes_with_identical_ranks(ddp_runs, script, case):
     if case == "uneven_accumulate_bad_nan":
         assert [r["epoch"] for r in rows] == [1, 2]
         assert rows[0]["nonfinite_steps"] == 1  # rank 1's NaN skipped the step on both
-        assert all(r["skipped_samples"] >= 1 for r in rows)  # the corrupt file
+        # the corrupt file once per epoch, although epoch 2 drew it twice (padding)
+        assert _rows_drawn(9, seed=8, epoch=1).count(CORRUPT_ROW) == 2
+        assert [r["skipped_samples"] for r in rows] == [1, 1]
         assert val["skipped_samples"] == 1
 
 

@@ -539,7 +539,7 @@ def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkey
 
     items = [trainer.train_ds[i] for i in range(len(trainer.train_ds))]
     good = collate_samples([it for it in items if "error" not in it][:2])
-    empty = {"skipped": [("bad.jpg", "truncated JPEG")], "count": 0}
+    empty = {"skipped": [("bad.jpg", "truncated JPEG")], "skipped_rows": [1], "count": 0}
     batches = [good, empty, good, good]
     monkeypatch.setattr("common.training.engine.train_loader", lambda *a, **k: iter(batches))
     trainer.batches_per_epoch = len(batches)

@@ -160,12 +160,17 @@ class ForgeryDataset(Dataset):
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the good samples; report the bad ones under ``skipped`` as (path, reason)."""
+    """Stack the good samples; report the bad ones under ``skipped`` as (path, reason)
+    and their dataset rows under ``skipped_rows`` (a padded DDP shard repeats a row: the
+    row, not the path, says whether it was counted already)."""
     good = [b for b in batch if "error" not in b]
-    skipped = [(b["path"], b["error"]) for b in batch if "error" in b]
+    bad = [b for b in batch if "error" in b]
+    skipped = [(b["path"], b["error"]) for b in bad]
+    rows = [b.get("index", -1) for b in bad]
     if not good:
-        return {"skipped": skipped, "count": 0}
+        return {"skipped": skipped, "skipped_rows": rows, "count": 0}
     out = default_collate(good)
     out["skipped"] = skipped
+    out["skipped_rows"] = rows
     out["count"] = len(good)
     return out

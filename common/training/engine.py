@@ -192,7 +192,10 @@ class Trainer:
         self.model.train()
         loader = train_loader(self.train_ds, cfg, epoch)
         sums: dict[str, float] = {}
-        seen = skipped = nonfinite = steps_done = 0
+        seen = nonfinite = steps_done = 0
+        # rows, not samples: DistributedSampler pads a shard by repeating rows, and a bad
+        # row drawn twice is one bad file
+        skipped_rows: set[int] = set()
         start = time.perf_counter()
         accumulate = cfg["accumulate"]
         bar = progress(
@@ -207,9 +210,10 @@ class Trainer:
         for i, batch in enumerate(bar):
             if i >= self.batches_per_epoch:
                 break
-            skipped += len(batch["skipped"])
-            for path, reason in batch["skipped"]:
-                log.warning("skipped %s: %s", path, reason)
+            for row, (path, reason) in zip(batch["skipped_rows"], batch["skipped"], strict=True):
+                if row not in skipped_rows:
+                    skipped_rows.add(row)
+                    log.warning("skipped %s: %s", path, reason)
             last_micro = (i + 1) % accumulate == 0 or i + 1 == self.batches_per_epoch
             if dist.any_true(batch["count"] == 0, self.device):
                 # a rank got no usable sample: all ranks skip together; a window that
@@ -260,7 +264,7 @@ class Trainer:
         stats.update(
             lr=self.optimizer.param_groups[0]["lr"],
             images_per_second=dist.sum_int(seen, self.device) / max(elapsed, 1e-9),
-            skipped_samples=dist.sum_int(skipped, self.device),
+            skipped_samples=len(set().union(*dist.gather_objects(skipped_rows))),
             nonfinite_steps=nonfinite,
             optimizer_steps=steps_done,
         )
