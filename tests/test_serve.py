@@ -80,6 +80,23 @@ def test_page_and_its_assets_load_nothing_from_the_internet(binary):
         text = path.read_text()
         assert "http://" not in text and "https://" not in text, path.name
     assert client.get("/docs").status_code == 404  # CDN-based docs are off
+    assert client.head("/").status_code == 200  # uptime checks
+
+
+def test_every_error_answers_with_the_same_body(binary):
+    """Unknown paths and methods answer {"error": …} as the API's own errors do, not
+    FastAPI's {"detail": …}, so a client reads one key."""
+    _, client = binary
+    for method, path, status in (
+        ("get", "/api/nothing-here", 404),
+        ("get", "/api/predict", 405),
+        ("put", "/api/jobs/abc", 405),
+        ("get", "/api/jobs/abc", 404),
+    ):
+        r = getattr(client, method)(path)
+        assert r.status_code == status, (method, path, r.text)
+        assert set(r.json()) == {"error"} and r.json()["error"], (method, path, r.text)
+    assert "POST" in client.get("/api/predict").headers["allow"]
 
 
 def test_health_and_model(binary):

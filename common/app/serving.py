@@ -40,6 +40,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import nn
 
 from common.core.release import RELEASE_SIZE
@@ -459,6 +460,11 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
     def error(status: int, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # an unknown path or method: the same {"error": …} body as every other answer
+        return error(exc.status_code, str(exc.detail), **(exc.headers or {}))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         parts, fields = [], set()
@@ -641,7 +647,7 @@ def create_app(service: Service, max_upload_mb: float, max_pixels: int) -> FastA
             service.release()
         return {"mask_png": _png_b64(binary), "manipulated_pixels": int((binary > 0).sum())}
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])  # HEAD: what uptime checks send
     async def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
 
