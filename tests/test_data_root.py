@@ -165,3 +165,28 @@ def test_a_set_named_on_the_command_line_and_in_the_file_is_refused(tmp_path, ca
     argv = ["--model_path", "x.pt", "--sets", "a=x.txt", "--sets-file", str(tmp_path / "sets.yaml")]
     assert benchmark.main(argv) == 2
     assert "set names must be unique: a (--sets and --sets-file)" in capsys.readouterr().err
+
+
+def test_a_path_holding_an_at_sign_reaches_the_set_whole(tmp_path, monkeypatch):
+    """``--sets NAME=SOURCE@ROOT`` splits at an ``@``; a list or folder whose own path
+    holds one (``user@host`` mounts, e-mail-named folders) is kept whole, with or without
+    a root after it."""
+    from common.benchmark.runner import parse_sets
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "me@lab" / "set"
+    folder.mkdir(parents=True)
+    (folder / "test.txt").write_text("a.jpg None 0\n")
+    (tmp_path / "root@2").mkdir()
+    whole, rooted, relative, plain = parse_sets(
+        [
+            f"a={folder / 'test.txt'}",
+            f"b={folder / 'test.txt'}@{tmp_path / 'root@2'}",
+            "c=me@lab/set@root@2",
+            f"d={folder}@/data",
+        ]
+    )
+    assert (whole.source, whole.root) == (str(folder / "test.txt"), None)
+    assert (rooted.source, rooted.root) == (str(folder / "test.txt"), str(tmp_path / "root@2"))
+    assert (relative.source, relative.root) == ("me@lab/set", "root@2")
+    assert (plain.source, plain.root) == (str(folder), "/data")

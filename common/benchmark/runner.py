@@ -23,6 +23,7 @@ Layout: ``<out>/<set>/<level>/`` per set and level, and at ``<out>`` the combine
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from dataclasses import dataclass, replace
@@ -78,11 +79,28 @@ def parse_sets(items: list[str]) -> list[BenchSet]:
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
             raise UsageError(f"expected NAME=LIST or NAME=LIST@ROOT, got {item!r}", "--sets")
-        source, at, root = source.partition("@")
+        source, at, root = _split_root(source.strip())
         if at and not root.strip():
             raise UsageError(f"expected a data root after '@', got {item!r}", "--sets")
         sets.append(BenchSet(name.strip(), source.strip(), root.strip() or None))
     return checked_sets(sets, "--sets")
+
+
+def _split_root(source: str) -> tuple[str, str, str]:
+    """``SOURCE@ROOT`` → (SOURCE, "@", ROOT); a path that itself holds an ``@`` (a
+    folder named after an e-mail address, ``user@host`` mounts) is kept whole when it
+    exists, else split at the ``@`` whose left side names an existing source."""
+    if "@" not in source or _exists(source):
+        return source, "", ""
+    cuts = [i for i, ch in enumerate(source) if ch == "@"]
+    for i in cuts:
+        if _exists(source[:i]):
+            return source[:i], "@", source[i + 1 :]
+    return source.partition("@")
+
+
+def _exists(source: str) -> bool:
+    return Path(source).exists() or bool(glob.glob(source))
 
 
 SET_KEYS = ("list", "root", "paper")  # what a set of a sets file may say
