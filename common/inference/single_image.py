@@ -137,21 +137,6 @@ def predict_tiled(
     return resize_map(acc / weight_sum, original)
 
 
-def predict_probs(
-    model: nn.Module,
-    image_bgr: np.ndarray,
-    resize: int | None = RELEASE_SIZE,
-    opts: RunOptions | None = None,
-) -> np.ndarray:
-    """Probabilities (C, H, W) at the original size, by the resize or the tiled policy."""
-    opts = opts or RunOptions(device=next(model.parameters()).device)
-    if resize is None:
-        return predict_tiled(model, image_bgr, opts)
-    net_in = torch.from_numpy(resize_input(image_bgr, resize)).unsqueeze(0)
-    probs = forward_probs(model, net_in, opts)[0].numpy()
-    return resize_map(probs, image_bgr.shape[:2])
-
-
 def manipulated_map(probs: np.ndarray) -> np.ndarray:
     """(H, W) probability of 'manipulated': the map itself, or 1 − P(pristine)."""
     return manipulated_probability(probs, class_dim=0)

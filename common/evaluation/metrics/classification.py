@@ -1,0 +1,81 @@
+"""Image-level classification metrics for the classifier (docs/three-class-and-classifier.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from common.core.scores import manipulated_probability
+from common.evaluation.metrics.counts import as_tensor, check_finite, harmonic, mcc, ratio
+
+
+class ClassificationEvaluator:
+    """Image-level classification: AUC, accuracy, precision, recall, F1, MCC, FPR and the
+    confusion matrix. Binary scores (N,) or class probabilities (N, K). Where the
+    values go: as :class:`LocalizationEvaluator` says (no per-image metrics: the
+    classifier's CSV rows hold the score and the decision)."""
+
+    TABLE_KEYS = ("auc", "accuracy", "precision", "recall", "f1", "mcc", "fpr", "num_images")
+    ROW_KEYS: tuple[str, ...] = ()
+    LOG_KEYS = ("auc", "accuracy", "precision", "recall", "f1", "mcc")
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+        self.reset()
+
+    def reset(self) -> None:
+        self.scores: list[Any] = []
+        self.labels: list[int] = []
+
+    def update(self, scores: Any, labels: Any) -> None:
+        s = as_tensor(scores, torch.float64)
+        check_finite(s, "scores")
+        self.scores += s.tolist()
+        self.labels += as_tensor(labels, torch.long).reshape(-1).tolist()
+
+    def merge(self, other: ClassificationEvaluator) -> None:
+        self.scores += other.scores
+        self.labels += other.labels
+
+    def compute(self) -> dict[str, Any]:
+        scores = np.asarray(self.scores, dtype=np.float64)
+        labels = np.asarray(self.labels, dtype=np.int64)
+        keep = labels >= 0
+        scores, labels = scores[keep], labels[keep]
+        notes: list[str] = []
+        if scores.ndim == 2:  # class probabilities: manipulated = not class 0
+            pred = scores.argmax(1)
+            k = scores.shape[1]
+            binary_scores = manipulated_probability(scores, class_dim=1)
+        else:
+            pred = (scores > self.threshold).astype(np.int64)
+            k = 2
+            binary_scores = scores
+        k = max(k, int(labels.max()) + 1 if len(labels) else 2)
+        cm = np.zeros((k, k), dtype=np.int64)
+        np.add.at(cm, (labels, pred), 1)
+        bl, bp = labels > 0, pred > 0
+        tp, tn = int((bl & bp).sum()), int((~bl & ~bp).sum())
+        fp, fn = int((~bl & bp).sum()), int((bl & ~bp).sum())
+        if len(labels) and 0 < bl.sum() < len(labels):
+            auc: float | None = float(roc_auc_score(bl, binary_scores))
+        else:
+            auc = None
+            notes.append("auc undefined: only one class present")
+        precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+        return {
+            "num_images": len(labels),
+            "auc": auc,
+            "accuracy": ratio(int((pred == labels).sum()), len(labels)),
+            "precision": precision,
+            "recall": recall,
+            "f1": harmonic(precision, recall),
+            "mcc": mcc(tp, fp, fn, tn),
+            "fpr": ratio(fp, fp + tn),
+            "threshold": self.threshold,
+            "confusion_matrix": cm.tolist(),
+            "notes": notes,
+        }
