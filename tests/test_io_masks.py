@@ -287,3 +287,19 @@ def test_an_image_over_the_limit_after_decoding_is_too_large(tmp_path):
     data = cv2.imencode(".png", np.zeros((40, 50, 3), np.uint8))[1].tobytes()
     with pytest.raises(TooLargeError, match="image too large"):
         _decode("x.png", data, cv2.IMREAD_COLOR, limit=100)
+
+
+def test_a_small_region_of_a_jpeg_seed_luma_mask_is_read_as_drawn():
+    """A colour mask saved as grey and then as JPEG, its one region 4×4 px of 160×160
+    (0.06 %): the region is tampered and the white background pristine (it was read as
+    a grey mask: the whole background manipulated and the region not)."""
+    mask = np.full((160, 160), 255, np.uint8)
+    mask[40:44, 60:64] = 76
+    _, buf = cv2.imencode(".jpg", mask, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    lossy = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    assert not set(np.unique(lossy).tolist()) <= {29, 76, 255}  # JPEG moved the levels
+    assert mask_encoding(lossy) == "seed-luma"
+    classes = decode_classes(lossy)
+    assert (classes[40:44, 60:64] == 1).all() and np.count_nonzero(classes) == 16
+    # an all-white single-channel mask still means "all manipulated"
+    assert mask_encoding(np.full((8, 8), 255, np.uint8)) == "grey"

@@ -114,7 +114,8 @@ def _is_seed_luma(counts: np.ndarray) -> bool:
     moved or blended them: (nearly) no black, which is the background of every plain
     grey mask (and the region of an inverted one), and most non-white pixels near 76 or
     29 rather than spread over the grey range (as a white mask with thin black lines is
-    after an area resize)."""
+    after an area resize). No minimum area: a forged word at 512² is a few hundred
+    pixels, and an all-white mask (nothing near 76 or 29) stays grey."""
     present = np.flatnonzero(counts)
     if set(present.tolist()) <= {29, 76, 255} and (counts[29] or counts[76]):
         return True
@@ -123,11 +124,7 @@ def _is_seed_luma(counts: np.ndarray) -> bool:
     near_black = counts[: t + 1].sum()
     regions = counts[76 - t : 76 + t + 1].sum() + counts[29 - t : 29 + t + 1].sum()
     non_white = counts[:200].sum()
-    return bool(
-        regions >= max(1, 0.001 * n)
-        and near_black <= 0.001 * n
-        and regions >= _SEED_LUMA_SHARE * non_white
-    )
+    return bool(regions > 0 and near_black <= 0.001 * n and regions >= _SEED_LUMA_SHARE * non_white)
 
 
 def mask_encoding(raw: np.ndarray) -> str:
