@@ -87,6 +87,7 @@ from common.inference.arguments import (
 )
 from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
 from common.inference.settings import describe_checkpoint
+from common.inference.single_image import RunOptions, tile_blend
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -173,6 +174,9 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
         "int8": spec.int8,
         "seed": args.seed,
     }
+    blend = tile_blend(describe_checkpoint(args.model_path).nclass)
+    if blend != RunOptions.blend:  # three-class maps: averaged tiles (earlier runs weighted
+        stamp["tile_blend"] = blend  # them; binary stamps never held the default)
     if stamp["int8"]:  # its scales come from these images; where it pays, from the CPU
         stamp.update(
             int8_calibration=spec.int8_calibration,

@@ -391,3 +391,27 @@ def test_two_processes_give_the_single_process_classifier_numbers(bench_world, t
     assert {s: _metrics(v) for s, v in one["sets"].items()} == {
         s: _metrics(v) for s, v in two["sets"].items()
     }
+
+
+def test_a_three_class_checkpoint_tiles_as_the_three_class_script(bench_world, tmp_path):
+    """From overlapping tiles, the benchmark writes the merged map the three-class script
+    writes (tiles averaged, the seed's way; it weighted them toward their centres), so
+    the two report the same numbers for the same settings."""
+    import infer_3labels_merge_calmetrics
+
+    data = make_tiny_dataset(
+        tmp_path / "d", n_tampered=2, n_authentic=1, size=(100, 130), three_class=True
+    )
+    common = ["--model_path", str(bench_world["ck3"]), "--resize", "none", "--tile", "64"]
+    common += ["--tile-stride", "32", "--th", "0.5", "--image-th", "0.5", "--batch-size", "1"]
+    common += ["--workers", "0"]
+    bench_out, script_out = tmp_path / "bench", tmp_path / "script"
+    assert benchmark.main([*common, "--sets", f"d={data}", "--save_dir", str(bench_out)]) == 3
+    argv = [*common, "--test_file", str(data), "--save_dir", str(script_out)]
+    assert infer_3labels_merge_calmetrics.main(argv) == 3  # the corrupt row
+    bench_maps = sorted((bench_out / "three" / "d" / "none" / "pred").glob("*.png"))
+    merged = next(script_out.rglob("merged"))
+    assert len(bench_maps) == 3  # the decodable images
+    for path in bench_maps:
+        ours, script = cv2.imread(str(path), 0), cv2.imread(str(merged / path.name), 0)
+        assert ours is not None and np.array_equal(ours, script), path.name

@@ -26,7 +26,7 @@ from common.core.user_errors import (
 )
 from common.inference import settings
 from common.inference.settings import DEFAULT_BACKBONE, ModelSpec
-from common.inference.single_image import RunOptions
+from common.inference.single_image import RunOptions, tile_blend
 from models import BACKBONES
 
 INFERENCE_AMP_MODES = (*AMP_MODES, "auto")
@@ -201,15 +201,16 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return spec.resolved(args.device)
 
 
-def run_options(args: argparse.Namespace, spec: ModelSpec, blend: str = "weighted") -> RunOptions:
-    """How inference calls the model ``spec`` loads, from the shared options."""
+def run_options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
+    """How inference calls the model ``spec`` loads, from the shared options; tiles are
+    blended as the checkpoint's kind of map asks (:func:`tile_blend`)."""
     return settings.run_options(
         spec,
         args.device,
         tile=args.tile,
         tile_stride=args.tile_stride,
         tile_batch=getattr(args, "batch_size", 4),
-        blend=blend,
+        blend=tile_blend(settings.describe_checkpoint(args.model_path).nclass),
     )
 
 

@@ -38,6 +38,14 @@ class RunOptions:
     blend: str = "weighted"  # "weighted" (ramped seams) or "average" (the seed's)
 
 
+def tile_blend(nclass: int) -> str:
+    """How a model's overlapping tiles are blended: three-class maps are averaged, as
+    the seed scripts do (the three-class script, the benchmark, the web app and the
+    binary script scoring its merged map then write the same map); binary maps are
+    weighted toward each tile's centre, so seams do not show."""
+    return "average" if nclass == 3 else "weighted"
+
+
 @torch.inference_mode()
 def run_model(model: nn.Module, x: torch.Tensor, opts: RunOptions) -> ModelOutput:
     """A normalised batch (N, 3, H, W) through any of our networks (plain, ``--fast``,
