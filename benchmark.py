@@ -53,6 +53,7 @@ from common.core.user_errors import (
     Parser,
     UsageError,
     check_stride,
+    check_whole_image_size,
     non_negative_int,
     positive_int,
     require_writable_dir,
@@ -224,6 +225,8 @@ def run(argv: list[str]) -> int:
         args.mask_threshold = DEFAULT_MASK_THRESHOLD  # as infer_mvss_cls.py
     thresholds = resolve_thresholds(args, args.model_path, task)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
+    if task == "classification":
+        check_whole_image_size(args.crop, args.resize)
     require_writable_dir(args.save_dir, "--save_dir")
     loaded = load_sets(sets, args.data_root)
     spec = model_spec(args)  # validates device and precision before the group starts

@@ -13,7 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.core.user_errors import Parser, check_stride, positive_int, run_cli
+from common.core.user_errors import (
+    Parser,
+    check_stride,
+    check_whole_image_size,
+    positive_int,
+    run_cli,
+)
 from common.data.masks import CLASSIFIER_DESENSITISED, DEFAULT_MASK_THRESHOLD
 from common.evaluation.arguments import (
     add_io_args,
@@ -82,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str]) -> int:
     args = parse_args(argv)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
+    check_whole_image_size(args.crop, args.resize)
     check_outputs(args)
     source, records, problems = load_inputs(args)
     if args.label_from_name:

@@ -342,6 +342,15 @@ def test_benchmark_user_errors(bench_world, tmp_path, capsys, extra, expected):
     assert not out.exists()
 
 
+def test_benchmark_classifier_whole_image_without_a_size(bench_world, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = [*_argv(bench_world, out, ck="ckcls"), "--crop", "none", "--resize", "none"]
+    assert benchmark.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resize is none" in err[0]
+    assert not out.exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -221,6 +221,13 @@ def test_classifier_crop_stride_over_crop(world, capsys):
     assert "--crop-stride" in line
 
 
+def test_classifier_whole_image_without_a_size(world, capsys):
+    """--crop none --resize none had no size to run at: a bare AssertionError (exit 1)."""
+    argv = _infer_argv(world, "cls", **{"--crop": "none", "--resize": "none"})
+    line = _one_line_error(infer_mvss_cls, argv, capsys, world["root"])
+    assert "--crop none --resize none" in line and "--resize is none" in line
+
+
 # ----------------------------------------------------------------------------- training
 
 

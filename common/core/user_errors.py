@@ -190,6 +190,18 @@ def check_stride(stride: int, size: int | None, option: str, size_option: str) -
         )
 
 
+def check_whole_image_size(crop: int | None, resize: int | None) -> None:
+    """A classifier scores crops, or the whole image resized to ``resize``; with neither
+    it would have no size to run at (the whole image at full size is not offered: its
+    memory has no bound)."""
+    if crop is None and resize is None:
+        raise UsageError(
+            "--crop none scores the whole image resized to --resize, and --resize is none",
+            "--crop none --resize none",
+            "give a size (--resize 512), or score crops at full resolution (--crop 512)",
+        )
+
+
 def _require(path: str | Path, what: str, option: str | None, folder: bool) -> Path:
     p = Path(path)
     where = f"{option} {p}" if option else p
