@@ -271,3 +271,28 @@ def test_classification_metrics():
     single = ClassificationEvaluator()
     single.update([0.9, 0.8], [1, 1])
     assert single.compute()["auc"] is None
+
+
+@pytest.mark.parametrize(
+    ("scores", "labels", "undefined"),
+    [
+        ([0.1, 0.2, 0.3], [0, 1, 1], {"precision", "mcc"}),  # nothing flagged
+        ([0.9, 0.8, 0.7], [0, 1, 1], {"mcc"}),  # everything flagged
+        ([0.1, 0.2], [0, 0], {"precision", "recall", "f1", "mcc", "auc"}),  # all authentic
+        ([0.9, 0.2], [1, 1], {"fpr", "mcc", "auc"}),  # all manipulated
+    ],
+)
+def test_classification_f1_is_a_value_wherever_it_has_one(scores, labels, undefined):
+    """F1 is 2TP/(2TP+FP+FN), as scikit-learn and the seed take it: 0 when nothing was
+    flagged but something should have been (it was null, as the harmonic mean of an
+    undefined precision); what is null says why under notes."""
+    ev = ClassificationEvaluator()
+    ev.update(scores, labels)
+    r = ev.compute()
+    pred = np.asarray(scores) > 0.5
+    nulls = {k for k in ("precision", "recall", "f1", "mcc", "fpr", "auc") if r[k] is None}
+    assert nulls == undefined
+    if "f1" not in undefined:
+        assert r["f1"] == pytest.approx(f1_score(labels, pred, zero_division=0.0))
+    for key in nulls:
+        assert any(note.startswith(f"{key} undefined") for note in r["notes"]), key

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from common.core.scores import manipulated_probability
-from common.evaluation.metrics.counts import as_tensor, check_finite, harmonic, mcc, ratio
+from common.evaluation.metrics.counts import as_tensor, check_finite, f1_of, mcc, ratio
 
 
 class ClassificationEvaluator:
@@ -66,16 +66,44 @@ class ClassificationEvaluator:
             auc = None
             notes.append("auc undefined: only one class present")
         precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+        f1, matthews, fpr = f1_of(tp, fp, fn), mcc(tp, fp, fn, tn), ratio(fp, fp + tn)
+        if len(labels):
+            notes += undefined_notes(precision, recall, f1, matthews, fpr)
         return {
             "num_images": len(labels),
             "auc": auc,
             "accuracy": ratio(int((pred == labels).sum()), len(labels)),
             "precision": precision,
             "recall": recall,
-            "f1": harmonic(precision, recall),
-            "mcc": mcc(tp, fp, fn, tn),
-            "fpr": ratio(fp, fp + tn),
+            "f1": f1,
+            "mcc": matthews,
+            "fpr": fpr,
             "threshold": self.threshold,
             "confusion_matrix": cm.tolist(),
             "notes": notes,
         }
+
+
+def undefined_notes(
+    precision: float | None,
+    recall: float | None,
+    f1: float | None,
+    matthews: float | None,
+    fpr: float | None,
+) -> list[str]:
+    """Why each undefined value is null (docs/metrics.md: never a silent null, never 0)."""
+    notes = []
+    if precision is None:
+        notes.append("precision undefined: no image was flagged manipulated")
+    if recall is None:
+        notes.append("recall undefined: no manipulated images")
+    if f1 is None:
+        notes.append("f1 undefined: no manipulated images and none flagged")
+    if matthews is None:
+        notes.append(
+            "mcc undefined: a row or column of the confusion matrix is empty (one class "
+            "present, or one decision for every image; scikit-learn reports 0)"
+        )
+    if fpr is None:
+        notes.append("fpr undefined: no authentic images")
+    return notes

@@ -35,6 +35,12 @@ def ratio(num: float, den: float) -> float | None:
     return None if den == 0 else float(num) / float(den)
 
 
+def f1_of(tp: int, fp: int, fn: int) -> float | None:
+    """2TP / (2TP + FP + FN): 0 when nothing was found (a defined value, not a missing
+    one); None only when there was nothing to find and nothing was flagged."""
+    return ratio(2 * tp, 2 * tp + fp + fn)
+
+
 def f1_from_counts(
     tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, empty: float
 ) -> torch.Tensor:

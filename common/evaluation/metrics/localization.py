@@ -21,6 +21,7 @@ from common.evaluation.metrics.counts import (
     check_finite,
     check_unit_range,
     f1_from_counts,
+    f1_of,
     harmonic,
     ratio,
 )
@@ -63,7 +64,7 @@ def image_level_metrics(
         "image_f1": harmonic(sens, spec),
         "image_precision": precision,
         "image_recall": sens,
-        "image_f1_precision_recall": harmonic(precision, sens),
+        "image_f1_precision_recall": f1_of(tp, fp, fn),
         "image_tp": tp,
         "image_tn": tn,
         "image_fp": fp,
