@@ -96,6 +96,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
         device=str(opts.device),
         fast=spec.fast,
         thresholds=thresholds,
+        desensitised=description.desensitised,
     )
     return Service(Analyser(model, info, opts), max_queue=args.max_queue), info
 

@@ -388,7 +388,7 @@ def test_classifier_score_at_full_resolution_is_the_classifiers(checkpoints):
         )
     body = r.json()
     model, opts = service.analyser.model, service.analyser.opts
-    want = score_crops(model, image, opts, DEFAULT_CROP, DEFAULT_CROP_STRIDE)[0]
+    want = score_crops(model, image, opts, DEFAULT_CROP, DEFAULT_CROP_STRIDE, "negative")[0]
     assert body["score"] == pytest.approx(want, abs=1e-6)
 
 

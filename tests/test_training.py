@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -512,9 +513,9 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
             _, _, cls = task.val_outputs(model, {"image": item["image"][None]})
             resized = model(torch.nn.functional.interpolate(item["image"][None], size=(64, 64)))
         image = cv2.imread(item["path"])
-        want, crops = score_image(model, image, opts, crop=64, stride=64, resize=None)
+        want, crops = score_image(model, image, opts, 64, 64, None, "negative")
         assert crops == 4  # 72×88 in 64-px crops
-        assert float(manipulated_score(cls)[0]) == pytest.approx(want, abs=1e-6)
+        assert float(manipulated_score(cls, "negative")[0]) == pytest.approx(want, abs=1e-6)
         assert float(resized[2][0]) != pytest.approx(want, abs=1e-6)
     # images smaller than the network's 64 px: both scale them up the same way
     small = make_tiny_dataset(tmp_path / "s", n_tampered=1, n_authentic=1, size=(40, 50))
@@ -526,8 +527,76 @@ def test_classifier_validation_outputs_equal_inference_scores(tmp_path):
         assert tuple(item["image"].shape[-2:]) == (64, 80)
         with torch.inference_mode():
             _, _, cls = task.val_outputs(model, {"image": item["image"][None]})
-        want, _ = score_image(model, cv2.imread(item["path"]), opts, 64, 64, None)
-        assert float(manipulated_score(cls)[0]) == pytest.approx(want, abs=1e-6)
+        want, _ = score_image(model, cv2.imread(item["path"]), opts, 64, 64, None, "negative")
+        assert float(manipulated_score(cls, "negative")[0]) == pytest.approx(want, abs=1e-6)
+
+
+def test_a_desensitised_only_image_raises_a_three_class_head_score_only_where_manipulated():
+    """With three image classes, the score is 1 − P(authentic) where desensitised-only
+    images count as manipulated, and P(tampered) where they do not: a confidently
+    desensitised-only image must not look manipulated under the classifier's default."""
+    from common.inference.crops import manipulated_score
+
+    desensitised_only = torch.tensor([[0.0, 0.0, 6.0]])
+    assert float(manipulated_score(desensitised_only, "positive")[0]) > 0.99
+    for policy in ("negative", "ignore"):
+        assert float(manipulated_score(desensitised_only, policy)[0]) < 0.01
+    two = torch.tensor([[0.0, 6.0]])  # two image classes: the policy has nothing to change
+    assert manipulated_score(two, "negative") == manipulated_score(two, "positive")
+
+
+@pytest.mark.parametrize("desensitised", ["negative", "positive", "ignore"])
+def test_a_three_class_image_head_validates_as_inference_scores(tmp_path, desensitised):
+    """--head linear --num_image_classes 3: validation scores and labels each image as
+    infer_mvss_cls.py does under the same --desensitised, so best.pt (chosen by auc) is
+    chosen on the numbers inference reports. Validation gave the evaluator the three
+    softmax classes and the image classes, so a desensitised-only image counted as
+    manipulated whatever the policy."""
+    from sklearn.metrics import roc_auc_score
+
+    from common.data.masks import MaskOptions
+    from common.data.sources import load_source
+    from common.inference.crops import iter_scores
+    from common.inference.single_image import RunOptions
+    from common.training.loaders import build_dataset
+
+    data = make_tiny_dataset(tmp_path / "d", n_tampered=2, n_authentic=2, three_class=True)
+    rng = np.random.default_rng(3)
+    for i in range(2):  # desensitised-only images, listed as manipulated
+        image = rng.integers(0, 120, (72, 88, 3), dtype=np.uint8)
+        mask = np.zeros((72, 88), np.uint8)
+        mask[10:40, 20:60] = 2
+        image[mask > 0] = 200
+        cv2.imwrite(str(data.parent / f"des_{i}.png"), image)
+        cv2.imwrite(str(data.parent / f"des_mask_{i}.png"), mask)
+        with open(data, "a") as fh:
+            fh.write(f"des_{i}.png des_mask_{i}.png 1\n")
+    cfg, _ = read_defaults(ROOT / "configs" / "train_demo_cls.yaml")
+    cfg.update(backbone="resnet18", size=64, batch_size=2, head="linear", num_image_classes=3)
+    cfg.update(desensitised=desensitised, val_list=str(data))
+    task = ClassificationTask(cfg)
+    torch.manual_seed(0)
+    model = task.build_model(cfg).eval()
+    ds = build_dataset(str(data), cfg, 1, train=False, eval_size=task.eval_size(cfg))
+    evaluator = task.new_evaluator()
+    with torch.inference_mode():
+        for i in range(len(ds)):
+            item = ds[i]
+            if "error" in item:
+                continue
+            batch = {k: item[k][None] for k in ("image", "label", "image_class")}
+            task.eval_update(evaluator, task.val_outputs(model, batch), batch)
+    validation = evaluator.compute()
+
+    records, _ = load_source(data)
+    masks = MaskOptions(threshold=127, desensitised=desensitised)
+    results = iter_scores(model, records, RunOptions(), 64, 64, None, masks, 1, 0)
+    scored = [r for _, r in results if "error" not in r and r["label"] >= 0]
+    labels = [r["label"] for r in scored]
+    assert labels.count(1) == (4 if desensitised == "positive" else 2)
+    assert validation["num_images"] == len(scored)
+    want = roc_auc_score(labels, [r["score"] for r in scored])
+    assert validation["auc"] == pytest.approx(want, abs=1e-9)
 
 
 def test_a_window_that_ends_on_an_empty_batch_still_steps(data, tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ from torch import nn
 from common.core.release import RELEASE_SIZE
 from common.core.scores import probabilities
 from common.data.decode import BadInputError, TooLargeError, decode_image, decode_mask_bytes
-from common.data.masks import binary_from_classes, decode_classes
+from common.data.masks import CLASSIFIER_DESENSITISED, binary_from_classes, decode_classes
 from common.data.transforms import normalize_bgr_batch
 from common.evaluation.calibration import Calibration
 from common.evaluation.thresholds import DEFAULT_THRESHOLD, Thresholds
@@ -95,6 +95,8 @@ class ModelInfo:
     device: str
     fast: bool
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # a classifier's: what its score counts a desensitised-only image as (its training's)
+    desensitised: str = CLASSIFIER_DESENSITISED
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "thresholds"}
@@ -250,7 +252,7 @@ class Analyser:
             levels = release_levels(manipulated_map(net), (h, w))
             probs = resize_map(net, (h, w)) if net.shape[0] > 1 else None
             if getattr(out, "cls", None) is not None:
-                score = float(manipulated_score(out.cls)[0])
+                score = float(manipulated_score(out.cls, self.info.desensitised)[0])
             if on_progress is not None:
                 on_progress(1, 1)
         else:
@@ -259,7 +261,12 @@ class Analyser:
             probs = full if full.shape[0] > 1 else None
             if self.info.kind == "classification":  # its own score, over crops (the seed's)
                 score = score_crops(
-                    self.model, image, self.opts, DEFAULT_CROP, DEFAULT_CROP_STRIDE
+                    self.model,
+                    image,
+                    self.opts,
+                    DEFAULT_CROP,
+                    DEFAULT_CROP_STRIDE,
+                    self.info.desensitised,
                 )[0]
         classes = probs.argmax(0).astype(np.uint8) if probs is not None else None
         if score is None:

@@ -31,13 +31,19 @@ DEFAULT_CROP_STRIDE = RELEASE_SIZE
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1
 
 
-def manipulated_score(cls: torch.Tensor) -> torch.Tensor:
+def manipulated_score(cls: torch.Tensor, desensitised: str) -> torch.Tensor:
     """P(manipulated) per image from a classifier output: the max head's probabilities
-    (N,) as they are, or 1 − P(authentic) from the linear head's logits (N, K)."""
+    (N,) as they are, or from the linear head's logits (N, K) 1 − P(authentic). With
+    three image classes (authentic / tampered / desensitised only) and ``desensitised``
+    ``negative`` or ``ignore``, P(tampered): there a desensitised-only image is not
+    manipulated (the evaluation's labels say so), so its class must not raise the score."""
     cls = cls.float()
-    if cls.ndim == 2:
-        return manipulated_probability(torch.softmax(cls, dim=1), class_dim=1)
-    return cls
+    if cls.ndim != 2:
+        return cls
+    probs = torch.softmax(cls, dim=1)
+    if probs.shape[1] == 3 and desensitised in ("negative", "ignore"):
+        return probs[:, 1]
+    return manipulated_probability(probs, class_dim=1)
 
 
 def strongest_crop(
@@ -48,6 +54,7 @@ def strongest_crop(
     crop: int,
     stride: int,
     group: int,
+    desensitised: str,
 ) -> tuple[torch.Tensor, int]:
     """The classifier output of the crop with the highest manipulated score, and the
     number of crops: the seed's image decision (manipulated when any crop is), shared by
@@ -59,7 +66,7 @@ def strongest_crop(
     best_score = -1.0
     for i in range(0, len(windows), group):
         outputs = classify(crops_of(windows[i : i + group]))
-        scores = manipulated_score(outputs)
+        scores = manipulated_score(outputs, desensitised)
         j = int(scores.argmax())
         if float(scores[j]) > best_score:
             best, best_score = outputs[j], float(scores[j])
@@ -72,9 +79,15 @@ def _batch(images: list[np.ndarray], opts: RunOptions) -> torch.Tensor:
 
 
 def score_crops(
-    model: nn.Module, image: np.ndarray, opts: RunOptions, crop: int, stride: int
+    model: nn.Module,
+    image: np.ndarray,
+    opts: RunOptions,
+    crop: int,
+    stride: int,
+    desensitised: str,
 ) -> tuple[float, int]:
-    """(image score = the strongest crop's, number of crops) for a decoded image."""
+    """(image score = the strongest crop's, number of crops) for a decoded image;
+    ``desensitised`` as :func:`manipulated_score` takes it."""
     image = resize_input(image, None)  # at least 64 px per side
 
     def crops_of(windows: list[Window]) -> torch.Tensor:
@@ -88,8 +101,9 @@ def score_crops(
         crop,
         stride,
         opts.tile_batch,
+        desensitised,
     )
-    return float(manipulated_score(best[None])[0]), n_crops
+    return float(manipulated_score(best[None], desensitised)[0]), n_crops
 
 
 def score_image(
@@ -99,13 +113,14 @@ def score_image(
     crop: int | None,
     stride: int,
     resize: int | None,
+    desensitised: str,
 ) -> tuple[float, int]:
     """(image score, number of crops) for one decoded image: over crops, or the whole
     image resized by ``resize`` when ``crop`` is None."""
     if crop is not None:
-        return score_crops(model, image, opts, crop, stride)
+        return score_crops(model, image, opts, crop, stride, desensitised)
     cls = run_model(model, _batch([resize_input(image, resize)], opts), opts).cls
-    return float(manipulated_score(cls)[0]), 1
+    return float(manipulated_score(cls, desensitised)[0]), 1
 
 
 def _truth(item: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +143,8 @@ def iter_scores(
     """(index, result) per record in order, from the predictor's decoding workers: a
     result holds ``score``, ``crops`` and ``label``, or ``error``. Whole images
     (``crop=None``) go through the model ``batch_size`` at a time; ``perturb`` degrades
-    each image first."""
+    each image first. Scores follow ``masks.desensitised`` as the labels do
+    (:func:`manipulated_score`)."""
     model.eval()
     size = None if crop else resize
     decoded = iter_decoded(records, size, masks, batch_size, workers, perturb=perturb)
@@ -137,7 +153,7 @@ def iter_scores(
         ready = [b for b in batch if "input" in b]
         if ready:
             x = normalize_bgr_batch(torch.stack([b["input"] for b in ready]).to(opts.device))
-            values = manipulated_score(run_model(model, x, opts).cls)
+            values = manipulated_score(run_model(model, x, opts).cls, masks.desensitised)
             scores = {b["index"]: float(v) for b, v in zip(ready, values, strict=True)}
         for b in batch:
             if "error" in b:
@@ -146,5 +162,7 @@ def iter_scores(
                 yield b["index"], {"score": scores[b["index"]], "crops": 1, **_truth(b)}
             else:
                 assert crop is not None
-                score, n_crops = score_crops(model, b["image"], opts, crop, stride)
+                score, n_crops = score_crops(
+                    model, b["image"], opts, crop, stride, masks.desensitised
+                )
                 yield b["index"], {"score": score, "crops": n_crops, **_truth(b)}

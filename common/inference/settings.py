@@ -26,6 +26,7 @@ from common.accel.int8_cache import (
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
 from common.core.runtime import device_of, native_bf16
 from common.core.user_errors import UsageError, clip, require_file
+from common.data.masks import CLASSIFIER_DESENSITISED
 from common.inference.single_image import RunOptions
 from models import WeightsError, get_mvss, get_mvss_cls, load_weights, read_checkpoint_config
 
@@ -42,6 +43,9 @@ class CheckpointDescription:
     nclass: int = 1
     head: str = "max"  # classifier only
     num_image_classes: int = 2  # classifier only
+    # classifier only: what its training took a desensitised-only image for (its score
+    # follows it where no evaluation says otherwise: the web app)
+    desensitised: str = CLASSIFIER_DESENSITISED
     described: bool = False  # False: no description stored (official files): defaults
 
     @property
@@ -66,6 +70,7 @@ def describe_checkpoint(path: str | Path) -> CheckpointDescription:
         nclass=nclass,
         head=str(model.get("head", "max")),
         num_image_classes=int(model.get("num_image_classes", 2)),
+        desensitised=str(config.get("desensitised", CLASSIFIER_DESENSITISED)),
         described=True,
     )
 

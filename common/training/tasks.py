@@ -162,6 +162,8 @@ class ClassificationTask(_Validation):
         self.crops_per_forward = cfg["batch_size"]
         self.head = cfg["head"]
         self.num_image_classes = cfg["num_image_classes"]
+        # what a desensitised-only image is: its labels and the image score follow it
+        self.desensitised = cfg["desensitised"]
         self.criterion = MVSSLoss(alpha=cfg["alpha"], beta=cfg["beta"])
 
     def build_model(self, cfg: dict[str, Any]) -> nn.Module:
@@ -213,6 +215,7 @@ class ClassificationTask(_Validation):
                 self.crop,
                 self.crop,
                 self.crops_per_forward,
+                self.desensitised,
             )
             rows.append(best)
         return MVSSClsOutput(None, None, torch.stack(rows))  # the image outputs only
@@ -221,13 +224,14 @@ class ClassificationTask(_Validation):
         return ClassificationEvaluator()
 
     def eval_update(self, evaluator: Any, outputs: Any, batch: dict[str, Any]) -> None:
-        cls = outputs.cls.float()
-        if self.head == "linear":
-            cls = torch.softmax(cls, dim=1)
-        evaluator.update(cls, self.image_target(batch))
+        # the image's score and binary label, as infer_mvss_cls.py scores it: best.pt is
+        # chosen on the numbers inference reports (three image classes included)
+        scores = manipulated_score(outputs.cls, self.desensitised)
+        evaluator.update(scores, batch["label"])
 
     def threshold_update(self, collector: Any, outputs: Any, batch: dict[str, Any]) -> None:
-        collector.update_scores(manipulated_score(outputs.cls).cpu().numpy(), batch["label"])
+        scores = manipulated_score(outputs.cls, self.desensitised)
+        collector.update_scores(scores.cpu().numpy(), batch["label"])
 
 
 def initial_model(task: Task, cfg: dict[str, Any], log: logging.Logger | None) -> nn.Module:
