@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         empty_f1="seed",
         mask_rule=DEFAULT_MASK_THRESHOLD,
         mask_size="resize",  # class maps are scored against the mask: none without it
+        resumable=False,  # its metrics need the class probabilities, which are not kept
     )
     add_model_args(parser, nclass=3)
     add_run_args(parser, tile=512, stride=256)

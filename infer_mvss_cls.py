@@ -46,7 +46,12 @@ from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    add_io_args(parser, desensitised=CLASSIFIER_DESENSITISED, mask_rule=DEFAULT_MASK_THRESHOLD)
+    add_io_args(
+        parser,
+        desensitised=CLASSIFIER_DESENSITISED,
+        mask_rule=DEFAULT_MASK_THRESHOLD,
+        resumable=False,  # its scores are not kept between runs
+    )
     add_model_args(parser)
     add_run_args(parser)
     parser.add_argument(

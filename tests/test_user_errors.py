@@ -221,6 +221,18 @@ def test_classifier_crop_stride_over_crop(world, capsys):
     assert "--crop-stride" in line
 
 
+@pytest.mark.parametrize("kind", ["three", "cls"])
+def test_scripts_that_cannot_resume_refuse_skip_existing(world, capsys, kind):
+    """The three-class and classifier scripts keep nothing to resume from: --skip-existing
+    is one line (exit 2), not ignored while every image is scored again."""
+    argv = [*_infer_argv(world, kind), "--skip-existing"]
+    line = _one_line_error(INFER[kind], argv, capsys, world["root"])
+    assert "--skip-existing" in line and "keeps nothing between runs" in line
+    with pytest.raises(SystemExit):
+        INFER[kind].parse_args(["--help"])
+    assert "--skip-existing" not in capsys.readouterr().out  # not offered
+
+
 def test_classifier_whole_image_without_a_size(world, capsys):
     """--crop none --resize none had no size to run at: a bare AssertionError (exit 1)."""
     argv = _infer_argv(world, "cls", **{"--crop": "none", "--resize": "none"})

@@ -173,6 +173,24 @@ def resolve_thresholds(
     )
 
 
+class _RefuseResume(argparse.Action):
+    """``--skip-existing`` where a script keeps nothing between runs to resume from: one
+    line saying so, where ignoring it would silently score every image again."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        raise UsageError(
+            f"{parser.prog} scores every image again: it keeps nothing between runs to resume from",
+            option_string,
+            "drop it; benchmark.py keeps a finished set's results and reuses them",
+        )
+
+
 def add_io_args(
     parser: argparse.ArgumentParser,
     default_resize: str = str(RELEASE_SIZE),
@@ -182,6 +200,7 @@ def add_io_args(
     save_dir: str = "outputs",
     mask_rule: int = RELEASE_MASK_THRESHOLD,
     mask_size: str = IMAGE_LEVEL_ONLY,
+    resumable: bool = True,
 ) -> None:
     """The shared input/output options; ``mask_rule`` is ``--mask-threshold``'s default
     (the release's ``> 0`` for binary localisation); ``mask_size`` is
@@ -189,7 +208,9 @@ def add_io_args(
     score an image at the image level alone); ``desensitised`` (binary tasks) adds
     ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default;
     ``sources=False`` leaves out ``--test_file`` and ``--skip-existing`` (the benchmark
-    names its sets, and always reuses its maps)."""
+    names its sets, and always reuses its maps); ``resumable=False`` (scripts that keep
+    nothing to resume from) refuses ``--skip-existing`` in one line instead of ignoring
+    it."""
     g = parser.add_argument_group("inputs and outputs")
     if sources:
         g.add_argument(
@@ -224,13 +245,23 @@ def add_io_args(
         default=parse_resize(default_resize),
         help=f"network input size, or 'none': full resolution in tiles (default {default_resize})",
     )
-    if sources:
+    if sources and resumable:
         g.add_argument(
             "--skip-existing",
             "--skip_existing",
             dest="skip_existing",
             action="store_true",
             help="reuse maps already in the output folder (resume an interrupted run)",
+        )
+    elif sources:
+        g.add_argument(
+            "--skip-existing",
+            "--skip_existing",
+            dest="skip_existing",
+            nargs=0,
+            action=_RefuseResume,
+            default=False,
+            help=argparse.SUPPRESS,
         )
     g.add_argument(
         "--mask-threshold",
