@@ -86,7 +86,7 @@ from common.inference.arguments import (
     parse_resize,
     run_options,
 )
-from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
+from common.inference.crops import DEFAULT_CROP, classifier_crops
 from common.inference.settings import describe_checkpoint
 from common.inference.single_image import RunOptions, tile_blend
 
@@ -125,10 +125,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="auto: classification for checkpoints of train_demo_cls.py, else localization",
     )
     g.add_argument(
-        "--crop", type=parse_resize, default=DEFAULT_CROP, help=f"classifier crops ({DEFAULT_CROP})"
+        "--crop",
+        type=parse_resize,
+        default=argparse.SUPPRESS,
+        help=f"classifier crops (default: the crop the checkpoint trained on, else {DEFAULT_CROP})",
     )
     g.add_argument(
-        "--crop-stride", dest="crop_stride", type=positive_int, default=DEFAULT_CROP_STRIDE
+        "--crop-stride",
+        dest="crop_stride",
+        type=positive_int,
+        default=argparse.SUPPRESS,
+        help="classifier crop stride (default: --crop)",
     )
     add_io_args(
         parser, desensitised=LOCALIZATION_DESENSITISED, sources=False, save_dir="outputs/benchmark"
@@ -224,6 +231,7 @@ def run(argv: list[str]) -> int:
     if task == "classification" and not any(a.startswith("--mask") for a in argv):
         args.mask_threshold = DEFAULT_MASK_THRESHOLD  # as infer_mvss_cls.py
     thresholds = resolve_thresholds(args, args.model_path, task)
+    classifier_crops(args, describe_checkpoint(args.model_path).crop)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     if task == "classification":
         check_whole_image_size(args.crop, args.resize)

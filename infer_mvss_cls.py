@@ -1,10 +1,11 @@
 """Image-level manipulation classification to CSV, with metrics when labels are known.
 
-Large images are cut into crops (--crop 512, --crop-stride 512); an image is manipulated
-when any crop's score exceeds --th. --crop none scores the whole image (resized with
---resize). Writes per_image.csv and summary.json (AUC, accuracy, precision, recall, F1,
-MCC, FPR, confusion matrix). Exit code 3 when some images failed, 2 for a user error (one
-line on stderr; --debug shows its traceback).
+Images are cut into crops (--crop: by default the size the checkpoint trained on, else
+512; --crop-stride: the crop); an image is manipulated when any crop's score exceeds
+--th. --crop none scores the whole image (resized with --resize). Writes per_image.csv
+and summary.json (AUC, accuracy, precision, recall, F1, MCC, FPR, confusion matrix).
+Exit code 3 when some images failed, 2 for a user error (one line on stderr; --debug
+shows its traceback).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from common.inference.arguments import (
     parse_resize,
     run_options,
 )
-from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE
+from common.inference.crops import DEFAULT_CROP, classifier_crops
+from common.inference.settings import describe_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,16 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--crop",
         type=parse_resize,
-        default=DEFAULT_CROP,
-        help=f"crop size, or 'none' for the whole image (default {DEFAULT_CROP})",
+        default=argparse.SUPPRESS,
+        help="crop size, or 'none' for the whole image (default: the crop the checkpoint "
+        f"trained on, whose validation chose its threshold; else {DEFAULT_CROP})",
     )
     parser.add_argument(
         "--crop-stride",
         "--crop_stride",
         dest="crop_stride",
         type=positive_int,
-        default=DEFAULT_CROP_STRIDE,
-        help=f"crop stride, at most --crop (default {DEFAULT_CROP_STRIDE})",
+        default=argparse.SUPPRESS,
+        help="crop stride, at most --crop (default: --crop, crops side by side)",
     )
     add_threshold_args(parser, None, "image threshold in (0, 1), score > th")
     add_write_thresholds_arg(parser)
@@ -92,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str]) -> int:
     args = parse_args(argv)
+    crop_source = classifier_crops(args, describe_checkpoint(args.model_path).crop)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     check_whole_image_size(args.crop, args.resize)
     check_outputs(args)
@@ -105,6 +109,8 @@ def run(argv: list[str]) -> int:
     model = load_model(args, spec, opts.device, task="classification")
     print(f"{len(records)} images from {source}; writing to {out}")
     print(thresholds.line("classification"))
+    if args.crop is not None:
+        print(f"crops: {args.crop} px at stride {args.crop_stride} ({crop_source})")
     code = run_classification(
         model,
         records,

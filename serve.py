@@ -27,6 +27,7 @@ from common.inference.arguments import (
     model_spec,
     run_options,
 )
+from common.inference.crops import DEFAULT_CROP
 from common.inference.settings import describe_checkpoint
 
 DEMO_CHECKPOINT = Path("runs/demo/checkpoints/best.pt")
@@ -97,6 +98,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
         fast=spec.fast,
         thresholds=thresholds,
         desensitised=description.desensitised,
+        crop=description.crop or DEFAULT_CROP,
     )
     return Service(Analyser(model, info, opts), max_queue=args.max_queue), info
 

@@ -396,6 +396,36 @@ def test_classification_script(tmp_path, crop):
     assert summary["num_images"] == 5 and len(summary["confusion_matrix"]) == 2
 
 
+def test_a_classifier_runs_on_the_crops_it_trained_on_by_default(tmp_path, capsys):
+    """Without --crop, a checkpoint trained on 64-px crops (its threshold chosen on them)
+    is scored on 64-px crops side by side, in the script, the benchmark and the web app;
+    a checkpoint that says nothing keeps the seed's 512. It ran 512-px crops whatever
+    the checkpoint trained on."""
+    import benchmark
+    import serve
+
+    data = make_tiny_dataset(tmp_path / "d", corrupt=False)  # 72×88 images
+    ckpt = make_tiny_checkpoint(tmp_path / "cls.pt", cls_head="max")
+    state = torch.load(ckpt, weights_only=True)
+    state["config"].update(crop=True, size=64)
+    trained = tmp_path / "trained64.pt"
+    torch.save(state, trained)
+    for path, crops in ((trained, 4), (ckpt, 1)):  # 72×88: 2 × 2 crops of 64, one of 512
+        out = tmp_path / f"o_{path.stem}"
+        argv = ["--model_path", str(path), "--test_file", str(data), "--save_dir", str(out)]
+        assert infer_mvss_cls.main([*argv, "--workers", "0"]) == 0
+        rows = _rows(out / "test" / path.stem / "per_image.csv")
+        assert [int(r["crops"]) for r in rows] == [crops] * 5, path.stem
+        bench = tmp_path / f"b_{path.stem}"
+        argv = ["--model_path", str(path), "--sets", f"t={data}", "--save_dir", str(bench)]
+        assert benchmark.main([*argv, "--workers", "0"]) == 0
+        scores = json.loads((bench / path.stem / "t" / "none" / "scores.json").read_text())
+        assert [r["crops"] for _, r in scores] == [crops] * 5, path.stem
+    assert "crops: 64 px at stride 64 (the checkpoint's training crop)" in capsys.readouterr().out
+    _, info = serve.build(serve.parse_args(["--model_path", str(trained), "--no-fast"]))
+    assert info.crop == 64
+
+
 @pytest.mark.parametrize("crop", ["64", "none"])
 def test_classification_runs_the_shared_inference_path(tmp_path, crop):
     """The classifier goes through the predictor's decoding workers and ``run_model``:

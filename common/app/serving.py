@@ -50,7 +50,7 @@ from common.data.masks import CLASSIFIER_DESENSITISED, binary_from_classes, deco
 from common.data.transforms import normalize_bgr_batch
 from common.evaluation.calibration import Calibration
 from common.evaluation.thresholds import DEFAULT_THRESHOLD, Thresholds
-from common.inference.crops import DEFAULT_CROP, DEFAULT_CROP_STRIDE, manipulated_score, score_crops
+from common.inference.crops import DEFAULT_CROP, manipulated_score, score_crops
 from common.inference.single_image import (
     RunOptions,
     manipulated_map,
@@ -97,6 +97,8 @@ class ModelInfo:
     thresholds: Thresholds = field(default_factory=Thresholds)
     # a classifier's: what its score counts a desensitised-only image as (its training's)
     desensitised: str = CLASSIFIER_DESENSITISED
+    # a classifier's crops (side by side) at full resolution: the size it trained on
+    crop: int = DEFAULT_CROP
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "thresholds"}
@@ -264,8 +266,8 @@ class Analyser:
                     self.model,
                     image,
                     self.opts,
-                    DEFAULT_CROP,
-                    DEFAULT_CROP_STRIDE,
+                    self.info.crop,
+                    self.info.crop,
                     self.info.desensitised,
                 )[0]
         classes = probs.argmax(0).astype(np.uint8) if probs is not None else None

@@ -31,6 +31,23 @@ DEFAULT_CROP_STRIDE = RELEASE_SIZE
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1
 
 
+def classifier_crops(args: Any, trained_crop: int | None) -> str:
+    """Fill in ``args.crop`` and ``args.crop_stride`` where they were not given (parsed
+    with ``argparse.SUPPRESS``): the crop the checkpoint trained on, whose validation
+    chose its stored threshold (a 192-px model run on 512-px crops scores other numbers
+    against it), else the seed's 512; the stride defaults to the crop (crops side by
+    side, the seed's). Returns where the crop came from, for the run's header."""
+    if hasattr(args, "crop"):
+        source = "given"
+    elif trained_crop is not None:
+        args.crop, source = trained_crop, "the checkpoint's training crop"
+    else:
+        args.crop, source = DEFAULT_CROP, "the seed's"
+    if not hasattr(args, "crop_stride"):
+        args.crop_stride = args.crop or DEFAULT_CROP_STRIDE
+    return source
+
+
 def manipulated_score(cls: torch.Tensor, desensitised: str) -> torch.Tensor:
     """P(manipulated) per image from a classifier output: the max head's probabilities
     (N,) as they are, or from the linear head's logits (N, K) 1 − P(authentic). With

@@ -46,6 +46,9 @@ class CheckpointDescription:
     # classifier only: what its training took a desensitised-only image for (its score
     # follows it where no evaluation says otherwise: the web app)
     desensitised: str = CLASSIFIER_DESENSITISED
+    # classifier only: the crop size it was trained on (validation chose its threshold
+    # on crops of it), None when it trained on resized images or says nothing
+    crop: int | None = None
     described: bool = False  # False: no description stored (official files): defaults
 
     @property
@@ -71,6 +74,7 @@ def describe_checkpoint(path: str | Path) -> CheckpointDescription:
         head=str(model.get("head", "max")),
         num_image_classes=int(model.get("num_image_classes", 2)),
         desensitised=str(config.get("desensitised", CLASSIFIER_DESENSITISED)),
+        crop=int(config["size"]) if config.get("crop") and config.get("size") else None,
         described=True,
     )
 
