@@ -11,6 +11,7 @@ when some images failed (named in the CSVs), 2 for a user error.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -48,7 +49,7 @@ from common.benchmark.tables import (
 )
 from common.core import distributed as dist
 from common.core.checkpoint import checkpoint_digest
-from common.core.reports import EXIT_SOME_FAILED
+from common.core.reports import EXIT_SOME_FAILED, write_json
 from common.core.user_errors import (
     Parser,
     UsageError,
@@ -410,6 +411,7 @@ def _report(
 ) -> None:
     rows, at_threshold, curves = _TABLES[task]
     calibration = chosen.calibration if chosen else thresholds.calibration
+    _record_thresholds(out, results, thresholds, task)
     clean = {}
     for name, levels in results.items():
         summary = dict(levels["none"] or {})
@@ -425,7 +427,10 @@ def _report(
             print(f"{name}: {rule}")
         clean[name] = summary
     view = None if chosen is None else _chosen_view(chosen)
-    print(thresholds.line(task) if chosen is None else f"thresholds: {chosen.describe()}")
+    print(thresholds.line(task))  # the plain rows' thresholds
+    if chosen is not None:
+        values = chosen.values() or "none could be chosen"
+        print(f"the '@ th from' rows: {values}, {chosen.describe()}")
     for line in [] if chosen is None else _unchosen_lines(chosen):
         print(line, file=sys.stderr)
     published = sorted({f"{k} (paper)" for d in loaded for k in (d.paper or {})})
@@ -441,6 +446,28 @@ def _report(
         print("robustness: " + ", ".join(str(f) for f in files if f.suffix == ".png"))
     for stale in set(out.glob("robustness_*")) - set(files):  # an earlier run's, other sets
         stale.unlink()
+
+
+def _record_thresholds(
+    out: Path, results: dict[str, dict[str, Any]], thresholds: Thresholds, task: str
+) -> None:
+    """Every level's summary (its summary.json and the combined table's JSON) records
+    the thresholds its plain rows were scored at and where they came from, as every
+    script's summary does."""
+    keys: dict[str, Any] = {
+        "thresholds_source": thresholds.source,
+        "image_threshold": thresholds.image,
+    }
+    if task != "classification":
+        keys["pixel_threshold"] = thresholds.pixel
+    for name, levels in results.items():
+        for level, summary in levels.items():
+            if summary is None:
+                continue
+            summary.update(keys)
+            path = out / name / level / "summary.json"
+            if path.is_file():
+                write_json(path, {**json.loads(path.read_text()), **keys})
 
 
 def _unchosen_lines(chosen: ChosenThresholds) -> list[str]:

@@ -214,6 +214,16 @@ def test_benchmark_tables_plots_and_per_set_outputs(bench_world, tmp_path, capsy
     assert set(table["at_chosen_thresholds"]) == {"a"}  # never on the set it was chosen on
     md = (root / "benchmark.md").read_text()
     assert "pixel_f1 @ th from b" in md and "(chosen here)" in md
+    # the console says both: the plain rows' thresholds and the chosen ones (it said
+    # only "chosen on b"); every level's summary records the plain rows' thresholds
+    printed = capsys.readouterr().out
+    assert "thresholds: pixel 0.5, image 0.5" in printed
+    assert "the '@ th from' rows: pixel" in printed and "chosen on b" in printed
+    for level in ("none", "jpeg_70"):
+        summary = json.loads((root / "a" / level / "summary.json").read_text())
+        assert (summary["pixel_threshold"], summary["image_threshold"]) == (0.5, 0.5)
+        assert summary["thresholds_source"]
+    assert table["sets"]["a"]["thresholds_source"] == summary["thresholds_source"]
 
 
 def test_benchmark_resumes_from_maps_on_disk(bench_world, tmp_path):
