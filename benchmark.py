@@ -89,7 +89,7 @@ from common.inference.arguments import (
 )
 from common.inference.crops import DEFAULT_CROP, classifier_crops
 from common.inference.settings import describe_checkpoint
-from common.inference.single_image import RunOptions, tile_blend
+from common.inference.single_image import tile_blend
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -183,9 +183,10 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
         "int8": spec.int8,
         "seed": args.seed,
     }
-    blend = tile_blend(describe_checkpoint(args.model_path).nclass)
-    if blend != RunOptions.blend:  # three-class maps: averaged tiles (earlier runs weighted
-        stamp["tile_blend"] = blend  # them; binary stamps never held the default)
+    if describe_checkpoint(args.model_path).nclass == 3:
+        # three-class maps: tiles averaged (earlier runs weighted them, so their levels
+        # are recomputed), and the map scored follows the desensitised policy
+        stamp.update(tile_blend=tile_blend(3), desensitised=args.desensitised)
     if stamp["int8"]:  # its scales come from these images; where it pays, from the CPU
         stamp.update(
             int8_calibration=spec.int8_calibration,

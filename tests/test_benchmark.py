@@ -434,3 +434,13 @@ def test_a_three_class_checkpoint_tiles_as_the_three_class_script(bench_world, t
     for path in bench_maps:
         ours, script = cv2.imread(str(path), 0), cv2.imread(str(merged / path.name), 0)
         assert ours is not None and np.array_equal(ours, script), path.name
+    # where desensitised regions are not manipulated, the map scored is P(tampered): the
+    # script's prob_tampered/ (it was 1 − P(pristine) whatever the policy); the maps
+    # depend on the policy, so a level made under another one is not reused
+    argv = [*common, "--sets", f"d={data}", "--save_dir", str(bench_out)]
+    assert benchmark.main([*argv, "--desensitised", "negative"]) == 2
+    assert benchmark.main([*argv, "--desensitised", "negative", "--overwrite"]) == 3
+    tampered = next(script_out.rglob("prob_tampered"))
+    for path in bench_maps:
+        ours, script = cv2.imread(str(path), 0), cv2.imread(str(tampered / path.name), 0)
+        assert np.array_equal(ours, script), path.name

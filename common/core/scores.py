@@ -3,7 +3,8 @@
 Why one module: every number a user reads (maps, image scores, classifier scores,
 calibration, int8 checks) must agree on how logits become probabilities and on what
 "manipulated" means when a model has several classes: every class but 0 (pristine), so
-P(manipulated) = 1 − P(pristine).
+P(manipulated) = 1 − P(pristine); with three classes (pristine, tampered, desensitised)
+where an evaluation counts desensitised regions as not manipulated, P(tampered).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import numpy as np
 import torch
 
 PRISTINE = 0  # the class index of untouched pixels / authentic images
+TAMPERED = 1  # three classes: the class index of tampered pixels / images
+# the desensitised policies under which a desensitised region is not a manipulation
+DESENSITISED_NOT_MANIPULATED = ("negative", "ignore")
 
 Probs = TypeVar("Probs", np.ndarray, torch.Tensor)
 
@@ -26,11 +30,21 @@ def probabilities(logits: torch.Tensor, class_dim: int = 1) -> torch.Tensor:
     return torch.softmax(logits, dim=class_dim)
 
 
-def manipulated_probability(probs: Probs, class_dim: int) -> Probs:
+def manipulated_probability(probs: Probs, class_dim: int, desensitised: str = "positive") -> Probs:
     """P(manipulated) with the class axis removed: the probability itself for one class,
-    else 1 − P(pristine). Takes numpy arrays and tensors alike."""
-    if isinstance(probs, torch.Tensor):
-        first = probs.select(class_dim, PRISTINE)
-    else:
-        first = np.take(probs, PRISTINE, axis=class_dim)
-    return first if probs.shape[class_dim] == 1 else 1.0 - first
+    else 1 − P(pristine); with three classes and ``desensitised`` ``negative`` or
+    ``ignore``, P(tampered): the evaluation's labels do not count a desensitised region
+    as manipulated, so its probability must not raise the score. Takes numpy arrays and
+    tensors alike."""
+
+    def take(index: int) -> Probs:
+        if isinstance(probs, torch.Tensor):
+            return probs.select(class_dim, index)
+        return np.take(probs, index, axis=class_dim)
+
+    classes = probs.shape[class_dim]
+    if classes == 1:
+        return take(PRISTINE)  # the one channel: P(manipulated) itself
+    if classes == 3 and desensitised in DESENSITISED_NOT_MANIPULATED:
+        return take(TAMPERED)
+    return 1.0 - take(PRISTINE)

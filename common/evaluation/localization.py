@@ -167,7 +167,7 @@ def _written_maps(
                         continue
                 yield pred, prob, "existing"
                 continue
-            levels = pred.levels(manipulated_map)
+            levels = pred.levels(lambda p: manipulated_map(p, settings.masks.desensitised))
             pending.append(writer.submit(write_png, pred_path, levels))
             binary = binary_png(levels, settings.threshold)
             pending.append(writer.submit(write_png, bin_dir / pred_path.name, binary))

@@ -57,10 +57,7 @@ def manipulated_score(cls: torch.Tensor, desensitised: str) -> torch.Tensor:
     cls = cls.float()
     if cls.ndim != 2:
         return cls
-    probs = torch.softmax(cls, dim=1)
-    if probs.shape[1] == 3 and desensitised in ("negative", "ignore"):
-        return probs[:, 1]
-    return manipulated_probability(probs, class_dim=1)
+    return manipulated_probability(torch.softmax(cls, dim=1), 1, desensitised)
 
 
 def strongest_crop(

@@ -145,9 +145,11 @@ def predict_tiled(
     return resize_map(acc / weight_sum, original)
 
 
-def manipulated_map(probs: np.ndarray) -> np.ndarray:
-    """(H, W) probability of 'manipulated': the map itself, or 1 − P(pristine)."""
-    return manipulated_probability(probs, class_dim=0)
+def manipulated_map(probs: np.ndarray, desensitised: str = "positive") -> np.ndarray:
+    """(H, W) probability of 'manipulated': the map itself, or 1 − P(pristine); for a
+    three-class model evaluated with desensitised regions not manipulated
+    (``negative``/``ignore``), P(tampered) (:func:`manipulated_probability`)."""
+    return manipulated_probability(probs, 0, desensitised)
 
 
 def predict(
