@@ -68,7 +68,7 @@ def run(argv: list[str]) -> int:
     settings = eval_settings(args, thresholds, nclass=3)
     out = checked_output_dir(args, Path(args.model_path).stem)
     spec = model_spec(args)
-    opts = run_options(args, spec)
+    opts = run_options(args, spec, nclass=3)
     model = load_model(args, spec, opts.device, task="three_class")
     print(f"{len(records)} images from {source}; writing to {out}")
     print(thresholds.line("three_class"))

@@ -201,16 +201,18 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return spec.resolved(args.device)
 
 
-def run_options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
+def run_options(args: argparse.Namespace, spec: ModelSpec, nclass: int | None = None) -> RunOptions:
     """How inference calls the model ``spec`` loads, from the shared options; tiles are
-    blended as the checkpoint's kind of map asks (:func:`tile_blend`)."""
+    blended as the model's kind of map asks (:func:`tile_blend`): ``nclass`` where the
+    script knows it (the three-class script: the seed's checkpoints describe nothing),
+    else as the checkpoint says."""
     return settings.run_options(
         spec,
         args.device,
         tile=args.tile,
         tile_stride=args.tile_stride,
         tile_batch=getattr(args, "batch_size", 4),
-        blend=tile_blend(settings.describe_checkpoint(args.model_path).nclass),
+        blend=tile_blend(nclass or settings.describe_checkpoint(args.model_path).nclass),
     )
 
 
