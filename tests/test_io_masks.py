@@ -303,3 +303,9 @@ def test_a_small_region_of_a_jpeg_seed_luma_mask_is_read_as_drawn():
     assert (classes[40:44, 60:64] == 1).all() and np.count_nonzero(classes) == 16
     # an all-white single-channel mask still means "all manipulated"
     assert mask_encoding(np.full((8, 8), 255, np.uint8)) == "grey"
+    # and a white grey mask with a speck, saved as JPEG, stays grey (a few pixels land
+    # near 76 or 29 in the blur of the speck)
+    speck = np.full((512, 512), 255, np.uint8)
+    speck[200, 300] = 0
+    _, buf = cv2.imencode(".jpg", speck, [cv2.IMWRITE_JPEG_QUALITY, 65])
+    assert mask_encoding(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)) == "grey"

@@ -70,6 +70,8 @@ _GREY_TAMPERED_FROM = 192
 _SEED_LUMA_TOLERANCE = 12
 # Lossy seed-luma masks: this share of their non-white pixels lies near 29 or 76.
 _SEED_LUMA_SHARE = 0.6
+# ... and at least this many of them (a 3×3 patch; fewer is a speck or an edge's blur)
+_SEED_LUMA_MIN_PIXELS = 9
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,10 @@ def _is_seed_luma(counts: np.ndarray) -> bool:
     moved or blended them: (nearly) no black, which is the background of every plain
     grey mask (and the region of an inverted one), and most non-white pixels near 76 or
     29 rather than spread over the grey range (as a white mask with thin black lines is
-    after an area resize). No minimum area: a forged word at 512² is a few hundred
-    pixels, and an all-white mask (nothing near 76 or 29) stays grey."""
+    after an area resize). The region may be small (a forged word at 512² is a few
+    hundred pixels), but at least a 3×3 patch: a white grey mask with a speck or thin
+    anti-aliased mark puts a few pixels near those levels too, and an all-white mask
+    (nothing near them) stays grey."""
     present = np.flatnonzero(counts)
     if set(present.tolist()) <= {29, 76, 255} and (counts[29] or counts[76]):
         return True
@@ -124,7 +128,11 @@ def _is_seed_luma(counts: np.ndarray) -> bool:
     near_black = counts[: t + 1].sum()
     regions = counts[76 - t : 76 + t + 1].sum() + counts[29 - t : 29 + t + 1].sum()
     non_white = counts[:200].sum()
-    return bool(regions > 0 and near_black <= 0.001 * n and regions >= _SEED_LUMA_SHARE * non_white)
+    return bool(
+        regions >= _SEED_LUMA_MIN_PIXELS
+        and near_black <= 0.001 * n
+        and regions >= _SEED_LUMA_SHARE * non_white
+    )
 
 
 def mask_encoding(raw: np.ndarray) -> str:
