@@ -111,7 +111,7 @@ def ddp_runs(tmp_path_factory):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {s["name"]: s for s in scenarios}
+    return {s["name"]: {**s, "stderr": proc.stderr} for s in scenarios}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -131,9 +131,14 @@ def test_ddp_run_finishes_with_identical_ranks(ddp_runs, script, case):
     if case == "uneven_accumulate_bad_nan":
         assert [r["epoch"] for r in rows] == [1, 2]
         assert rows[0]["nonfinite_steps"] == 1  # rank 1's NaN skipped the step on both
-        # the corrupt file once per epoch, although epoch 2 drew it twice (padding)
+        # the corrupt file once per epoch, although epoch 2 drew it twice (padding, on
+        # the other rank): counted and named once
         assert _rows_drawn(9, seed=8, epoch=1).count(CORRUPT_ROW) == 2
         assert [r["skipped_samples"] for r in rows] == [1, 1]
+        corrupt = str(Path(ddp_runs[f"{script}:{case}"]["argv"][1]).parent / "corrupt.jpg")
+        lines = ddp_runs[f"{script}:{case}"]["stderr"].splitlines()
+        named = sum(line.strip().startswith(f"skipped {corrupt}:") for line in lines)
+        assert named == 2, ddp_runs[f"{script}:{case}"]["stderr"][-3000:]  # two epochs
         assert val["skipped_samples"] == 1
 
 

@@ -194,8 +194,8 @@ class Trainer:
         sums: dict[str, float] = {}
         seen = nonfinite = steps_done = 0
         # rows, not samples: DistributedSampler pads a shard by repeating rows, and a bad
-        # row drawn twice is one bad file
-        skipped_rows: set[int] = set()
+        # row drawn twice (always on another rank) is one bad file
+        skipped: dict[int, tuple[str, str]] = {}
         start = time.perf_counter()
         accumulate = cfg["accumulate"]
         bar = progress(
@@ -211,9 +211,9 @@ class Trainer:
             if i >= self.batches_per_epoch:
                 break
             for row, (path, reason) in zip(batch["skipped_rows"], batch["skipped"], strict=True):
-                if row not in skipped_rows:
-                    skipped_rows.add(row)
+                if row not in skipped and dist.world_size() == 1:  # said as it happens
                     log.warning("skipped %s: %s", path, reason)
+                skipped.setdefault(row, (path, reason))
             last_micro = (i + 1) % accumulate == 0 or i + 1 == self.batches_per_epoch
             if dist.any_true(batch["count"] == 0, self.device):
                 # a rank got no usable sample: all ranks skip together; a window that
@@ -260,15 +260,29 @@ class Trainer:
             rate = seen * dist.world_size() / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{rate:.2f}")
         elapsed = time.perf_counter() - start
+        skipped_count = self._name_skipped_once(skipped)
         stats = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
         stats.update(
             lr=self.optimizer.param_groups[0]["lr"],
             images_per_second=dist.sum_int(seen, self.device) / max(elapsed, 1e-9),
-            skipped_samples=len(set().union(*dist.gather_objects(skipped_rows))),
+            skipped_samples=skipped_count,
             nonfinite_steps=nonfinite,
             optimizer_steps=steps_done,
         )
         return stats
+
+    def _name_skipped_once(self, skipped: dict[int, tuple[str, str]]) -> int:
+        """How many distinct rows every rank skipped this epoch; under torchrun the main
+        process names each once (the ranks' own logs would name a padded row twice)."""
+        if dist.world_size() == 1:
+            return len(skipped)
+        merged: dict[int, tuple[str, str]] = {}
+        for shard in dist.gather_objects(skipped):
+            merged.update(shard)
+        if self.main:
+            for row in sorted(merged):
+                log.warning("skipped %s: %s", *merged[row])
+        return len(merged)
 
     def _on_nonfinite(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -295,7 +309,7 @@ class Trainer:
         assert self.val_ds is not None
         self.model.eval()
         evaluator = self.task.new_evaluator()
-        collector = ThresholdCollector(self.task.name)
+        collector = ThresholdCollector(self.task.name, score=self.task.score)
         skipped = 0
         # the bare model: DDP's forward may communicate, and ranks see unequal shards
         model = unwrap_model(self.model)
