@@ -50,6 +50,7 @@ from common.benchmark.tables import (
 from common.core import distributed as dist
 from common.core.checkpoint import checkpoint_digest
 from common.core.reports import EXIT_SOME_FAILED, write_json
+from common.core.scores import NOT_PRISTINE
 from common.core.user_errors import (
     Parser,
     UsageError,
@@ -88,7 +89,7 @@ from common.inference.arguments import (
     run_options,
 )
 from common.inference.crops import DEFAULT_CROP, classifier_crops
-from common.inference.settings import describe_checkpoint
+from common.inference.settings import describe_checkpoint, run_score_rule
 from common.inference.single_image import tile_blend
 
 
@@ -201,6 +202,9 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
             mask_threshold=args.mask_threshold,
             mask_size_policy=args.mask_size_policy,
         )
+        score = run_score_rule(args.model_path, task, args.desensitised)
+        if score != NOT_PRISTINE:  # three image classes: P(tampered) (earlier runs scored
+            stamp["image_score"] = score  # 1 − P(authentic): their scores are not reused)
     else:
         pixel = resolve_thresholds(args, args.model_path, task).pixel
         stamp["threshold"] = pixel  # bin/ maps are written at it
@@ -322,6 +326,7 @@ def _localization(
             source.name,
             failures=failures[source.name],
             checkpoint_sha256=stamp["checkpoint_sha256"],
+            score=run_score_rule(args.model_path, "localization", args.desensitised),
         )
         rescored = {
             d.name: rescore_at(d, out / d.name / "none", settings, chosen, failures[d.name])
@@ -372,6 +377,7 @@ def _classification(
             [r["label"] for r in ok],
             source.name,
             stamp["checkpoint_sha256"],
+            run_score_rule(args.model_path, "classification", args.desensitised),
         )
         rescored = {
             d.name: rescore_classifier_at(d, out / d.name / "none", scores[d.name], chosen)

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from helpers import make_tiny_checkpoint, make_tiny_dataset, threads
 
 import benchmark
@@ -434,6 +435,15 @@ def test_a_three_class_checkpoint_tiles_as_the_three_class_script(bench_world, t
     for path in bench_maps:
         ours, script = cv2.imread(str(path), 0), cv2.imread(str(merged / path.name), 0)
         assert ours is not None and np.array_equal(ours, script), path.name
+    # a checkpoint that describes nothing (the seed's) tiles the same in the script
+    bare = tmp_path / "bare.pt"
+    torch.save(torch.load(bench_world["ck3"], weights_only=True)["model"], bare)
+    argv = [*common, "--test_file", str(data), "--save_dir", str(tmp_path / "bare")]
+    argv[argv.index(str(bench_world["ck3"]))] = str(bare)
+    assert infer_3labels_merge_calmetrics.main([*argv, "--backbone", "resnet18"]) == 3
+    for path in bench_maps:
+        seed_like = cv2.imread(str(next((tmp_path / "bare").rglob("merged")) / path.name), 0)
+        assert np.array_equal(seed_like, cv2.imread(str(merged / path.name), 0)), path.name
     # where desensitised regions are not manipulated, the map scored is P(tampered): the
     # script's prob_tampered/ (it was 1 − P(pristine) whatever the policy); the maps
     # depend on the policy, so a level made under another one is not reused

@@ -422,8 +422,14 @@ def test_a_classifier_runs_on_the_crops_it_trained_on_by_default(tmp_path, capsy
         scores = json.loads((bench / path.stem / "t" / "none" / "scores.json").read_text())
         assert [r["crops"] for _, r in scores] == [crops] * 5, path.stem
     assert "crops: 64 px at stride 64 (the checkpoint's training crop)" in capsys.readouterr().out
-    _, info = serve.build(serve.parse_args(["--model_path", str(trained), "--no-fast"]))
+    service, info = serve.build(serve.parse_args(["--model_path", str(trained), "--no-fast"]))
     assert info.crop == 64
+    image = cv2.imread(str(data.parent / "img_00.png"))
+    model, opts = service.analyser.model, service.analyser.opts
+    from common.inference.crops import score_crops
+
+    want = score_crops(model, image, opts, 64, 64, "negative")
+    assert want[1] == 4 and service.analyser(image, None).score == pytest.approx(want[0])
 
 
 @pytest.mark.parametrize("crop", ["64", "none"])

@@ -341,3 +341,41 @@ def test_the_classifiers_th_is_its_image_threshold_everywhere(world):
     args = argparse.Namespace(th=0.7, image_th=None, thresholds=None, force_thresholds=False)
     assert resolve_thresholds(args, world["ckcls"], "classification").image == 0.7
     assert resolve_thresholds(args, world["ck"], "localization").image == 0.5
+
+
+def test_thresholds_apply_only_to_the_score_they_were_chosen_on(world, tmp_path, capsys):
+    """A three-class model's stored thresholds were chosen on 1 − P(pristine). A binary
+    run under --desensitised negative scores P(tampered), so there they are not used
+    (under positive they are); a thresholds file records what it was chosen on, and one
+    chosen on the other score is refused."""
+    three = _with_stored(world, tmp_path, "ck3", "three_class")
+    argv = ["--model_path", str(three), "--test_file", str(world["three_list"])]
+    argv += ["--resize", "64", "--workers", "0", "--save_dir"]
+    infer_mvss_calmetrics.main([*argv, str(tmp_path / "pos"), "--desensitised", "positive"])
+    assert _summary(tmp_path / "pos", three.stem)["pixel_threshold"] == 0.2
+    infer_mvss_calmetrics.main([*argv, str(tmp_path / "neg"), "--desensitised", "negative"])
+    summary = _summary(tmp_path / "neg", three.stem)
+    assert (summary["pixel_threshold"], summary["image_threshold"]) == (0.5, 0.5)
+    line = "the checkpoint's own were chosen on 1 - P(pristine), this run scores P(tampered)"
+    assert line in summary["thresholds_source"]
+    written = tmp_path / "neg.json"
+    neg = [*argv, str(tmp_path / "neg2"), "--desensitised", "negative"]
+    infer_mvss_calmetrics.main([*neg, "--write-thresholds", str(written)])
+    assert read_thresholds(written).score == "P(tampered)"
+    capsys.readouterr()
+    pos = [*argv, str(tmp_path / "pos2"), "--desensitised", "positive"]
+    assert infer_mvss_calmetrics.main([*pos, "--thresholds", str(written)]) == 2
+    assert "chosen on scores that are P(tampered), this run's are" in capsys.readouterr().err
+    assert infer_mvss_calmetrics.main([*neg, "--thresholds", str(written)]) == 0
+
+
+def test_a_three_class_image_head_keeps_what_its_thresholds_were_chosen_on():
+    from common.training.config import read_defaults
+    from common.training.tasks import ClassificationTask
+
+    root = Path(__file__).resolve().parents[1]
+    cfg, _ = read_defaults(root / "configs" / "train_demo_cls.yaml")
+    cfg.update(head="linear", num_image_classes=3)
+    for policy, score in (("negative", "P(tampered)"), ("positive", "1 - P(pristine)")):
+        assert ClassificationTask({**cfg, "desensitised": policy}).score == score
+    assert ClassificationTask({**cfg, "num_image_classes": 2}).score == "1 - P(pristine)"

@@ -18,6 +18,21 @@ PRISTINE = 0  # the class index of untouched pixels / authentic images
 TAMPERED = 1  # three classes: the class index of tampered pixels / images
 # the desensitised policies under which a desensitised region is not a manipulation
 DESENSITISED_NOT_MANIPULATED = ("negative", "ignore")
+# What a score is, as thresholds record it: a threshold chosen on one means nothing on
+# the other. Every score was 1 − P(pristine) before three-class models were scored under
+# these policies, so thresholds that do not say were chosen on it.
+NOT_PRISTINE = "1 - P(pristine)"
+TAMPERED_ONLY = "P(tampered)"
+SCORE_RULES = (NOT_PRISTINE, TAMPERED_ONLY)
+
+
+def score_rule(classes: int, desensitised: str | None) -> str:
+    """The score :func:`manipulated_probability` gives for ``classes`` classes (map
+    classes, or a classifier's image classes) under the ``desensitised`` policy."""
+    if classes == 3 and desensitised in DESENSITISED_NOT_MANIPULATED:
+        return TAMPERED_ONLY
+    return NOT_PRISTINE
+
 
 Probs = TypeVar("Probs", np.ndarray, torch.Tensor)
 
@@ -45,6 +60,6 @@ def manipulated_probability(probs: Probs, class_dim: int, desensitised: str = "p
     classes = probs.shape[class_dim]
     if classes == 1:
         return take(PRISTINE)  # the one channel: P(manipulated) itself
-    if classes == 3 and desensitised in DESENSITISED_NOT_MANIPULATED:
+    if score_rule(classes, desensitised) == TAMPERED_ONLY:
         return take(TAMPERED)
     return 1.0 - take(PRISTINE)

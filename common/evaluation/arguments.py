@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from common.core.checkpoint import checkpoint_digest
@@ -43,6 +44,7 @@ from common.evaluation.thresholds import (
     stored_thresholds,
 )
 from common.inference.arguments import parse_resize
+from common.inference.settings import run_score_rule
 
 log = logging.getLogger("mvss")
 
@@ -131,6 +133,13 @@ def resolve_thresholds(
                 "choose them for this one, or --force-thresholds",
             )
         origin = f"{args.thresholds}, {chosen.describe()}"
+        rule = run_score_rule(checkpoint, task, getattr(args, "desensitised", None))
+        if chosen.score != rule:
+            raise UsageError(
+                f"chosen on scores that are {chosen.score}, this run's are {rule}",
+                where,
+                "choose them on this run's scores (--write-thresholds)",
+            )
     elif checkpoint:
         chosen = stored_thresholds(checkpoint)
         origin = "" if chosen is None else f"the checkpoint's own, {chosen.describe()}"
@@ -138,6 +147,15 @@ def resolve_thresholds(
             # a classifier's image scores are not map maxima (nor the other way round):
             # its stored thresholds and calibration mean nothing here, as a file's would not
             unused = f"the checkpoint's own were chosen for a {chosen.task} model: not used"
+            chosen = None
+        rule = run_score_rule(checkpoint, task, getattr(args, "desensitised", None))
+        if chosen is not None and chosen.score != rule:
+            # e.g. a three-class model's, chosen on 1 − P(pristine), in a run that scores
+            # P(tampered) (--desensitised negative): the same number means another thing
+            unused = (
+                f"the checkpoint's own were chosen on {chosen.score}, this run scores "
+                f"{rule}: not used"
+            )
             chosen = None
     origins: dict[str, list[str]] = {}  # where from → which thresholds
 
@@ -173,9 +191,10 @@ def resolve_thresholds(
     )
 
 
-class _RefuseResume(argparse.Action):
-    """``--skip-existing`` where a script keeps nothing between runs to resume from: one
-    line saying so, where ignoring it would silently score every image again."""
+class _NothingToResume(argparse.Action):
+    """``--skip-existing`` where a script keeps nothing between runs to resume from: it
+    says so in one line and scores every image again (ignoring it silently looked like a
+    resume; refusing it would break pipelines whose results were right)."""
 
     def __call__(
         self,
@@ -184,11 +203,13 @@ class _RefuseResume(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        raise UsageError(
-            f"{parser.prog} scores every image again: it keeps nothing between runs to resume from",
-            option_string,
-            "drop it; benchmark.py keeps a finished set's results and reuses them",
+        print(
+            f"warning: {option_string}: {parser.prog} keeps nothing between runs to resume "
+            "from (class probabilities, crop scores); every image is scored again "
+            "(benchmark.py keeps a finished set's maps or scores)",
+            file=sys.stderr,
         )
+        namespace.skip_existing = False
 
 
 def add_io_args(
@@ -209,8 +230,8 @@ def add_io_args(
     ``--desensitised`` with that default; ``empty_f1`` is ``--empty-f1``'s default;
     ``sources=False`` leaves out ``--test_file`` and ``--skip-existing`` (the benchmark
     names its sets, and always reuses its maps); ``resumable=False`` (scripts that keep
-    nothing to resume from) refuses ``--skip-existing`` in one line instead of ignoring
-    it."""
+    nothing to resume from) hides ``--skip-existing`` and warns in one line where it is
+    given, instead of ignoring it."""
     g = parser.add_argument_group("inputs and outputs")
     if sources:
         g.add_argument(
@@ -259,7 +280,7 @@ def add_io_args(
             "--skip_existing",
             dest="skip_existing",
             nargs=0,
-            action=_RefuseResume,
+            action=_NothingToResume,
             default=False,
             help=argparse.SUPPRESS,
         )

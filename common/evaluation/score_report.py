@@ -40,6 +40,7 @@ from common.evaluation.thresholds import (
     choose_from_scores,
     write_thresholds,
 )
+from common.inference.settings import run_score_rule
 
 
 def scores_and_labels(per_image_csv: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -158,13 +159,14 @@ def choose_and_write(
     named by the run's folder (``<save_dir>/<list name>/<model>``)."""
     chosen_on = out.parent.name
     digest = checkpoint_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
+    score = run_score_rule(checkpoint, task, masks.desensitised)  # what they are chosen on
     if task == "classification" or maps_dir is None:
         scores, labels = scores_and_labels(out / "per_image.csv")
-        chosen = choose_from_scores(scores.tolist(), labels.tolist(), chosen_on, digest)
+        chosen = choose_from_scores(scores.tolist(), labels.tolist(), chosen_on, digest, score)
     else:
         failures = failed_images(out / "per_image.csv")
         chosen = choose_from_maps(
-            records, maps_dir, masks, empty_f1, chosen_on, task, failures, digest
+            records, maps_dir, masks, empty_f1, chosen_on, task, failures, digest, score
         )
     write_thresholds(path, chosen)
     what = chosen.values() or "none (the list needs manipulated and authentic images)"

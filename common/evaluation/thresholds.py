@@ -25,6 +25,7 @@ import numpy as np
 
 from common.core.release import MAP_LEVELS
 from common.core.reports import unique_names, write_json
+from common.core.scores import NOT_PRISTINE, SCORE_RULES
 from common.core.user_errors import UsageError, clip, require_file
 from common.data.decode import BadInputError
 from common.data.masks import MaskOptions, read_ground_truth
@@ -128,6 +129,7 @@ class ChosenThresholds:
     pixel_f1_there: float | None = None
     image_f1_there: float | None = None
     calibration: Calibration | None = None
+    score: str = NOT_PRISTINE  # what the scores and maps they were chosen on are
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -151,6 +153,9 @@ class ChosenThresholds:
         if not isinstance(fields["task"], str) or not isinstance(fields["chosen_on"], str):
             raise ValueError("task and chosen_on must be names")
         fields["images"] = int(fields["images"] or 0)
+        fields["score"] = fields["score"] or NOT_PRISTINE  # written before it was recorded
+        if fields["score"] not in SCORE_RULES:
+            raise ValueError(f"score must be one of {list(SCORE_RULES)}, got {fields['score']!r}")
         return cls(**fields)
 
     def describe(self) -> str:
@@ -230,8 +235,9 @@ class ThresholdCollector:
     run's validation feeds it batch by batch (collectors of several processes merge);
     a finished run feeds it its maps on disk or its scores."""
 
-    def __init__(self, task: str, empty_f1: str = "release") -> None:
+    def __init__(self, task: str, empty_f1: str = "release", score: str = NOT_PRISTINE) -> None:
         self.task = task
+        self.score = score  # what its maps and scores are (recorded with the choice)
         self.curve = PixelF1Curve(EMPTY_F1_RULES[empty_f1])
         self.scores: list[float] = []
         self.labels: list[int] = []
@@ -282,6 +288,7 @@ class ThresholdCollector:
             pixel_f1_there=None if pixel is None else pixel[1],
             image_f1_there=None if image is None else image[1],
             calibration=fit_platt(np.array(self.scores), np.array(self.labels), chosen_on),
+            score=self.score,
         )
 
 
@@ -294,11 +301,13 @@ def choose_from_maps(
     task: str = "localization",
     failures: Collection[str] = (),
     checkpoint_sha256: str | None = None,
+    score: str = NOT_PRISTINE,
 ) -> ChosenThresholds:
     """The thresholds and calibration chosen on the 8-bit maps in ``pred_dir`` (as the
-    scripts write them, found as the evaluation finds them). Images that failed are left
-    out; a mask of another size counts as the report counts it (``masks.size_policy``)."""
-    collector = ThresholdCollector(task, empty_f1)
+    scripts write them, found as the evaluation finds them; ``score``: what they map).
+    Images that failed are left out; a mask of another size counts as the report counts
+    it (``masks.size_policy``)."""
+    collector = ThresholdCollector(task, empty_f1, score)
     binary = replace(masks, nclass=1)
     names = unique_names([r.image for r in records])
     for rec, name in zip(records, names, strict=True):
@@ -322,8 +331,9 @@ def choose_from_scores(
     labels: Sequence[int],
     chosen_on: str,
     checkpoint_sha256: str | None = None,
+    score: str = NOT_PRISTINE,
 ) -> ChosenThresholds:
     """The classifier's image threshold (precision/recall F1) and calibration."""
-    collector = ThresholdCollector("classification")
+    collector = ThresholdCollector("classification", score=score)
     collector.update_scores(scores, labels)
     return collector.choose(chosen_on, checkpoint_sha256)

@@ -25,6 +25,7 @@ from common.accel.int8_cache import (
 )
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
 from common.core.runtime import device_of, native_bf16
+from common.core.scores import NOT_PRISTINE, score_rule
 from common.core.user_errors import UsageError, clip, require_file
 from common.data.masks import CLASSIFIER_DESENSITISED
 from common.inference.single_image import RunOptions
@@ -77,6 +78,21 @@ def describe_checkpoint(path: str | Path) -> CheckpointDescription:
         crop=int(config["size"]) if config.get("crop") and config.get("size") else None,
         described=True,
     )
+
+
+def run_score_rule(checkpoint: str | Path | None, task: str, desensitised: str | None) -> str:
+    """What a run's maps or image scores are (:func:`common.core.scores.score_rule`) for
+    ``checkpoint`` run as ``task`` under the ``desensitised`` policy (None: the run has
+    none; a classifier then follows its training's, as the web app does). The
+    three-class script's merged map is 1 − P(pristine) whatever the policy."""
+    if task == "three_class" or not checkpoint:
+        return NOT_PRISTINE
+    description = describe_checkpoint(checkpoint)
+    if task == "classification":
+        linear = description.head == "linear"
+        classes = description.num_image_classes if linear else 1
+        return score_rule(classes, desensitised or description.desensitised)
+    return score_rule(description.nclass, desensitised)
 
 
 @dataclass(frozen=True)

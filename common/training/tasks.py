@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.core.scores import manipulated_probability
+from common.core.scores import NOT_PRISTINE, manipulated_probability, score_rule
 from common.core.user_errors import UsageError, clip
 from common.data.masks import IGNORE
 from common.evaluation.metrics import (
@@ -33,6 +33,7 @@ class Task(Protocol):
     name: str
     nclass: int
     criterion: Any  # a loss from common.training.losses; its ``terms`` name the log's columns
+    score: str  # what validation's maps and scores are (common.core.scores.SCORE_RULES)
 
     def build_model(self, cfg: dict[str, Any]) -> nn.Module: ...
     def model_config(self, cfg: dict[str, Any]) -> dict[str, Any]: ...
@@ -60,6 +61,8 @@ class _Validation:
     """How a task validates: on the whole image, resized to ``val_size`` when given, else
     to the training size; at its own size when training takes crops (a crop-trained model
     sees pixels at their own scale, so resizing would judge it on resampled traces)."""
+
+    score = NOT_PRISTINE  # what validation's maps and scores are (kept with its thresholds)
 
     def eval_size(self, cfg: dict[str, Any]) -> int | None:
         """Validation input size (None: the image as it is, one image per batch)."""
@@ -164,6 +167,8 @@ class ClassificationTask(_Validation):
         self.num_image_classes = cfg["num_image_classes"]
         # what a desensitised-only image is: its labels and the image score follow it
         self.desensitised = cfg["desensitised"]
+        classes = self.num_image_classes if self.head == "linear" else 1
+        self.score = score_rule(classes, self.desensitised)
         self.criterion = MVSSLoss(alpha=cfg["alpha"], beta=cfg["beta"])
 
     def build_model(self, cfg: dict[str, Any]) -> nn.Module:
