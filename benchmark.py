@@ -34,7 +34,6 @@ from common.benchmark.runner import (
     run_classifier_level,
     run_localization_level,
     stale_levels,
-    write_stamp,
 )
 from common.benchmark.tables import (
     CALIBRATION_ROWS,
@@ -48,7 +47,6 @@ from common.benchmark.tables import (
     robustness_tables,
 )
 from common.core import distributed as dist
-from common.core.checkpoint import checkpoint_digest
 from common.core.reports import EXIT_SOME_FAILED, write_json
 from common.core.scores import NOT_PRISTINE
 from common.core.user_errors import (
@@ -70,8 +68,10 @@ from common.evaluation.arguments import (
     add_io_args,
     add_threshold_args,
     eval_settings,
+    maps_stamp,
     resolve_thresholds,
 )
+from common.evaluation.batch_run import write_stamp
 from common.evaluation.score_report import calibration_report, mask_rule_line, mask_rule_report
 from common.evaluation.thresholds import (
     ChosenThresholds,
@@ -90,7 +90,6 @@ from common.inference.arguments import (
 )
 from common.inference.crops import DEFAULT_CROP, classifier_crops
 from common.inference.settings import describe_checkpoint, run_score_rule
-from common.inference.single_image import tile_blend
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -169,31 +168,12 @@ def _perturbations(args: argparse.Namespace) -> list[Perturbation]:
 
 def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
     """What decides a level's maps (localisation) or scores (classifier)."""
-    spec = model_spec(args)
     stamp: dict[str, Any] = {
-        "checkpoint_sha256": checkpoint_digest(args.model_path),
+        **maps_stamp(args, model_spec(args)),
         "task": task,
-        "resize": args.resize,
-        "tile": args.tile,
-        "tile_stride": args.tile_stride,
-        "amp": spec.amp,
-        "fast": spec.fast,
-        "winograd": spec.winograd or 0,
-        "channels_last": spec.channels_last,
         "batch_size": args.batch_size,  # kernels may round differently for another batch
-        "int8": spec.int8,
         "seed": args.seed,
     }
-    if describe_checkpoint(args.model_path).nclass == 3:
-        # three-class maps: tiles averaged (earlier runs weighted them, so their levels
-        # are recomputed), and the map scored follows the desensitised policy
-        stamp.update(tile_blend=tile_blend(3), desensitised=args.desensitised)
-    if stamp["int8"]:  # its scales come from these images; where it pays, from the CPU
-        stamp.update(
-            int8_calibration=spec.int8_calibration,
-            int8_images=spec.int8_images,
-            int8_min_gain=spec.int8_min_gain,
-        )
     if task == "classification":  # its saved scores carry each image's label and notes
         stamp.update(
             crop=args.crop,

@@ -22,6 +22,8 @@ from common.evaluation.arguments import (
     checked_output_dir,
     eval_settings,
     load_inputs,
+    maps_stamp,
+    prepare_map_reuse,
     require_maps,
     resolve_thresholds,
 )
@@ -79,6 +81,7 @@ def run(argv: list[str]) -> int:
         spec = model_spec(args)
         opts = run_options(args, spec)
         model = load_model(args, spec, opts.device, task="localization")
+        prepare_map_reuse(out, maps_stamp(args, spec), args.skip_existing)  # a good model
         print(f"{len(records)} images from {source}; writing to {out}")
         print(thresholds.line("localization"))
         code = run_model_evaluation(model, records, problems, out, opts, settings)

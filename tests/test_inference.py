@@ -184,6 +184,35 @@ def test_infer_calmetrics_end_to_end(tiny_data):
     assert resumed["pixel_f1"] == pytest.approx(summary["pixel_f1"])
 
 
+def test_maps_of_another_checkpoint_are_never_resumed(tiny_data, tmp_path, capsys):
+    """Two runs' best.pt write to the same folder (<list>/best): --skip-existing reused
+    the first model's maps for the second without a word. Now the folder records what
+    made its maps; a resume made otherwise is refused in one line, and a run that
+    computes them again first removes them, so no later resume can mix them in."""
+    _, list_file, _ = tiny_data
+    first = make_tiny_checkpoint(tmp_path / "a" / "best.pt")
+    second = make_tiny_checkpoint(tmp_path / "b" / "best.pt", seed=5)
+    save = tmp_path / "o"
+    out = save / "test" / "best"
+
+    def run(ckpt: Path, *extra: str) -> int:
+        argv = ["--model_path", str(ckpt), "--test_file", str(list_file), "--save_dir"]
+        return infer_mvss_calmetrics.main([*argv, str(save), "--resize", "64", *extra])
+
+    assert run(first) == EXIT_SOME_FAILED  # the list's corrupt row
+    maps = {p.name: p.read_bytes() for p in (out / "pred").glob("*.png")}
+    capsys.readouterr()
+    assert run(second, "--skip-existing") == 2
+    assert "were made otherwise (checkpoint_sha256 differ)" in capsys.readouterr().err
+    (out / "pred" / "extra.png").write_bytes(maps["img_00.png"])  # a map of nothing listed
+    assert run(second) == EXIT_SOME_FAILED
+    assert not (out / "pred" / "extra.png").exists()  # the first model's maps are gone
+    assert any(maps[p.name] != p.read_bytes() for p in (out / "pred").glob("*.png"))
+    assert run(second, "--skip-existing") == EXIT_SOME_FAILED  # its own: reused
+    status = {r["path"].split("/")[-1]: r["status"] for r in _rows(out / "per_image.csv")}
+    assert status["img_00.png"] == "existing"
+
+
 def _mismatched_masks(root: Path, list_file: Path) -> Path:
     """The tiny list with img_00's mask at half size, img_01's unreadable (0 bytes)."""
     data = root / "mismatch"

@@ -45,7 +45,7 @@ from common.data.sources import (
     load_usable,
     require_one_readable,
 )
-from common.evaluation.batch_run import EvalSettings
+from common.evaluation.batch_run import EvalSettings, stamp_problem
 from common.evaluation.classification import report_classification
 from common.evaluation.localization import (
     predict_maps,
@@ -234,8 +234,6 @@ def _merged(parts: list[dict[str, str]]) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- resume
 
-STAMP = "maps.json"  # what made a level's maps (or scores): checked before they are reused
-
 
 def level_stamp(stamp: dict, data: LoadedSet, perturbation: Perturbation | None) -> dict:
     """The run's stamp for one set at one level: with the set's images (their file names
@@ -258,28 +256,10 @@ def stale_levels(
     for data in loaded:
         for p in [None, *perturbations]:
             folder = out / data.name / level_name(p)
-            problem = _stamp_problem(folder, level_stamp(stamp, data, p))
+            problem = stamp_problem(folder, level_stamp(stamp, data, p))
             if problem:
                 stale.append((folder, problem))
     return stale
-
-
-def _stamp_problem(folder: Path, stamp: dict) -> str | None:
-    if not folder.exists() or not any(folder.iterdir()):
-        return None
-    try:
-        previous = json.loads((folder / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
-        return "no record of what made them"
-    differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
-    return ", ".join(differs) + " differ" if differs else None
-
-
-def write_stamp(folder: Path, stamp: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{STAMP}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
-    tmp.replace(folder / STAMP)
 
 
 # ----------------------------------------------------------------------------- localisation

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from common.core.checkpoint import checkpoint_digest
 from common.core.release import RELEASE_SIZE
@@ -35,7 +37,7 @@ from common.data.sources import (
     load_usable,
     require_one_readable,
 )
-from common.evaluation.batch_run import EvalSettings, output_dir
+from common.evaluation.batch_run import EvalSettings, output_dir, stamp_problem, write_stamp
 from common.evaluation.localization import count_maps_found
 from common.evaluation.thresholds import (
     DEFAULT_THRESHOLD,
@@ -44,7 +46,8 @@ from common.evaluation.thresholds import (
     stored_thresholds,
 )
 from common.inference.arguments import parse_resize
-from common.inference.settings import run_score_rule
+from common.inference.settings import ModelSpec, describe_checkpoint, run_score_rule
+from common.inference.single_image import tile_blend
 
 log = logging.getLogger("mvss")
 
@@ -365,6 +368,54 @@ def check_outputs(args: argparse.Namespace) -> None:
         require_writable_dir(Path(written).parent, "--write-thresholds")
     if getattr(args, "pred_dir", None):
         require_dir(args.pred_dir, "map folder", "--pred-dir")
+
+
+def maps_stamp(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
+    """What decides a run's maps: the checkpoint, input size and tiling, precision and
+    fast path, int8 and its calibration; for a three-class model, the tile blend and the
+    map scored under the desensitised policy. The benchmark adds its own keys."""
+    stamp: dict[str, Any] = {
+        "checkpoint_sha256": checkpoint_digest(args.model_path),
+        "resize": args.resize,
+        "tile": args.tile,
+        "tile_stride": args.tile_stride,
+        "amp": spec.amp,
+        "fast": spec.fast,
+        "winograd": spec.winograd or 0,
+        "channels_last": spec.channels_last,
+        "int8": spec.int8,
+    }
+    if spec.int8:  # its scales come from these images; where it pays, from the CPU
+        stamp.update(
+            int8_calibration=spec.int8_calibration,
+            int8_images=spec.int8_images,
+            int8_min_gain=spec.int8_min_gain,
+        )
+    if describe_checkpoint(args.model_path).nclass == 3:
+        # three-class maps: tiles averaged, and the map scored follows the policy
+        stamp.update(tile_blend=tile_blend(3), desensitised=getattr(args, "desensitised", None))
+    return stamp
+
+
+def prepare_map_reuse(out: Path, stamp: dict[str, Any], skip_existing: bool) -> None:
+    """Maps in ``out`` are reused (``--skip-existing``) only when this run would make them
+    the same way (a ``best.pt`` of another run writes to the same folder); a run that
+    computes them again first removes maps made otherwise, so that a later resume cannot
+    mix them in."""
+    pred = out / "pred"
+    has_maps = pred.is_dir() and any(pred.iterdir())
+    problem = stamp_problem(out, stamp) if has_maps else None
+    if problem and skip_existing:
+        raise UsageError(
+            f"the maps in {pred} were made otherwise ({problem})",
+            "--skip-existing",
+            "drop it to compute them again, or use another --save_dir",
+        )
+    if problem:
+        for folder in ("pred", "bin", "overlay"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+        log.warning("maps in %s were made otherwise (%s): removed, computed again", pred, problem)
+    write_stamp(out, stamp)
 
 
 def checked_output_dir(args: argparse.Namespace, model_name: str) -> Path:

@@ -8,6 +8,7 @@ kept), one ``summary.json``, one printed table, and the exit code (3 when some f
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,3 +101,27 @@ class BatchRun:
                 file=sys.stderr,
             )
         return EXIT_SOME_FAILED if self.failures else 0
+
+
+STAMP = "maps.json"  # what made a folder's maps (or scores): checked before they are reused
+
+
+def stamp_problem(folder: Path, stamp: dict) -> str | None:
+    """What differs between ``stamp`` and the one that made the results in ``folder``
+    (``"… differ"``, or ``"no record of what made them"``); None when they match or the
+    folder holds nothing yet."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    try:
+        previous = json.loads((folder / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "no record of what made them"
+    differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
+    return ", ".join(differs) + " differ" if differs else None
+
+
+def write_stamp(folder: Path, stamp: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STAMP}.tmp"
+    tmp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+    tmp.replace(folder / STAMP)
