@@ -34,6 +34,12 @@ def score_rule(classes: int, desensitised: str | None) -> str:
     return NOT_PRISTINE
 
 
+def classifier_score_rule(head: str, num_image_classes: int, desensitised: str | None) -> str:
+    """:func:`score_rule` of a classifier's image score: the max head's is one map's
+    maximum, the linear head's comes from its ``num_image_classes`` image classes."""
+    return score_rule(num_image_classes if head == "linear" else 1, desensitised)
+
+
 Probs = TypeVar("Probs", np.ndarray, torch.Tensor)
 
 

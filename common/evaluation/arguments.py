@@ -118,6 +118,7 @@ def resolve_thresholds(
     """Command line first, then ``--thresholds`` (refused when chosen for another
     checkpoint or task, unless ``--force-thresholds``), then the checkpoint's own."""
     chosen, origin, unused = None, "", ""
+    rule = run_score_rule(checkpoint, task, getattr(args, "desensitised", None))  # this run's
     if args.thresholds:
         chosen = read_thresholds(args.thresholds)
         where = f"--thresholds {args.thresholds}"
@@ -136,7 +137,6 @@ def resolve_thresholds(
                 "choose them for this one, or --force-thresholds",
             )
         origin = f"{args.thresholds}, {chosen.describe()}"
-        rule = run_score_rule(checkpoint, task, getattr(args, "desensitised", None))
         if chosen.score != rule:
             raise UsageError(
                 f"chosen on scores that are {chosen.score}, this run's are {rule}",
@@ -151,7 +151,6 @@ def resolve_thresholds(
             # its stored thresholds and calibration mean nothing here, as a file's would not
             unused = f"the checkpoint's own were chosen for a {chosen.task} model: not used"
             chosen = None
-        rule = run_score_rule(checkpoint, task, getattr(args, "desensitised", None))
         if chosen is not None and chosen.score != rule:
             # e.g. a three-class model's, chosen on 1 − P(pristine), in a run that scores
             # P(tampered) (--desensitised negative): the same number means another thing

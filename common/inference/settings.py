@@ -25,7 +25,7 @@ from common.accel.int8_cache import (
 )
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
 from common.core.runtime import device_of, native_bf16
-from common.core.scores import NOT_PRISTINE, score_rule
+from common.core.scores import NOT_PRISTINE, classifier_score_rule, score_rule
 from common.core.user_errors import UsageError, clip, require_file
 from common.data.masks import CLASSIFIER_DESENSITISED
 from common.inference.single_image import RunOptions
@@ -89,9 +89,11 @@ def run_score_rule(checkpoint: str | Path | None, task: str, desensitised: str |
         return NOT_PRISTINE
     description = describe_checkpoint(checkpoint)
     if task == "classification":
-        linear = description.head == "linear"
-        classes = description.num_image_classes if linear else 1
-        return score_rule(classes, desensitised or description.desensitised)
+        return classifier_score_rule(
+            description.head,
+            description.num_image_classes,
+            desensitised or description.desensitised,
+        )
     return score_rule(description.nclass, desensitised)
 
 

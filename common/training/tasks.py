@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.core.scores import NOT_PRISTINE, manipulated_probability, score_rule
+from common.core.scores import NOT_PRISTINE, classifier_score_rule, manipulated_probability
 from common.core.user_errors import UsageError, clip
 from common.data.masks import IGNORE
 from common.evaluation.metrics import (
@@ -167,8 +167,7 @@ class ClassificationTask(_Validation):
         self.num_image_classes = cfg["num_image_classes"]
         # what a desensitised-only image is: its labels and the image score follow it
         self.desensitised = cfg["desensitised"]
-        classes = self.num_image_classes if self.head == "linear" else 1
-        self.score = score_rule(classes, self.desensitised)
+        self.score = classifier_score_rule(self.head, self.num_image_classes, self.desensitised)
         self.criterion = MVSSLoss(alpha=cfg["alpha"], beta=cfg["beta"])
 
     def build_model(self, cfg: dict[str, Any]) -> nn.Module:
