@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,13 @@ def _training_batches(root: Path, size: int, desensitise: float) -> Path:
     return out
 
 
+def _endless(make_loader: Callable[[int], Any]) -> Iterator[dict[str, Any]]:
+    """Batches epoch after epoch: a small generated set holds fewer than three batches of
+    16 (the loader drops a last short batch)."""
+    for epoch in itertools.count():
+        yield from make_loader(epoch)
+
+
 def _task_step(
     task_name: str,
     data: Path,
@@ -248,7 +256,7 @@ def _task_step(
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     dataset = build_dataset(cfg["train_list"], cfg, task.nclass, train=True)
-    loader = iter(train_loader(dataset, cfg, epoch=0))
+    loader = _endless(lambda epoch: train_loader(dataset, cfg, epoch=epoch))
     _reset_peak(device)
     losses, seconds, missing = [], [], []
     for step in range(3):
@@ -324,7 +332,10 @@ def check_scripts(
 def _timed_command(cmd: list[str], deadline: float) -> dict[str, Any]:
     timeout = max(10.0, deadline - time.monotonic())
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the repository first, then whatever the machine's own path adds (packages carried
+    # beside an image's Python live there)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, "PYTHONPATH": path}
     try:
         proc = subprocess.run(
             cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout

@@ -6,6 +6,23 @@ import torch
 from torch import nn
 
 
+def _energy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for an attention energy, in fp32 wherever it would be fp16.
+
+    Why: fp16 tops out at 65504 and a channel-attention energy sums HW squared
+    activations (4096 of them at a 512² input): under fp16 autocast it became inf, the
+    row maximum minus it NaN, and the whole map NaN (seen on a GPU). bf16 and fp32 share
+    fp32's range and keep the plain product (the release's arithmetic in fp32)."""
+    device = a.device.type
+    fp16 = a.dtype == torch.float16 or (
+        torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    )
+    if not fp16:
+        return torch.bmm(a, b)
+    with torch.autocast(device, enabled=False):
+        return torch.bmm(a.float(), b.float())
+
+
 class PositionAttention(nn.Module):
     """Each position attends to every other: out = α·(D·Aᵀ) + x, A = softmax(Bᵀ·C)."""
 
@@ -21,8 +38,9 @@ class PositionAttention(nn.Module):
         n, c, h, w = x.shape
         query = self.conv_b(x).flatten(2).transpose(1, 2)  # N × HW × C'
         key = self.conv_c(x).flatten(2)  # N × C' × HW
-        attention = self.softmax(torch.bmm(query, key))  # N × HW × HW
+        attention = self.softmax(_energy(query, key))  # N × HW × HW
         value = self.conv_d(x).flatten(2)  # N × C × HW
+        attention = attention.to(value.dtype)  # weights in [0, 1]: any float type holds them
         out = torch.bmm(value, attention.transpose(1, 2)).view(n, c, h, w)
         return self.alpha * out + x
 
@@ -38,9 +56,9 @@ class ChannelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         flat = x.flatten(2)  # N × C × HW
-        energy = torch.bmm(flat, flat.transpose(1, 2))  # N × C × C
+        energy = _energy(flat, flat.transpose(1, 2))  # N × C × C
         energy = energy.amax(dim=-1, keepdim=True) - energy
-        attention = self.softmax(energy)
+        attention = self.softmax(energy).to(flat.dtype)
         out = torch.bmm(attention, flat).view(n, c, h, w)
         return self.beta * out + x
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.accel.fast_path import fold_batchnorm, optimize_for_inference
-from common.accel.winograd import WinogradConv2d, winograd_eligible
+from common.accel.winograd import WinogradConv2d, transform_weight, winograd_eligible
 from common.data.transforms import normalize_bgr_batch
 from common.synth.forgery import SyntheticConfig, make_sample
 from common.synth.photos import bundled_photos
@@ -327,3 +327,14 @@ def test_three_class_and_classifier_take_the_same_fast_paths(kind, path, real_in
         score_ref, score_got = torch.sigmoid(ref.cls.float()), torch.sigmoid(got.cls.float())
         assert got.cls.shape == ref.cls.shape
         assert (score_got - score_ref).abs().max() <= (0.01 if path == "fast-winograd" else 0.05)
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+def test_winograd_weights_are_transformed_where_the_model_is(tile: int) -> None:
+    """The commands move a model to its device before the fast path: on a GPU the kernels
+    were transformed with a CPU matrix and the build failed (seen on an H200). A meta
+    tensor stands in for a device other than the CPU."""
+    weight = torch.randn(8, 4, 3, 3, device="meta")
+    assert transform_weight(weight, tile).device.type == "meta"
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1).to("meta")
+    assert WinogradConv2d(conv, torch.float32, tile).weight_t.device.type == "meta"

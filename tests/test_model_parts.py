@@ -92,3 +92,39 @@ def test_exact_size_resize_equals_release_scale_factor_upsampling():
     by_factor = torch.nn.Upsample(scale_factor=4, mode="bilinear", align_corners=True)(x)
     by_size = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=True)
     assert torch.equal(by_factor, by_size)
+
+
+def _large_activations() -> torch.Tensor:
+    # post-ReLU features of this size reach channel-attention energies of about 2.6e5 on a
+    # 64×64 map (a 512² input), beyond fp16's 65504
+    torch.manual_seed(0)
+    return 8.0 + torch.rand(1, 16, 64, 64)
+
+
+def test_attention_energies_hold_under_fp16_autocast() -> None:
+    """fp16 autocast (the GPU's mixed precision where bf16 is missing, and --amp fp16)
+    made the CAM energy inf and every map NaN; both blocks now match fp32."""
+    x = _large_activations()
+    position, channel = PositionAttention(16).eval(), ChannelAttention().eval()
+    with torch.no_grad():
+        position.alpha.fill_(0.5)
+        channel.beta.fill_(0.5)
+        expected = [block(x) for block in (position, channel)]
+        with torch.autocast("cpu", dtype=torch.float16):
+            got = [block(x) for block in (position, channel)]
+    for want, have in zip(expected, got, strict=True):
+        assert torch.isfinite(have).all()
+        torch.testing.assert_close(have.float(), want, rtol=2e-2, atol=0.1)
+
+
+def test_attention_energies_hold_in_half_models() -> None:
+    """A model cast with .half() (no autocast) runs the same fp32 energies and keeps fp16
+    outputs."""
+    x = _large_activations()
+    channel = ChannelAttention().eval()
+    with torch.no_grad():
+        channel.beta.fill_(0.5)
+        want = channel(x)
+        have = channel.half()(x.half())
+    assert have.dtype == torch.float16 and torch.isfinite(have).all()
+    torch.testing.assert_close(have.float(), want, rtol=2e-2, atol=0.1)

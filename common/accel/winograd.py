@@ -115,10 +115,10 @@ def transform_weight(
     """K×C×3×3 kernel → the α² transformed C×K matrices in ``dtype``, computed in float64
     ``chunk`` output channels at a time (the head's 4096→2048 kernel in float64 at once
     would be a 1 GB transient for F(2×2))."""
-    g = _matrix(_G[tile])
+    g = _matrix(_G[tile]).to(weight.device)  # a model already on the GPU: transform there
     alpha = tile + 2
     k, c = weight.shape[:2]
-    out = torch.empty(alpha * alpha, c, k, dtype=dtype)
+    out = torch.empty(alpha * alpha, c, k, dtype=dtype, device=weight.device)
     w = weight.detach()
     for start in range(0, k, chunk):
         part = torch.einsum("ai,kcij,bj->abck", g, w[start : start + chunk].double(), g)
