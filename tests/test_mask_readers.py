@@ -125,3 +125,56 @@ def test_all_ones_baseline_counts_the_manipulated_area(encoded):
     positives = float((truth > 0).sum())
     expected = 2 * positives / (positives + truth.size)
     assert all_ones_pixel_f1(list_file) == pytest.approx(expected, rel=0.03 if lossy else 1e-9)
+
+
+def _faint_list(tmp_path, mask: np.ndarray, ext: str = ".png") -> tuple:
+    cv2.imwrite(str(tmp_path / "sample.png"), np.full((H, W, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / f"faint{ext}"), mask, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    (tmp_path / "list.txt").write_text(f"sample.png faint{ext} 1\n")
+    records, problems = read_list_file(tmp_path / "list.txt")
+    assert not problems
+    return records
+
+
+def test_a_dim_grey_mask_read_as_empty_is_said(tmp_path):
+    """A mask drawn at grey 100 on black is empty under training's threshold of 127: the
+    dataset says so, naming the file, and a threshold of 0 reads the region."""
+    from common.data.masks import read_classes
+
+    mask = np.zeros((H, W), np.uint8)
+    mask[4:14, 6:20] = 100
+    records = _faint_list(tmp_path, mask)
+    with pytest.warns(UserWarning, match=r"faint\.png: its grey marks \(140 pixels, up to 100\)"):
+        item = ForgeryDataset(records, masks=MaskOptions(threshold=127))[0]
+    assert not item["mask"].any()
+    classes, note = read_classes(tmp_path / "faint.png", (H, W), threshold=0)
+    assert note is None and (classes > 0).sum() == 140
+
+
+def test_noise_or_a_speck_on_a_black_mask_is_not_said(tmp_path):
+    """JPEG noise on black, and a speck under a 3×3 patch, stay quiet."""
+    from common.data.masks import read_classes
+
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 9, (H, W), dtype=np.uint8)
+    noisy[0, 0] = 30
+    _faint_list(tmp_path, noisy, ".jpg")
+    assert read_classes(tmp_path / "faint.jpg", (H, W), threshold=127)[1] is None
+    speck = np.zeros((H, W), np.uint8)
+    speck[10:12, 10:12] = 100
+    _faint_list(tmp_path, speck)
+    assert read_classes(tmp_path / "faint.png", (H, W), threshold=127)[1] is None
+
+
+def test_evaluation_notes_a_dim_grey_mask_under_a_threshold(tmp_path):
+    from common.data.masks import read_ground_truth
+
+    mask = np.zeros((H, W), np.uint8)
+    mask[4:14, 6:20] = 100
+    _faint_list(tmp_path, mask)
+    notes: list[str] = []
+    got, label = read_ground_truth(
+        1, tmp_path / "faint.png", (H, W), MaskOptions(threshold=127), notes
+    )
+    assert label == 1 and not got.any()
+    assert len(notes) == 1 and "at or below the mask threshold 127" in notes[0]

@@ -72,6 +72,10 @@ _SEED_LUMA_TOLERANCE = 12
 _SEED_LUMA_SHARE = 0.6
 # ... and at least this many of them (a 3×3 patch; fewer is a speck or an edge's blur)
 _SEED_LUMA_MIN_PIXELS = 9
+# A grey mask whose marks all lie at or below the threshold reads as empty: said when at
+# least this many pixels are brighter than this level (JPEG noise on black stays below).
+_FAINT_MARK_LEVEL = 32
+_FAINT_MARK_MIN_PIXELS = 9
 
 
 @dataclass(frozen=True)
@@ -293,12 +297,40 @@ def read_classes(
     """
     if size_policy not in MASK_SIZE_POLICIES:
         raise ValueError(f"size_policy must be one of {MASK_SIZE_POLICIES}, got {size_policy!r}")
-    return fit_to_image(decode_mask_file(path, threshold), path, image_shape, size_policy)
+    classes, faint = decode_mask_file(path, threshold)
+    classes, resized = fit_to_image(classes, path, image_shape, size_policy)
+    return classes, "; ".join(n for n in (faint, resized) if n) or None
 
 
-def decode_mask_file(path: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> np.ndarray:
-    """A mask file's classes (uint8 {0, 1, 2}) at the file's own size."""
-    return decode_classes(read_mask_raw(path, keep_channels=True), threshold, str(path))
+def decode_mask_file(
+    path: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD
+) -> tuple[np.ndarray, str | None]:
+    """A mask file's classes (uint8 {0, 1, 2}) at the file's own size, and a warning when
+    its grey marks all fell at or below ``threshold`` (see :func:`faint_marks_note`)."""
+    raw = read_mask_raw(path, keep_channels=True)
+    classes = decode_classes(raw, threshold, str(path))
+    return classes, faint_marks_note(raw, classes, threshold, path)
+
+
+def faint_marks_note(
+    raw: np.ndarray, classes: np.ndarray, threshold: int, path: str | Path
+) -> str | None:
+    """Why a grey mask with visible marks decoded as empty, or None.
+
+    Why: a mask drawn in a dim grey (say 100 on black) is manipulated where it is drawn
+    under the release's evaluation (any non-zero pixel) but empty under training's
+    threshold of 127; nothing said so, and such rows trained as "manipulated, nowhere"."""
+    if threshold <= 0 or classes.any() or mask_encoding(raw) != "grey":
+        return None
+    grey = _grey_of(raw)
+    marks = int(np.count_nonzero(grey > _FAINT_MARK_LEVEL))
+    if marks < _FAINT_MARK_MIN_PIXELS:
+        return None
+    return (
+        f"{path}: its grey marks ({marks} pixels, up to {int(grey.max())}) all lie at or "
+        f"below the mask threshold {threshold}: read as an empty mask (a lower "
+        "--mask_threshold counts them)"
+    )
 
 
 def size_mismatch(classes: np.ndarray, image_shape: tuple[int, int]) -> str | None:
@@ -363,7 +395,9 @@ def read_ground_truth(
     label = record_label if record_label <= 0 else 1
     if mask_path is None or label < 0 or (label == 0 and options.nclass == 1):
         return None, label
-    classes = decode_mask_file(mask_path, options.threshold)
+    classes, faint = decode_mask_file(mask_path, options.threshold)
+    if faint and notes is not None:
+        notes.append(faint)
     mismatch = size_mismatch(classes, image_shape)
     if mismatch and options.size_policy == IMAGE_LEVEL_ONLY and options.nclass == 1:
         # its label from the mask as drawn: a resize could erase a thin region
