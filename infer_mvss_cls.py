@@ -32,7 +32,11 @@ from common.evaluation.arguments import (
     mask_options,
     resolve_thresholds,
 )
-from common.evaluation.classification import run_classification, seed_name_label
+from common.evaluation.classification import (
+    name_label_base,
+    run_classification,
+    seed_name_label,
+)
 from common.evaluation.score_report import choose_and_write, finish_evaluation
 from common.inference.arguments import (
     add_model_args,
@@ -101,7 +105,8 @@ def run(argv: list[str]) -> int:
     check_outputs(args)
     source, records, problems = load_inputs(args)
     if args.label_from_name:
-        records = [seed_name_label(r) for r in records]
+        base = name_label_base(source, args.data_root)
+        records = [seed_name_label(r, base) for r in records]
     out = checked_output_dir(args, Path(args.model_path).stem)
     thresholds = resolve_thresholds(args, args.model_path, "classification")
     spec = model_spec(args)

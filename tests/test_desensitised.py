@@ -268,3 +268,22 @@ def test_desensitised_slivers_below_the_minimum_are_dropped_under_every_policy()
     for policy in ("positive", "negative", "ignore"):
         labels = sample_labels(classes, 1, policy, from_content=True, min_region_pixels=4)
         assert labels.label == 0 and labels.image_class == 0 and not labels.classes.any()
+
+
+def test_classifier_label_from_name_reads_below_the_lists_folder(mosaic_data, tmp_path):
+    """The seed read its list entries as written: a data set kept under a folder whose
+    name says 'orig' made every image authentic once the toolkit put that folder in front."""
+    ckpt = make_tiny_checkpoint(tmp_path / "cls.pt", cls_head="max")
+    images = tmp_path / "originals_2024"
+    images.mkdir()
+    for name in ("tamper.png", "mosaic.png", "orig.png"):
+        shutil.copy(mosaic_data / name, images / name)
+    (images / "list.txt").write_text("tamper.png None 0\nmosaic.png None 0\norig.png None 0\n")
+    for source in (images / "list.txt", images):  # a list, and the folder itself
+        out = tmp_path / f"out_{source.name}"
+        argv = ["--model_path", str(ckpt), "--test_file", str(source), "--save_dir", str(out)]
+        argv += ["--crop", "64", "--crop-stride", "64", "--workers", "0", "--label-from-name"]
+        assert infer_mvss_cls.main(argv) == 0
+        (csv_path,) = out.rglob("per_image.csv")
+        labels = _labels(csv_path)
+        assert labels == {"tamper.png": "1", "mosaic.png": "0", "orig.png": "0"}, source

@@ -3,6 +3,7 @@ image-level metrics (what infer_mvss_cls.py and benchmark.py's classifier sets w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from common.core.progress import progress
+from common.data.decode import IMAGE_EXTENSIONS
 from common.data.masks import CLASSIFIER_DESENSITISED, MaskOptions
 from common.data.sources import Problem, Record
 from common.evaluation.batch_run import BatchRun
@@ -20,12 +22,36 @@ from common.inference.single_image import RunOptions
 CSV_FIELDS = ("path", "status", "reason", "score", "prediction", "label", "crops")
 
 
-def seed_name_label(record: Record) -> Record:
-    """The seed classifier's image ground truth: authentic when the path (as given,
-    list entries resolved beside their list) contains ``orig`` or ``mosaic``,
-    manipulated otherwise; any mask is dropped, the name alone decides."""
-    authentic = "orig" in record.image or "mosaic" in record.image
+def seed_name_label(record: Record, base: str | Path | None = None) -> Record:
+    """The seed classifier's image ground truth: authentic when the path as its list
+    gives it contains ``orig`` or ``mosaic``, manipulated otherwise; any mask is dropped,
+    the name alone decides.
+
+    ``base`` is the folder the toolkit put in front of the list's entries (the list's own
+    folder, or the data root; an input folder): only the part below it is read, since
+    the seed read its entries as written (a data set kept under ``/data/originals/``
+    made every image authentic). A path outside ``base`` is read whole."""
+    name = record.image
+    if base is not None:
+        below = os.path.relpath(os.path.abspath(record.image), os.path.abspath(base))
+        if below.split(os.sep, 1)[0] != os.pardir:
+            name = below
+    authentic = "orig" in name or "mosaic" in name
     return Record(record.image, None, 0 if authentic else 1)
+
+
+def name_label_base(source: str | list[str], data_root: str | None) -> Path | None:
+    """The folder :func:`seed_name_label` reads below for ``--test_file source``: the
+    data root or the list's folder for a list file, the folder itself for a folder;
+    None for image paths and globs (read as typed)."""
+    if isinstance(source, list):
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file() and path.suffix.lower() not in IMAGE_EXTENSIONS:  # a list
+        return Path(data_root).expanduser() if data_root else path.parent
+    return None
 
 
 def run_classification(
