@@ -217,7 +217,9 @@ def run(argv: list[str]) -> int:
     if task == "classification" and not any(a.startswith("--mask") for a in argv):
         args.mask_threshold = DEFAULT_MASK_THRESHOLD  # as infer_mvss_cls.py
     thresholds = resolve_thresholds(args, args.model_path, task)
-    classifier_crops(args, describe_checkpoint(args.model_path).crop)
+    description = describe_checkpoint(args.model_path)
+    resize_given = any(a.startswith("--resize") for a in argv)
+    classifier_crops(args, description.crop, description.resized, resize_given)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     if task == "classification":
         check_whole_image_size(args.crop, args.resize)

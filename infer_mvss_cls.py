@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image head (default: from the checkpoint, else max)",
     )
     args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args.resize_given = any(a.startswith("--resize") for a in given)
     if not args.test_file or not args.model_path:
         parser.error("--test_file and --model_path are required")
     return args
@@ -99,7 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(argv: list[str]) -> int:
     args = parse_args(argv)
-    crop_source = classifier_crops(args, describe_checkpoint(args.model_path).crop)
+    description = describe_checkpoint(args.model_path)
+    crop_source = classifier_crops(args, description.crop, description.resized, args.resize_given)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     check_whole_image_size(args.crop, args.resize)
     check_outputs(args)
@@ -116,6 +119,8 @@ def run(argv: list[str]) -> int:
     print(thresholds.line("classification"))
     if args.crop is not None:
         print(f"crops: {args.crop} px at stride {args.crop_stride} ({crop_source})")
+    else:
+        print(f"whole images, resized to {args.resize} ({crop_source})")
     code = run_classification(
         model,
         records,

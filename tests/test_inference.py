@@ -461,6 +461,48 @@ def test_a_classifier_runs_on_the_crops_it_trained_on_by_default(tmp_path, capsy
     assert want[1] == 4 and service.analyser(image, None).score == pytest.approx(want[0])
 
 
+def test_a_classifier_trained_on_resized_images_is_scored_on_them(tmp_path, capsys):
+    """A checkpoint trained with ``crop: false`` (whole images resized to its ``size``,
+    validation at ``val_size`` or ``size``) is scored on whole images at that size, in
+    the script and the benchmark, unless --crop or --resize says otherwise; it was scored
+    on the seed's 512-px crops."""
+    import benchmark
+
+    data = make_tiny_dataset(tmp_path / "d", corrupt=False)
+    state = torch.load(make_tiny_checkpoint(tmp_path / "cls.pt", cls_head="max"), weights_only=True)
+    state["config"].update(crop=False, size=96, val_size=80)
+    resized = tmp_path / "resized.pt"
+    torch.save(state, resized)
+    from common.inference.settings import describe_checkpoint
+
+    assert describe_checkpoint(resized).resized == 80 and describe_checkpoint(resized).crop is None
+    base = ["--model_path", str(resized), "--test_file", str(data), "--workers", "0"]
+    assert infer_mvss_cls.main([*base, "--save_dir", str(tmp_path / "a")]) == 0
+    header = capsys.readouterr().out
+    assert (
+        "whole images, resized to 80 (the checkpoint trained on whole images resized to 80)"
+        in header
+    )
+    rows = _rows(tmp_path / "a" / "test" / "resized" / "per_image.csv")
+    assert [int(r["crops"]) for r in rows] == [1] * 5
+    assert infer_mvss_cls.main([*base, "--save_dir", str(tmp_path / "b"), "--resize", "64"]) == 0
+    assert (
+        "whole images, resized to 64 (the checkpoint trained on whole images)"
+        in capsys.readouterr().out
+    )
+    assert infer_mvss_cls.main([*base, "--save_dir", str(tmp_path / "c"), "--crop", "64"]) == 0
+    assert "crops: 64 px at stride 64 (given)" in capsys.readouterr().out
+    bench = tmp_path / "bench"
+    argv = ["--model_path", str(resized), "--sets", f"t={data}", "--save_dir", str(bench)]
+    assert benchmark.main([*argv, "--workers", "0"]) == 0
+    scores = json.loads((bench / "resized" / "t" / "none" / "scores.json").read_text())
+    assert [r["crops"] for _, r in scores] == [1] * 5
+    # the same images in the same order: the same whole-image scores (the CSV rounds to 6)
+    assert [r["score"] for _, r in scores] == pytest.approx(
+        [float(r["score"]) for r in rows], abs=1e-5
+    )
+
+
 @pytest.mark.parametrize("crop", ["64", "none"])
 def test_classification_runs_the_shared_inference_path(tmp_path, crop):
     """The classifier goes through the predictor's decoding workers and ``run_model``:

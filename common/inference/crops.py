@@ -31,16 +31,28 @@ DEFAULT_CROP_STRIDE = RELEASE_SIZE
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1
 
 
-def classifier_crops(args: Any, trained_crop: int | None) -> str:
+def classifier_crops(
+    args: Any,
+    trained_crop: int | None,
+    trained_resize: int | None = None,
+    resize_given: bool = True,
+) -> str:
     """Fill in ``args.crop`` and ``args.crop_stride`` where they were not given (parsed
     with ``argparse.SUPPRESS``): the crop the checkpoint trained on, whose validation
     chose its stored threshold (a 192-px model run on 512-px crops scores other numbers
-    against it), else the seed's 512; the stride defaults to the crop (crops side by
-    side, the seed's). Returns where the crop came from, for the run's header."""
+    against it); for a checkpoint trained on whole images resized to ``trained_resize``
+    (``crop: false``), whole images, at that size unless ``--resize`` was given; else the
+    seed's 512. The stride defaults to the crop (crops side by side, the seed's).
+    Returns where the crop came from, for the run's header."""
     if hasattr(args, "crop"):
         source = "given"
     elif trained_crop is not None:
         args.crop, source = trained_crop, "the checkpoint's training crop"
+    elif trained_resize is not None:
+        args.crop, source = None, "the checkpoint trained on whole images"
+        if not resize_given:
+            args.resize = trained_resize
+            source += f" resized to {trained_resize}"
     else:
         args.crop, source = DEFAULT_CROP, "the seed's"
     if not hasattr(args, "crop_stride"):

@@ -50,6 +50,9 @@ class CheckpointDescription:
     # classifier only: the crop size it was trained on (validation chose its threshold
     # on crops of it), None when it trained on resized images or says nothing
     crop: int | None = None
+    # classifier only: the side of the whole, resized images it trained and validated on
+    # (``crop: false``), None when it trained on crops or says nothing
+    resized: int | None = None
     described: bool = False  # False: no description stored (official files): defaults
 
     @property
@@ -76,8 +79,17 @@ def describe_checkpoint(path: str | Path) -> CheckpointDescription:
         num_image_classes=int(model.get("num_image_classes", 2)),
         desensitised=str(config.get("desensitised", CLASSIFIER_DESENSITISED)),
         crop=int(config["size"]) if config.get("crop") and config.get("size") else None,
+        resized=_trained_resize(config) if classifier else None,
         described=True,
     )
+
+
+def _trained_resize(config: dict) -> int | None:
+    """The validation side of a run that resized whole images (``crop: false``; its
+    ``val_size``, else ``size``), or None."""
+    if config.get("crop") is not False or not config.get("size"):
+        return None
+    return int(config.get("val_size") or config["size"])
 
 
 def run_score_rule(checkpoint: str | Path | None, task: str, desensitised: str | None) -> str:
