@@ -99,6 +99,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
         thresholds=thresholds,
         desensitised=description.desensitised,
         crop=description.crop or DEFAULT_CROP,
+        resized=description.resized,
     )
     return Service(Analyser(model, info, opts), max_queue=args.max_queue), info
 

@@ -99,6 +99,9 @@ class ModelInfo:
     desensitised: str = CLASSIFIER_DESENSITISED
     # a classifier's crops (side by side) at full resolution: the size it trained on
     crop: int = DEFAULT_CROP
+    # a classifier trained on whole images resized to this side (crop: false): its score
+    # at full resolution comes from the whole image at that size, as its validation's did
+    resized: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "thresholds"}
@@ -261,7 +264,12 @@ class Analyser:
             full = predict_tiled(self.model, image, self.opts, on_progress)
             levels = to_png_levels(manipulated_map(full))
             probs = full if full.shape[0] > 1 else None
-            if self.info.kind == "classification":  # its own score, over crops (the seed's)
+            if self.info.kind == "classification" and self.info.resized:
+                whole = resize_input(image, self.info.resized)
+                x = normalize_bgr_batch(torch.from_numpy(whole)[None])
+                cls = run_model(self.model, x, self.opts).cls
+                score = float(manipulated_score(cls, self.info.desensitised)[0])
+            elif self.info.kind == "classification":  # its own score, over crops (the seed's)
                 score = score_crops(
                     self.model,
                     image,
