@@ -420,6 +420,11 @@ def _report(
     if chosen is not None:
         values = chosen.values() or "none could be chosen"
         print(f"the '@ th from' rows: {values}, {chosen.describe()}")
+        if calibration is not None:  # the tables' calibration rows use it, not the run's
+            print(
+                f"image-score calibration in the tables: {calibration.method}, fitted on "
+                f"{calibration.fitted_on}"
+            )
     for line in [] if chosen is None else _unchosen_lines(chosen):
         print(line, file=sys.stderr)
     published = sorted({f"{k} (paper)" for d in loaded for k in (d.paper or {})})

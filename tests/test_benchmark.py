@@ -225,6 +225,11 @@ def test_benchmark_tables_plots_and_per_set_outputs(bench_world, tmp_path, capsy
         assert (summary["pixel_threshold"], summary["image_threshold"]) == (0.5, 0.5)
         assert summary["thresholds_source"]
     assert table["sets"]["a"]["thresholds_source"] == summary["thresholds_source"]
+    # the rows at the chosen thresholds record them too, and where they came from
+    chosen = json.loads((root / "a" / "none" / "th_from_b" / "summary.json").read_text())
+    assert chosen["thresholds_source"].startswith("chosen on b (")
+    assert chosen["pixel_threshold"] == pytest.approx(table["thresholds"]["pixel_threshold"])
+    assert chosen["image_threshold"] == pytest.approx(table["thresholds"]["image_threshold"])
 
 
 def test_benchmark_resumes_from_maps_on_disk(bench_world, tmp_path):

@@ -36,7 +36,7 @@ from torch import nn
 from common.benchmark.degradations import Perturbation
 from common.core import distributed as dist
 from common.core.progress import progress
-from common.core.reports import unique_names
+from common.core.reports import unique_names, write_json
 from common.core.user_errors import UsageError
 from common.data.sources import (
     Problem,
@@ -321,7 +321,21 @@ def rescore_at(
     )
     out = level_out / f"th_from_{chosen.chosen_on}"
     run_pred_dir_evaluation(data.records, data.problems, level_out / "pred", out, at, failures)
-    return json.loads((out / "summary.json").read_text())
+    return _stamp_chosen(out / "summary.json", chosen)
+
+
+def _stamp_chosen(path: Path, chosen: ChosenThresholds) -> dict[str, Any]:
+    """The summary of a ``th_from_<set>`` folder with the thresholds it was scored at and
+    where they came from, as every other summary records its own."""
+    keys: dict[str, Any] = {
+        "thresholds_source": chosen.describe(),
+        "image_threshold": _or_default(chosen.image),
+    }
+    if chosen.task != "classification":
+        keys["pixel_threshold"] = _or_default(chosen.pixel)
+    summary = {**json.loads(path.read_text()), **keys}
+    write_json(path, summary)
+    return summary
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -397,4 +411,4 @@ def rescore_classifier_at(
     out = level_out / f"th_from_{chosen.chosen_on}"
     threshold = _or_default(chosen.image)
     report_classification(data.records, results, data.problems, out, threshold, True)
-    return json.loads((out / "summary.json").read_text())
+    return _stamp_chosen(out / "summary.json", chosen)
