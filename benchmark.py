@@ -219,7 +219,8 @@ def run(argv: list[str]) -> int:
     thresholds = resolve_thresholds(args, args.model_path, task)
     description = describe_checkpoint(args.model_path)
     resize_given = any(a.startswith("--resize") for a in argv)
-    classifier_crops(args, description.crop, description.resized, resize_given)
+    resized = description.resized if task == "classification" else None
+    classifier_crops(args, description.crop, resized, resize_given)
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     if task == "classification":
         check_whole_image_size(args.crop, args.resize)
@@ -420,11 +421,15 @@ def _report(
     if chosen is not None:
         values = chosen.values() or "none could be chosen"
         print(f"the '@ th from' rows: {values}, {chosen.describe()}")
-        if calibration is not None:  # the tables' calibration rows use it, not the run's
-            print(
-                f"image-score calibration in the tables: {calibration.method}, fitted on "
-                f"{calibration.fitted_on}"
+        # the tables' calibration rows use the chosen set's, not the run's
+        print(
+            "image-score calibration in the tables: "
+            + (
+                f"{calibration.method}, fitted on {calibration.fitted_on}"
+                if calibration is not None
+                else f"none (none could be fitted on {chosen.chosen_on})"
             )
+        )
     for line in [] if chosen is None else _unchosen_lines(chosen):
         print(line, file=sys.stderr)
     published = sorted({f"{k} (paper)" for d in loaded for k in (d.paper or {})})

@@ -213,7 +213,12 @@ def _endless(make_loader: Callable[[int], Any]) -> Iterator[dict[str, Any]]:
     """Batches epoch after epoch: a small generated set holds fewer than three batches of
     16 (the loader drops a last short batch)."""
     for epoch in itertools.count():
-        yield from make_loader(epoch)
+        batches = 0
+        for batch in make_loader(epoch):
+            batches += 1
+            yield batch
+        if not batches:
+            raise RuntimeError("the generated set holds no whole batch")
 
 
 def _task_step(

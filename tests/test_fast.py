@@ -337,4 +337,5 @@ def test_winograd_weights_are_transformed_where_the_model_is(tile: int) -> None:
     weight = torch.randn(8, 4, 3, 3, device="meta")
     assert transform_weight(weight, tile).device.type == "meta"
     conv = torch.nn.Conv2d(4, 8, 3, padding=1).to("meta")
-    assert WinogradConv2d(conv, torch.float32, tile).weight_t.device.type == "meta"
+    layer = WinogradConv2d(conv, torch.float32, tile)
+    assert {b.device.type for b in layer.buffers()} == {"meta"}

@@ -492,6 +492,9 @@ def test_a_classifier_trained_on_resized_images_is_scored_on_them(tmp_path, caps
     )
     assert infer_mvss_cls.main([*base, "--save_dir", str(tmp_path / "c"), "--crop", "64"]) == 0
     assert "crops: 64 px at stride 64 (given)" in capsys.readouterr().out
+    # full resolution asked for: crops of it (whole images at full size have no bound)
+    assert infer_mvss_cls.main([*base, "--save_dir", str(tmp_path / "n"), "--resize", "none"]) == 0
+    assert "crops: 512 px at stride 512 (the seed's, at full resolution" in capsys.readouterr().out
     bench = tmp_path / "bench"
     argv = ["--model_path", str(resized), "--sets", f"t={data}", "--save_dir", str(bench)]
     assert benchmark.main([*argv, "--workers", "0"]) == 0

@@ -149,8 +149,9 @@ class WinogradConv2d(PacksWeights):
         self.tile = tile
         bt, at = _matrix(_BT[tile]), _matrix(_AT[tile])
         self.register_buffer("weight_t", transform_weight(conv.weight, tile, compute_dtype))
-        self.register_buffer("input_t", torch.kron(bt, bt).to(compute_dtype))
-        self.register_buffer("output_t", torch.kron(at, at).to(compute_dtype))
+        device = conv.weight.device
+        self.register_buffer("input_t", torch.kron(bt, bt).to(device, compute_dtype))
+        self.register_buffer("output_t", torch.kron(at, at).to(device, compute_dtype))
         # The bias keeps its fp32 value: it is added once, after the products.
         bias = conv.bias.detach().float() if conv.bias is not None else None
         self.register_buffer("bias", bias)

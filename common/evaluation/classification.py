@@ -30,10 +30,14 @@ def seed_name_label(record: Record, base: str | Path | None = None) -> Record:
     ``base`` is the folder the toolkit put in front of the list's entries (the list's own
     folder, or the data root; an input folder): only the part below it is read, since
     the seed read its entries as written (a data set kept under ``/data/originals/``
-    made every image authentic). A path outside ``base`` is read whole."""
+    made every image authentic). A path outside ``base`` is read whole; an absolute
+    list entry inside it is read below it too (the list no longer says how it was written)."""
     name = record.image
     if base is not None:
-        below = os.path.relpath(os.path.abspath(record.image), os.path.abspath(base))
+        try:
+            below = os.path.relpath(os.path.abspath(record.image), os.path.abspath(base))
+        except ValueError:  # another drive (Windows): not below it
+            below = os.pardir
         if below.split(os.sep, 1)[0] != os.pardir:
             name = below
     authentic = "orig" in name or "mosaic" in name
