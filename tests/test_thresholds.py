@@ -379,3 +379,27 @@ def test_a_three_class_image_head_keeps_what_its_thresholds_were_chosen_on():
     for policy, score in (("negative", "P(tampered)"), ("positive", "1 - P(pristine)")):
         assert ClassificationTask({**cfg, "desensitised": policy}).score == score
     assert ClassificationTask({**cfg, "num_image_classes": 2}).score == "1 - P(pristine)"
+
+
+def test_thresholds_chosen_on_saved_maps_record_what_made_them(world, tmp_path):
+    """--pred-dir on maps this toolkit wrote: the thresholds record the checkpoint and the
+    score the maps are (P(tampered) for a three-class model under negative), read from
+    the maps.json beside them; they recorded no checkpoint and 1 − P(pristine). Maps from
+    elsewhere (no maps.json) keep that default."""
+    from common.core.checkpoint import checkpoint_digest
+
+    argv = ["--model_path", str(world["ck3"]), "--test_file", str(world["three_list"])]
+    argv += ["--resize", "64", "--workers", "0", "--desensitised", "negative"]
+    assert infer_mvss_calmetrics.main([*argv, "--save_dir", str(tmp_path / "run")]) == 0
+    (pred,) = (tmp_path / "run").rglob("pred")
+    written = tmp_path / "t.json"
+    again = ["--pred-dir", str(pred), "--test_file", str(world["three_list"])]
+    again += ["--desensitised", "negative", "--save_dir", str(tmp_path / "o")]
+    assert infer_mvss_calmetrics.main([*again, "--write-thresholds", str(written)]) == 0
+    chosen = read_thresholds(written)
+    assert chosen.score == "P(tampered)"
+    assert chosen.checkpoint_sha256 == checkpoint_digest(world["ck3"])
+    (pred.parent / "maps.json").unlink()  # maps from elsewhere
+    assert infer_mvss_calmetrics.main([*again, "--write-thresholds", str(written)]) == 0
+    chosen = read_thresholds(written)
+    assert (chosen.score, chosen.checkpoint_sha256) == ("1 - P(pristine)", None)

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.core.checkpoint import checkpoint_digest
 from common.core.reports import write_json
+from common.core.scores import score_rule
 from common.data.masks import (
     DEFAULT_MASK_THRESHOLD,
     RELEASE_MASK_THRESHOLD,
@@ -27,6 +28,7 @@ from common.data.masks import (
     count_rule_disagreements,
 )
 from common.data.sources import Record
+from common.evaluation.batch_run import STAMP
 from common.evaluation.calibration import (
     ECE_BINS,
     Calibration,
@@ -144,6 +146,25 @@ def finish_evaluation(
     return extra
 
 
+def maps_maker(maps_dir: Path | None, digest: str | None, score: str) -> tuple[str | None, str]:
+    """The checkpoint digest and score rule of maps this toolkit wrote (the ``maps.json``
+    stamp beside their ``pred/`` folder), else ``digest`` and ``score`` as given.
+
+    Why: thresholds chosen on saved maps (``--pred-dir``) recorded 1 − P(pristine) and no
+    checkpoint, even for a three-class model's P(tampered) maps, so they could be applied
+    to maps of the other kind."""
+    if maps_dir is None:
+        return digest, score
+    try:
+        stamp = json.loads((Path(maps_dir).parent / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return digest, score
+    if not isinstance(stamp, dict) or stamp.get("task") == "classification":
+        return digest, score
+    classes = 3 if "tile_blend" in stamp else 1  # a three-class model's maps record their blend
+    return stamp.get("checkpoint_sha256") or digest, score_rule(classes, stamp.get("desensitised"))
+
+
 def choose_and_write(
     path: str | Path,
     task: str,
@@ -160,6 +181,8 @@ def choose_and_write(
     chosen_on = out.parent.name
     digest = checkpoint_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else None
     score = run_score_rule(checkpoint, task, masks.desensitised)  # what they are chosen on
+    if checkpoint is None and task != "classification":  # --pred-dir: the maps' own maker
+        digest, score = maps_maker(maps_dir, digest, score)
     if task == "classification" or maps_dir is None:
         scores, labels = scores_and_labels(out / "per_image.csv")
         chosen = choose_from_scores(scores.tolist(), labels.tolist(), chosen_on, digest, score)
