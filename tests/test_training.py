@@ -797,3 +797,32 @@ def test_classifier_on_crops_refuses_a_validation_size(tmp_path, data, capsys):
     assert code == 2
     assert len(err) == 1 and "--val_size 96" in err[0] and "crop" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_best_score_measured_on_another_score_is_not_kept_on_resume(
+    data, tmp_path, monkeypatch, caplog, recorded
+):
+    """A classifier with three image classes under ``negative`` validates on P(tampered).
+    A run from before that was recorded (best_score measured on 1 − P(authentic)) must not
+    make the resumed epochs beat its number: the next validated epoch becomes best.pt. A
+    run that recorded the same score keeps its best."""
+    _validation_reports(monkeypatch, {"auc": 0.9}, {"auc": 0.1})
+    out = tmp_path / "run"
+    argv = ["--train_list", str(data), "--val_list", str(data), "--out_dir", str(out), *TINY]
+    argv += ["--head", "linear", "--num_image_classes", "3", "--desensitised", "negative"]
+    assert train_demo_cls.main([*argv, "--epochs", "1"]) == 0
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["config"]["val_score"] == "P(tampered)"
+    if not recorded:
+        del state["config"]["val_score"]  # as an earlier stop wrote it
+    torch.save(state, tmp_path / "epoch1.pt")
+    with caplog.at_level("INFO"):
+        resume = ["--resume", str(tmp_path / "epoch1.pt")]
+        assert train_demo_cls.main([*argv, "--epochs", "2", *resume]) == 0
+    best = _weights(out / "checkpoints" / "best.pt")
+    said = "measured on 1 - P(pristine), this run validates on P(tampered)" in caplog.text
+    if recorded:
+        assert best["epoch"] == 0 and best["best_score"] == pytest.approx(0.9) and not said
+    else:
+        assert best["epoch"] == 1 and best["best_score"] == pytest.approx(0.1) and said

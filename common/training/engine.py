@@ -31,6 +31,7 @@ from common.core.checkpoint import (
 )
 from common.core.progress import progress
 from common.core.runtime import autocast, resolve_amp, to_memory_format
+from common.core.scores import NOT_PRISTINE
 from common.core.user_errors import UsageError, clip
 from common.evaluation.thresholds import ChosenThresholds, ThresholdCollector
 from common.training.checks import LATEST_EPOCH, check_config, check_values
@@ -122,7 +123,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": epoch,
             "best_score": self.best_score,
-            "config": {**self._run_settings(), "model": model_cfg, "task": self.task.name},
+            "config": {
+                **self._run_settings(),
+                "model": model_cfg,
+                "task": self.task.name,
+                "val_score": self.task.score,  # what best_score was measured on
+            },
             "rng": rng_state(),
         }
 
@@ -165,16 +171,28 @@ class Trainer:
         """The score best.pt was kept for, if it measures what this run's ``best_metric``
         does; resumed with another one, the next validated epoch becomes best.pt (a score
         of another metric, or of a ``last`` phase, would otherwise keep a worse epoch)."""
-        saved = (state.get("config") or {}).get("best_metric")
-        if saved in (None, self.cfg["best_metric"]):
-            return state.get("best_score")
-        if self.main:
-            log.info(
-                "best_metric was %s, now %s: the next validated epoch becomes best.pt",
-                saved,
-                self.cfg["best_metric"],
-            )
-        return None
+        config = state.get("config") or {}
+        saved = config.get("best_metric")
+        if saved not in (None, self.cfg["best_metric"]):
+            if self.main:
+                log.info(
+                    "best_metric was %s, now %s: the next validated epoch becomes best.pt",
+                    saved,
+                    self.cfg["best_metric"],
+                )
+            return None
+        # runs from before it was recorded validated on 1 - P(pristine) / P(authentic)
+        scored_on = config.get("val_score", NOT_PRISTINE)
+        if scored_on != self.task.score:
+            if self.main:
+                log.info(
+                    "best.pt's score was measured on %s, this run validates on %s: the "
+                    "next validated epoch becomes best.pt",
+                    scored_on,
+                    self.task.score,
+                )
+            return None
+        return state.get("best_score")
 
     # -- one epoch
     def _forward(self, images: torch.Tensor, model: nn.Module | None = None) -> Any:
