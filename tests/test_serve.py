@@ -526,3 +526,36 @@ def test_verdicts_claim_only_what_was_measured(checkpoints, tmp_path):
     assert body["manipulated"] == (body["score"] > 0.6)
     assert f"{100 * body['probability']:.0f} % of the time" in body["verdict"]
     assert "on val (60 images)" in body["verdict"]
+
+
+@pytest.mark.parametrize("policy", ["negative", "positive"])
+def test_a_three_image_class_classifier_scores_as_its_training_did(tmp_path, policy):
+    """The web app scores a classifier with three image classes (authentic / tampered /
+    desensitised only) as its training's policy says: P(tampered) under ``negative``,
+    1 − P(authentic) under ``positive``, whole image or crops."""
+    from common.data.transforms import normalize_bgr_batch
+    from common.inference.crops import DEFAULT_CROP, score_crops
+    from common.inference.single_image import run_model
+    from models import get_mvss_cls
+
+    torch.manual_seed(3)
+    net = get_mvss_cls(backbone="resnet18", head="linear", num_image_classes=3)
+    config = {
+        "model": {"backbone": "resnet18", "nclass": 1, "head": "linear", "num_image_classes": 3},
+        "task": "classification",
+        "desensitised": policy,
+    }
+    path = tmp_path / f"cls3_{policy}.pt"
+    torch.save({"model": net.state_dict(), "config": config}, path)
+    service, info = serve.build(
+        serve.parse_args(["--model_path", str(path), "--no-fast", "--amp", "off"])
+    )
+    assert (info.kind, info.desensitised) == ("classification", policy)
+    image = _photo(96, 112)
+    analyser = service.analyser
+    x = normalize_bgr_batch(torch.from_numpy(resize_input(image, 512))[None])
+    probs = torch.softmax(run_model(analyser.model, x, analyser.opts).cls.float(), dim=1)[0]
+    want = float(probs[1]) if policy == "negative" else 1 - float(probs[0])
+    assert analyser(image, 512).score == pytest.approx(want, abs=1e-5)
+    crops = score_crops(analyser.model, image, analyser.opts, DEFAULT_CROP, DEFAULT_CROP, policy)
+    assert analyser(image, None).score == pytest.approx(crops[0], abs=1e-6)
