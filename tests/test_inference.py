@@ -753,3 +753,35 @@ def test_the_python_api_takes_an_image_as_the_scripts_take_its_file(tiny_model, 
             api_predict(tiny_model, bgr.tolist(), resize=64)
         with pytest.raises(TypeError, match="resize must be an int"):
             api_predict(tiny_model, bgr, resize="512")
+
+
+@pytest.mark.parametrize(("amp", "full_fp32"), [("off", True), ("fp16", False), ("bf16", False)])
+def test_fp32_on_a_gpu_turns_tf32_off(tmp_path, monkeypatch, capsys, amp, full_fp32):
+    """``--amp off`` on a GPU computes in full fp32: PyTorch's default lets cuDNN round
+    convolution inputs to TF32, which moved the maps by up to 20/255 on an H200. The
+    mixed-precision paths keep the defaults; on the CPU nothing changes."""
+    import argparse
+
+    from common.inference.arguments import add_model_args, add_run_args, model_spec, run_options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
+    before = [flag.allow_tf32 for flag in flags]
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    add_run_args(parser)
+    try:
+        for flag in flags:
+            flag.allow_tf32 = True
+        for device, switched in (("cpu", False), ("cuda", full_fp32)):
+            argv = ["--model_path", str(ckpt), "--device", device, "--amp", amp]
+            args = parser.parse_args(argv)
+            if device == "cpu" and amp == "fp16":
+                continue  # refused on the CPU (tested elsewhere)
+            assert run_options(args, model_spec(args)).device.type == device
+            assert [flag.allow_tf32 for flag in flags] == [not switched] * 2
+            assert ("TF32 off" in capsys.readouterr().out) is switched
+    finally:
+        for flag, value in zip(flags, before, strict=True):
+            flag.allow_tf32 = value

@@ -16,7 +16,7 @@ from common.accel.int8_cache import BUNDLED, DEFAULT_CALIBRATION_IMAGES, INT8_MI
 from common.accel.winograd import TILE_SIZES
 from common.core.memory import keep_freed_memory
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
-from common.core.runtime import AMP_MODES
+from common.core.runtime import AMP_MODES, full_fp32_on_cuda
 from common.core.user_errors import (
     at_least,
     check_stride,
@@ -80,7 +80,7 @@ def add_run_args(
         choices=INFERENCE_AMP_MODES,
         default=amp,
         help="mixed precision; auto: fp16 on CUDA, bf16 on CPUs that compute it natively, "
-        f"else off (default {amp})",
+        f"else off; off on a GPU is full fp32, TF32 off (default {amp})",
     )
     g.add_argument(
         "--channels-last",
@@ -206,7 +206,7 @@ def run_options(args: argparse.Namespace, spec: ModelSpec, nclass: int | None = 
     blended as the model's kind of map asks (:func:`tile_blend`): ``nclass`` where the
     script knows it (the three-class script: the seed's checkpoints describe nothing),
     else as the checkpoint says."""
-    return settings.run_options(
+    opts = settings.run_options(
         spec,
         args.device,
         tile=args.tile,
@@ -214,6 +214,9 @@ def run_options(args: argparse.Namespace, spec: ModelSpec, nclass: int | None = 
         tile_batch=getattr(args, "batch_size", 4),
         blend=tile_blend(nclass or settings.describe_checkpoint(args.model_path).nclass),
     )
+    if spec.amp == "off" and full_fp32_on_cuda(opts.device):
+        print("fp32 on the GPU: TF32 off, so the maps are fp32's (--amp auto is faster)")
+    return opts
 
 
 def load_model(
