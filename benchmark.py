@@ -55,6 +55,7 @@ from common.core.user_errors import (
     check_stride,
     check_whole_image_size,
     non_negative_int,
+    option_given,
     positive_int,
     require_writable_dir,
     run_cli,
@@ -89,7 +90,7 @@ from common.inference.arguments import (
     run_options,
 )
 from common.inference.crops import DEFAULT_CROP, classifier_crops
-from common.inference.settings import describe_checkpoint, run_score_rule
+from common.inference.settings import CheckpointDescription, describe_checkpoint, run_score_rule
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -191,11 +192,10 @@ def _stamp(args: argparse.Namespace, task: str) -> dict[str, Any]:
     return stamp
 
 
-def _task(args: argparse.Namespace) -> str:
+def _task(args: argparse.Namespace, description: CheckpointDescription) -> str:
     if args.task != "auto":
         return args.task
-    classifier = describe_checkpoint(args.model_path).is_classifier
-    return "classification" if classifier else "localization"
+    return "classification" if description.is_classifier else "localization"
 
 
 def run(argv: list[str]) -> int:
@@ -211,16 +211,15 @@ def run(argv: list[str]) -> int:
     if args.th_from and len(sets) < 2:
         raise UsageError("needs another set to report at the chosen thresholds", "--th-from")
     perturbations = _perturbations(args)
-    task = _task(args)
-    if task == "classification" and not any(a.startswith("--desensitised") for a in argv):
+    description = describe_checkpoint(args.model_path)
+    task = _task(args, description)
+    if task == "classification" and not option_given(argv, "--desensitised"):
         args.desensitised = CLASSIFIER_DESENSITISED  # as infer_mvss_cls.py
-    if task == "classification" and not any(a.startswith("--mask") for a in argv):
+    if task == "classification" and not option_given(argv, "--mask"):
         args.mask_threshold = DEFAULT_MASK_THRESHOLD  # as infer_mvss_cls.py
     thresholds = resolve_thresholds(args, args.model_path, task)
-    description = describe_checkpoint(args.model_path)
-    resize_given = any(a.startswith("--resize") for a in argv)
     resized = description.resized if task == "classification" else None
-    classifier_crops(args, description.crop, resized, resize_given)
+    classifier_crops(args, description.crop, resized, option_given(argv, "--resize"))
     check_stride(args.crop_stride, args.crop, "--crop-stride", "--crop")
     if task == "classification":
         check_whole_image_size(args.crop, args.resize)

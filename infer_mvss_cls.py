@@ -18,6 +18,7 @@ from common.core.user_errors import (
     Parser,
     check_stride,
     check_whole_image_size,
+    option_given,
     positive_int,
     run_cli,
 )
@@ -92,8 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image head (default: from the checkpoint, else max)",
     )
     args = parser.parse_args(argv)
-    given = sys.argv[1:] if argv is None else argv
-    args.resize_given = any(a.startswith("--resize") for a in given)
+    args.resize_given = option_given(sys.argv[1:] if argv is None else argv, "--resize")
     if not args.test_file or not args.model_path:
         parser.error("--test_file and --model_path are required")
     return args

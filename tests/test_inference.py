@@ -504,13 +504,15 @@ def test_a_classifier_trained_on_resized_images_is_scored_on_them(tmp_path, caps
     assert [r["score"] for _, r in scores] == pytest.approx(
         [float(r["score"]) for r in rows], abs=1e-5
     )
-    import serve  # the web app at full resolution: the whole image at 80, as the script
+    import serve  # the web app, at full resolution or 512: the whole image at 80, as the script
 
     args = serve.parse_args(["--model_path", str(resized), "--no-fast", "--amp", "off"])
     service, info = serve.build(args)
     assert info.resized == 80 and info.as_json()["resized"] == 80
     image = cv2.imread(rows[0]["path"])
-    assert service.analyser(image, None).score == pytest.approx(float(rows[0]["score"]), abs=1e-5)
+    for side in (None, 512, 80):
+        got = service.analyser(image, side).score
+        assert got == pytest.approx(float(rows[0]["score"]), abs=1e-5), side
 
 
 @pytest.mark.parametrize("crop", ["64", "none"])

@@ -250,27 +250,22 @@ class Analyser:
         start = time.perf_counter()
         h, w = image.shape[:2]
         score: float | None = None
+        trained_side = self.info.resized if self.info.kind == "classification" else None
         if resize is not None:
-            x = normalize_bgr_batch(torch.from_numpy(resize_input(image, resize))[None])
-            out = run_model(self.model, x, self.opts)
+            out = self._whole_image(image, resize)
             net = probabilities(out.seg).cpu().numpy()[0]
             levels = release_levels(manipulated_map(net), (h, w))
             probs = resize_map(net, (h, w)) if net.shape[0] > 1 else None
-            if getattr(out, "cls", None) is not None:
-                score = float(manipulated_score(out.cls, self.info.desensitised)[0])
+            if getattr(out, "cls", None) is not None and trained_side in (None, resize):
+                score = self._score(out.cls)
             if on_progress is not None:
                 on_progress(1, 1)
         else:
             full = predict_tiled(self.model, image, self.opts, on_progress)
             levels = to_png_levels(manipulated_map(full))
             probs = full if full.shape[0] > 1 else None
-            if self.info.kind == "classification" and self.info.resized:
-                whole = resize_input(image, self.info.resized)
-                x = normalize_bgr_batch(torch.from_numpy(whole)[None])
-                cls = run_model(self.model, x, self.opts).cls
-                score = float(manipulated_score(cls, self.info.desensitised)[0])
-            elif self.info.kind == "classification":  # its own score, over crops (the seed's)
-                score = score_crops(
+            if self.info.kind == "classification" and not trained_side:
+                score = score_crops(  # its own score, over crops (the seed's)
                     self.model,
                     image,
                     self.opts,
@@ -278,12 +273,22 @@ class Analyser:
                     self.info.crop,
                     self.info.desensitised,
                 )[0]
+        if score is None and trained_side:  # scored as validated: whole, at its side
+            score = self._score(self._whole_image(image, trained_side).cls)
         classes = probs.argmax(0).astype(np.uint8) if probs is not None else None
         if score is None:
             score = float(scored_map(levels).max())  # the release's image score: the map's max
         return Analysis(
             w, h, score, levels, classes, time.perf_counter() - start, str(resize or "none")
         )
+
+    def _whole_image(self, image: np.ndarray, side: int) -> Any:
+        """The model's outputs for the whole image resized to ``side``."""
+        x = normalize_bgr_batch(torch.from_numpy(resize_input(image, side))[None])
+        return run_model(self.model, x, self.opts)
+
+    def _score(self, cls: torch.Tensor) -> float:
+        return float(manipulated_score(cls, self.info.desensitised)[0])
 
 
 @dataclass

@@ -58,6 +58,13 @@ def _debugging(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def option_given(argv: Sequence[str], prefix: str) -> bool:
+    """Whether the command line names an option starting with ``prefix`` (any of its
+    spellings, and argparse's abbreviations): a default that follows the checkpoint or
+    the task must not override what the user typed."""
+    return any(a.startswith(prefix) for a in argv)
+
+
 def run_cli(body: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``body(argv)``; a :class:`UsageError` becomes one line on stderr
     (from rank 0 only under torchrun) and exit code 2, Ctrl-C one line and exit code 130

@@ -112,12 +112,21 @@ def stamp_problem(folder: Path, stamp: dict) -> str | None:
     folder holds nothing yet."""
     if not folder.exists() or not any(folder.iterdir()):
         return None
-    try:
-        previous = json.loads((folder / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
+    previous = read_stamp(folder)
+    if previous is None:
         return "no record of what made them"
     differs = sorted(k for k in {*stamp, *previous} if stamp.get(k) != previous.get(k))
     return ", ".join(differs) + " differ" if differs else None
+
+
+def read_stamp(folder: Path) -> dict | None:
+    """The stamp of what made the results in ``folder``; None where there is none, or it
+    cannot be read as one."""
+    try:
+        stamp = json.loads((Path(folder) / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
 
 
 def write_stamp(folder: Path, stamp: dict) -> None:

@@ -28,7 +28,7 @@ from common.data.masks import (
     count_rule_disagreements,
 )
 from common.data.sources import Record
-from common.evaluation.batch_run import STAMP
+from common.evaluation.batch_run import read_stamp
 from common.evaluation.calibration import (
     ECE_BINS,
     Calibration,
@@ -153,13 +153,8 @@ def maps_maker(maps_dir: Path | None, digest: str | None, score: str) -> tuple[s
     Why: thresholds chosen on saved maps (``--pred-dir``) recorded 1 − P(pristine) and no
     checkpoint, even for a three-class model's P(tampered) maps, so they could be applied
     to maps of the other kind."""
-    if maps_dir is None:
-        return digest, score
-    try:
-        stamp = json.loads((Path(maps_dir).parent / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
-        return digest, score
-    if not isinstance(stamp, dict) or stamp.get("task") == "classification":
+    stamp = None if maps_dir is None else read_stamp(Path(maps_dir).parent)
+    if stamp is None or stamp.get("task") == "classification":
         return digest, score
     classes = 3 if "tile_blend" in stamp else 1  # a three-class model's maps record their blend
     return stamp.get("checkpoint_sha256") or digest, score_rule(classes, stamp.get("desensitised"))

@@ -48,13 +48,14 @@ def classifier_crops(
         source = "given"
     elif trained_crop is not None:
         args.crop, source = trained_crop, "the checkpoint's training crop"
-    elif trained_resize is not None and not (resize_given and args.resize is None):
-        args.crop, source = None, "the checkpoint trained on whole images"
-        if not resize_given:
-            args.resize = trained_resize
-            source += f" resized to {trained_resize}"
-    elif trained_resize is not None:  # --resize none: full resolution, so crops of it
-        args.crop, source = DEFAULT_CROP, "the seed's, at full resolution (--resize none)"
+    elif trained_resize is not None:
+        if resize_given and args.resize is None:  # --resize none: full resolution, crops
+            args.crop, source = DEFAULT_CROP, "the seed's, at full resolution (--resize none)"
+        else:
+            args.crop, source = None, "the checkpoint trained on whole images"
+            if not resize_given:
+                args.resize = trained_resize
+                source += f" resized to {trained_resize}"
     else:
         args.crop, source = DEFAULT_CROP, "the seed's"
     if not hasattr(args, "crop_stride"):
