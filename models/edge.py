@@ -29,11 +29,20 @@ def sobel_filter(in_channels: int, kernel: tuple[tuple[float, ...], ...]) -> nn.
 
 
 def sobel_gate(feature: torch.Tensor, sobel_x: nn.Module, sobel_y: nn.Module) -> torch.Tensor:
-    """Weight a feature map by sigmoid of its Sobel gradient magnitude."""
+    """Weight a feature map by sigmoid of its Sobel gradient magnitude.
+
+    The magnitude is computed in fp32 where it would be fp16. Why: fp16 flushes
+    ``_MAGNITUDE_EPS`` (and squares under 6e-8) to zero, so wherever both responses are
+    zero the square root's gradient was inf·0 = NaN. Under fp16 training on a GPU every
+    such step was skipped by the gradient scaler, which halved its scale each time until
+    every gradient underflowed and the demo recipe stopped learning (bf16 and fp32 keep
+    the epsilon: their arithmetic is unchanged)."""
     gx = sobel_x(feature)
     gy = sobel_y(feature)
+    if gx.dtype == torch.float16:
+        gx, gy = gx.float(), gy.float()
     magnitude = torch.sqrt(gx * gx + gy * gy + _MAGNITUDE_EPS)
-    return torch.sigmoid(magnitude) * feature
+    return torch.sigmoid(magnitude).to(feature.dtype) * feature
 
 
 class ERB(nn.Module):

@@ -128,3 +128,23 @@ def test_attention_energies_hold_in_half_models() -> None:
         have = channel.half()(x.half())
     assert have.dtype == torch.float16 and torch.isfinite(have).all()
     torch.testing.assert_close(have.float(), want, rtol=2e-2, atol=0.1)
+
+
+def test_sobel_gate_gradients_stay_finite_in_fp16() -> None:
+    """Where both Sobel responses are zero or tiny, fp16 flushed the epsilon and the
+    squares to zero and the square root's gradient was NaN: under fp16 training on a
+    GPU the gradient scaler then skipped step after step until nothing learned."""
+    torch.manual_seed(0)
+    sx, sy = sobel_filter(4, SOBEL_X).eval(), sobel_filter(4, SOBEL_Y).eval()
+    feature = torch.zeros(1, 4, 12, 12)
+    feature[:, :, 6:, 6:] = 1e-5  # a faint corner: responses whose squares flush in fp16
+    feature[:, :, :3, :3] = torch.randn(1, 4, 3, 3)  # and ordinary ones
+    grads = {}
+    for dtype in (torch.float32, torch.float16):
+        f = feature.to(dtype).detach().requires_grad_()
+        out = sobel_gate(f, sx.to(dtype), sy.to(dtype))
+        assert out.dtype == dtype
+        out.float().sum().backward()
+        grads[dtype] = f.grad.float()
+    assert torch.isfinite(grads[torch.float16]).all()
+    assert torch.allclose(grads[torch.float16], grads[torch.float32], atol=1e-2)
