@@ -826,3 +826,51 @@ def test_a_best_score_measured_on_another_score_is_not_kept_on_resume(
         assert best["epoch"] == 0 and best["best_score"] == pytest.approx(0.9) and not said
     else:
         assert best["epoch"] == 1 and best["best_score"] == pytest.approx(0.1) and said
+
+
+def test_steps_the_fp16_gradient_scaler_skips_are_counted_and_said(data, tmp_path, caplog):
+    """fp16's gradient scaler skips a step whose gradients are not finite and halves its
+    scale, with a finite loss: the run's log counts those steps and gives the scale, and
+    a run losing its gradients that way is told so (a NaN in the Sobel gate's gradient
+    once took a GPU run's scale to 1e-14 with "0 non-finite steps" in its log)."""
+    cfg = _tiny_cfg(data, tmp_path / "run")
+    trainer = Trainer(cfg, LocalizationTask(cfg))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)  # as under --amp fp16
+    trainer.scaler.scale(torch.ones(()))  # its scale starts at the first scaled loss
+    trainer.main = True
+    param = next(p for p in trainer.model.parameters() if p.requires_grad)
+    for grad, skipped in ((float("nan"), 1), (1.0, 1), (float("inf"), 2)):
+        for p in trainer.model.parameters():
+            p.grad = torch.zeros_like(p) if p.requires_grad else None
+        param.grad.fill_(grad)
+        trainer._optimizer_step()
+        assert trainer.scaler_skips == skipped
+    assert trainer.scaler.get_scale() == 0.5  # 2 → 1 → (kept) → 0.5
+    caplog.set_level(logging.WARNING, logger="mvss")
+    trainer._say_if_scaler_fails(3, trainer.scaler.get_scale())
+    assert "skipped 2 of 3 steps" in caplog.text and "--amp bf16" in caplog.text
+    caplog.clear()
+    trainer.scaler_skips = 1
+    trainer._say_if_scaler_fails(100, 1024.0)  # a scaler finding its scale: quiet
+    assert not caplog.text
+    stats = trainer.train_epoch(0)
+    assert stats["scaler_skipped_steps"] == 0 and stats["loss_scale"] == 0.5
+
+
+def test_a_resumed_log_keeps_its_rows_under_their_columns(tmp_path):
+    """A run resumed by a version that logs other columns: log.csv is rewritten under
+    the new header, the old rows by column name, before new rows are appended."""
+    import csv
+
+    from common.core.reports import CsvLog
+
+    path = tmp_path / "log.csv"
+    with CsvLog(path, ["epoch", "train_loss", "lr"]) as old:
+        old.write({"epoch": 1, "train_loss": 0.5, "lr": 0.1})
+    with CsvLog(path, ["epoch", "train_loss", "loss_scale", "lr"], append=True) as new:
+        new.write({"epoch": 2, "train_loss": 0.25, "loss_scale": 8.0, "lr": 0.05})
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["epoch", "train_loss", "loss_scale", "lr"]
+    assert rows[0] == {"epoch": "1", "train_loss": "0.500000", "loss_scale": "", "lr": "0.100000"}
+    assert rows[1]["lr"] == "0.050000" and rows[1]["loss_scale"] == "8.000000"

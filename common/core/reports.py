@@ -39,6 +39,8 @@ class CsvLog:
     def __init__(self, path: Path, fields: Sequence[str], append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         exists = append and path.exists() and path.stat().st_size > 0
+        if exists:
+            _match_header(path, fields)
         self._fh: TextIO = open(path, "a" if exists else "w", newline="")  # noqa: SIM115
         self._writer = csv.DictWriter(self._fh, fieldnames=list(fields), extrasaction="ignore")
         if not exists:
@@ -57,6 +59,23 @@ class CsvLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _match_header(path: Path, fields: Sequence[str]) -> None:
+    """Rewrite ``path`` under the header ``fields`` when its own differs (a run resumed by
+    a version that logs other columns): appended rows must sit under their names. Rows
+    keep their values by column name; a column no longer logged is dropped."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames == list(fields):
+            return
+        rows = list(reader)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _fmt(value: Any) -> Any:

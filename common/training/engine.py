@@ -107,6 +107,7 @@ class Trainer:
         self.best_score: float | None = None
         self.val_thresholds: ChosenThresholds | None = None
         self.nonfinite_in_row = 0
+        self.scaler_skips = 0  # steps the fp16 gradient scaler skipped this epoch
         if cfg.get("resume"):
             self._resume(cfg["resume"])
         if self.main:
@@ -224,6 +225,7 @@ class Trainer:
             unit="batch",
         )
         self.optimizer.zero_grad(set_to_none=True)
+        self.scaler_skips = 0
         pending = False  # gradients accumulated since the last optimiser step
         for i, batch in enumerate(bar):
             if i >= self.batches_per_epoch:
@@ -286,8 +288,27 @@ class Trainer:
             skipped_samples=skipped_count,
             nonfinite_steps=nonfinite,
             optimizer_steps=steps_done,
+            scaler_skipped_steps=self.scaler_skips,
+            loss_scale=self.scaler.get_scale() if self.scaler.is_enabled() else None,
         )
+        if self.main:
+            self._say_if_scaler_fails(steps_done, stats["loss_scale"])
         return stats
+
+    def _say_if_scaler_fails(self, steps: int, scale: float | None) -> None:
+        """fp16's gradient scaler skips a step whose gradients overflowed (or are NaN) and
+        halves its scale. A few skips are how it finds its scale; many, or a scale under
+        1, mean the gradients are lost, and the run stops learning with finite losses."""
+        if scale is None or not (scale < 1 or self.scaler_skips > max(steps // 10, 8)):
+            return
+        log.warning(
+            "fp16: the gradient scaler skipped %d of %d steps (gradients not finite) and its "
+            "scale is %.3g: the model is not learning from those steps; use --amp bf16 (or "
+            "off) instead",
+            self.scaler_skips,
+            steps,
+            scale,
+        )
 
     def _name_skipped_once(self, skipped: dict[int, tuple[str, str]]) -> int:
         """How many distinct rows every rank skipped this epoch; under torchrun the main
@@ -317,8 +338,11 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.cfg["clip_grad"])
+        before = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if before is not None and self.scaler.get_scale() < before:
+            self.scaler_skips += 1  # the step was skipped: its gradients were not finite
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 

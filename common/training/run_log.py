@@ -14,7 +14,15 @@ log = logging.getLogger("mvss.train")
 
 # The run's own columns of log.csv; the loss terms and validation metrics come from the
 # task's criterion (``terms``) and evaluator (``LOG_KEYS``).
-RUN_FIELDS = ("lr", "images_per_second", "skipped_samples", "nonfinite_steps", "optimizer_steps")
+RUN_FIELDS = (
+    "lr",
+    "images_per_second",
+    "skipped_samples",
+    "nonfinite_steps",
+    "optimizer_steps",
+    "scaler_skipped_steps",  # fp16: steps the gradient scaler skipped (gradients not finite)
+    "loss_scale",  # fp16: the gradient scaler's scale at the epoch's end (else empty)
+)
 
 
 def log_fields(task: Any) -> tuple[str, ...]:
