@@ -759,12 +759,20 @@ def test_the_python_api_takes_an_image_as_the_scripts_take_its_file(tiny_model, 
 
 @pytest.mark.parametrize(("amp", "full_fp32"), [("off", True), ("fp16", False), ("bf16", False)])
 def test_fp32_on_a_gpu_turns_tf32_off(tmp_path, monkeypatch, capsys, amp, full_fp32):
-    """``--amp off`` on a GPU computes in full fp32: PyTorch's default lets cuDNN round
-    convolution inputs to TF32, which moved the maps by up to 20/255 on an H200. The
-    mixed-precision paths keep the defaults; on the CPU nothing changes."""
+    """``--amp off`` on a GPU computes in full fp32 (loading the model turns TF32 off, for
+    the scripts and the Python API alike; the scripts say so): PyTorch's default lets
+    cuDNN round convolution inputs to TF32, which moved the maps by up to 20/255 on an
+    H200. The mixed-precision paths keep the defaults; on the CPU nothing changes."""
     import argparse
 
-    from common.inference.arguments import add_model_args, add_run_args, model_spec, run_options
+    from common.evaluation.arguments import maps_stamp
+    from common.inference.arguments import (
+        add_model_args,
+        add_run_args,
+        load_model,
+        model_spec,
+        run_options,
+    )
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
@@ -781,9 +789,16 @@ def test_fp32_on_a_gpu_turns_tf32_off(tmp_path, monkeypatch, capsys, amp, full_f
             args = parser.parse_args(argv)
             if device == "cpu" and amp == "fp16":
                 continue  # refused on the CPU (tested elsewhere)
-            assert run_options(args, model_spec(args)).device.type == device
-            assert [flag.allow_tf32 for flag in flags] == [not switched] * 2
+            spec = model_spec(args)
+            assert run_options(args, spec).device.type == device
             assert ("TF32 off" in capsys.readouterr().out) is switched
+            with monkeypatch.context() as no_gpu_here:
+                no_gpu_here.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+                load_model(args, spec, torch.device(device))  # the Python API's path too
+            assert [flag.allow_tf32 for flag in flags] == [not switched] * 2
+            # maps made with TF32 on (before) are not reused as these
+            args.resize, args.tile, args.tile_stride = 512, 512, 384
+            assert ("gpu_fp32" in maps_stamp(args, spec)) is switched
     finally:
         for flag, value in zip(flags, before, strict=True):
             flag.allow_tf32 = value

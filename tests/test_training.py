@@ -858,8 +858,9 @@ def test_steps_the_fp16_gradient_scaler_skips_are_counted_and_said(data, tmp_pat
 
 
 def test_a_resumed_log_keeps_its_rows_under_their_columns(tmp_path):
-    """A run resumed by a version that logs other columns: log.csv is rewritten under
-    the new header, the old rows by column name, before new rows are appended."""
+    """A run resumed by a version (or with settings) that logs other columns: log.csv is
+    rewritten under the new columns plus its own, rows by column name, before new rows
+    are appended; no column's history is lost."""
     import csv
 
     from common.core.reports import CsvLog
@@ -867,10 +868,14 @@ def test_a_resumed_log_keeps_its_rows_under_their_columns(tmp_path):
     path = tmp_path / "log.csv"
     with CsvLog(path, ["epoch", "train_loss", "lr"]) as old:
         old.write({"epoch": 1, "train_loss": 0.5, "lr": 0.1})
-    with CsvLog(path, ["epoch", "train_loss", "loss_scale", "lr"], append=True) as new:
-        new.write({"epoch": 2, "train_loss": 0.25, "loss_scale": 8.0, "lr": 0.05})
+    with CsvLog(path, ["epoch", "loss_scale", "lr"], append=True) as new:  # no train_loss
+        new.write({"epoch": 2, "loss_scale": 8.0, "lr": 0.05})
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["epoch", "train_loss", "loss_scale", "lr"]
+    assert list(rows[0]) == ["epoch", "loss_scale", "lr", "train_loss"]  # both histories
     assert rows[0] == {"epoch": "1", "train_loss": "0.500000", "loss_scale": "", "lr": "0.100000"}
-    assert rows[1]["lr"] == "0.050000" and rows[1]["loss_scale"] == "8.000000"
+    assert rows[1] == {"epoch": "2", "train_loss": "", "loss_scale": "8.000000", "lr": "0.050000"}
+    with CsvLog(path, ["epoch", "loss_scale", "lr"], append=True) as again:  # no rewrite now
+        again.write({"epoch": 3, "lr": 0.01})
+    with open(path, newline="") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2", "3"]

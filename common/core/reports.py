@@ -39,10 +39,9 @@ class CsvLog:
     def __init__(self, path: Path, fields: Sequence[str], append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         exists = append and path.exists() and path.stat().st_size > 0
-        if exists:
-            _match_header(path, fields)
+        header = _match_header(path, fields) if exists else list(fields)
         self._fh: TextIO = open(path, "a" if exists else "w", newline="")  # noqa: SIM115
-        self._writer = csv.DictWriter(self._fh, fieldnames=list(fields), extrasaction="ignore")
+        self._writer = csv.DictWriter(self._fh, fieldnames=header, extrasaction="ignore")
         if not exists:
             self._writer.writeheader()
         self.path = path
@@ -61,21 +60,25 @@ class CsvLog:
         self.close()
 
 
-def _match_header(path: Path, fields: Sequence[str]) -> None:
-    """Rewrite ``path`` under the header ``fields`` when its own differs (a run resumed by
-    a version that logs other columns): appended rows must sit under their names. Rows
-    keep their values by column name; a column no longer logged is dropped."""
+def _match_header(path: Path, fields: Sequence[str]) -> list[str]:
+    """The header to append under: ``fields``, then any column of the file's own that
+    ``fields`` lacks (a run resumed by a version, or with settings, that log other
+    columns keeps the history of both). Where that differs from the file's header, the
+    file is rewritten under it first, its rows by column name."""
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames == list(fields):
-            return
+        own = list(reader.fieldnames or [])
+        header = [*fields, *(k for k in own if k not in fields)]
+        if own == header:
+            return header
         rows = list(reader)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
+    return header
 
 
 def _fmt(value: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.core.checkpoint import checkpoint_digest
 from common.core.release import RELEASE_SIZE
+from common.core.runtime import resolve_device
 from common.core.user_errors import (
     UsageError,
     non_negative_int,
@@ -390,6 +391,8 @@ def maps_stamp(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
             int8_images=spec.int8_images,
             int8_min_gain=spec.int8_min_gain,
         )
+    if spec.amp == "off" and not spec.int8 and resolve_device(args.device).type == "cuda":
+        stamp["gpu_fp32"] = "TF32 off"  # made before, with TF32 on, they differ
     if describe_checkpoint(args.model_path).nclass == 3:
         # three-class maps: tiles averaged, and the map scored follows the policy
         stamp.update(tile_blend=tile_blend(3), desensitised=getattr(args, "desensitised", None))

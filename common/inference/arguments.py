@@ -6,6 +6,7 @@ dashed spellings as equals."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from common.accel.int8_cache import BUNDLED, DEFAULT_CALIBRATION_IMAGES, INT8_MI
 from common.accel.winograd import TILE_SIZES
 from common.core.memory import keep_freed_memory
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
-from common.core.runtime import AMP_MODES, full_fp32_on_cuda
+from common.core.runtime import AMP_MODES
 from common.core.user_errors import (
     at_least,
     check_stride,
@@ -214,7 +215,8 @@ def run_options(args: argparse.Namespace, spec: ModelSpec, nclass: int | None = 
         tile_batch=getattr(args, "batch_size", 4),
         blend=tile_blend(nclass or settings.describe_checkpoint(args.model_path).nclass),
     )
-    if spec.amp == "off" and full_fp32_on_cuda(opts.device):
+    if spec.amp == "off" and opts.device.type == "cuda" and os.environ.get("RANK", "0") == "0":
+        # load_model turns TF32 off (common/core/runtime.py: full_fp32_on_cuda)
         print("fp32 on the GPU: TF32 off, so the maps are fp32's (--amp auto is faster)")
     return opts
 

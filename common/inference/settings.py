@@ -24,7 +24,7 @@ from common.accel.int8_cache import (
     int8_model,
 )
 from common.core.release import RELEASE_SIZE, TILE_STRIDE
-from common.core.runtime import device_of, native_bf16
+from common.core.runtime import device_of, full_fp32_on_cuda, native_bf16
 from common.core.scores import NOT_PRISTINE, classifier_score_rule, score_rule
 from common.core.user_errors import UsageError, clip, require_file
 from common.data.masks import CLASSIFIER_DESENSITISED
@@ -221,6 +221,8 @@ def load_model(
         raise UsageError("a checkpoint is required", "--model_path")
     path = require_file(path, "checkpoint", "--model_path")
     spec = (spec or ModelSpec()).resolved(device)
+    if spec.amp == "off":  # fp32 means fp32 on a GPU too (the API's maps = the scripts')
+        full_fp32_on_cuda(device)
     description = describe_checkpoint(path)
     if task == "three_class" and not description.described:  # let the weights decide
         description = dataclasses.replace(description, task=task, nclass=3)
