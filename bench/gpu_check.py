@@ -9,9 +9,11 @@ the budget runs out). Parts:
    difference of the segmentation logits).
 2. ``inference``: images/s at ``--size`` for fp32, fp16 and bf16 autocast, channels_last,
    the fast path, at batch 1 and 16, and ``torch.compile`` where it builds in time.
-3. ``training``: a step of each task (binary, three-class, classifier) under fp16 with a
+3. ``training``: steps of each task (binary, three-class, classifier) under fp16 with a
    gradient scaler and under bf16: finite loss, a gradient for every trainable
-   parameter, images/s at batch 8 and 16, peak memory.
+   parameter, images/s at batch 8 and 16, peak memory; under fp16 at batch 8, 30 steps
+   and the steps the scaler skipped (gradients not finite) and its scale: NaN gradients
+   with finite losses once made fp16 training learn nothing, unseen in a 3-step check.
 4. ``scripts``: ``train_demo.py`` under torchrun (1 process, NCCL) for a few steps on
    generated data, then ``benchmark.py`` on a small generated set with its checkpoint.
 5. ``tiled``: full-resolution tiled inference of a 4000×3000 image: time and peak memory.
@@ -229,8 +231,10 @@ def _task_step(
     device: torch.device,
     size: int,
     backbone: str = "resnet50",
+    steps: int = 3,
 ) -> dict[str, Any]:
-    """Three optimiser steps of ``task_name`` through the training engine's own pieces."""
+    """``steps`` optimiser steps of ``task_name`` through the training engine's own
+    pieces (timed after the first)."""
     from common.core.runtime import autocast
     from common.training.config import parse_config, read_defaults
     from common.training.loaders import build_dataset, train_loader
@@ -264,7 +268,8 @@ def _task_step(
     loader = _endless(lambda epoch: train_loader(dataset, cfg, epoch=epoch))
     _reset_peak(device)
     losses, seconds, missing = [], [], []
-    for step in range(3):
+    skipped = 0  # steps the gradient scaler skipped: their gradients were not finite
+    for step in range(steps):
         sample = next(loader)
         sample = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
         synchronize(device)
@@ -276,8 +281,10 @@ def _task_step(
         scaler.unscale_(optimizer)  # true gradients (a scaler may skip an overflowing step)
         if step == 0:
             missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        before = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
+        skipped += scaler.is_enabled() and scaler.get_scale() < before
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         losses.append(float(parts["loss"].detach()))
@@ -285,7 +292,10 @@ def _task_step(
         "task": task_name,
         "amp": amp,
         "batch": batch,
+        "steps": steps,
         "losses_finite": bool(np.isfinite(losses).all()),
+        "scaler_skipped_steps": int(skipped),
+        "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
         "params_without_grad": missing[:5],
         "num_params_without_grad": len(missing),
         "images_per_s": batch / float(np.median(seconds[1:])),
@@ -306,7 +316,10 @@ def check_training(
                     rows.append({"task": task_name, "amp": amp, "batch": batch, "skipped": "time"})
                     continue
                 try:
-                    step = _task_step(task_name, data, batch, amp, device, size, args.backbone)
+                    steps = 30 if (amp, batch) == ("fp16", 8) else 3
+                    step = _task_step(
+                        task_name, data, batch, amp, device, size, args.backbone, steps
+                    )
                     rows.append(step)
                 except Exception as exc:
                     row = {"task": task_name, "amp": amp, "batch": batch}

@@ -88,3 +88,21 @@ def test_a_training_step_of_each_task_runs_here_too(tmp_path, task):
     )
     assert row["losses_finite"] and row["num_params_without_grad"] == 0
     assert row["images_per_s"] > 0 and row["peak_mib"] is None
+    assert row["scaler_skipped_steps"] == 0 and row["loss_scale"] is None  # no scaler in bf16
+
+
+def test_the_fp16_rows_count_the_steps_the_scaler_skips(tmp_path, monkeypatch):
+    """The fp16 rows run with a gradient scaler and report the steps it skipped and its
+    scale (here on CPU, without fp16 autocast: the scaler's bookkeeping alone)."""
+    import contextlib
+
+    import common.core.runtime
+
+    monkeypatch.setattr(common.core.runtime, "autocast", lambda *a: contextlib.nullcontext())
+    data = make_tiny_dataset(tmp_path / "d", corrupt=False)
+    (tmp_path / "d" / "train.txt").write_text(data.read_text())
+    row = gpu_check._task_step(
+        "localization", tmp_path / "d", 2, "fp16", torch.device("cpu"), 64, "resnet18", 4
+    )
+    assert row["steps"] == 4 and row["losses_finite"]
+    assert row["scaler_skipped_steps"] == 0 and row["loss_scale"] == 65536.0

@@ -258,8 +258,6 @@ class Analyser:
             probs = resize_map(net, (h, w)) if net.shape[0] > 1 else None
             if getattr(out, "cls", None) is not None and trained_side in (None, resize):
                 score = self._score(out.cls)
-            if on_progress is not None:
-                on_progress(1, 1)
         else:
             full = predict_tiled(self.model, image, self.opts, on_progress)
             levels = to_png_levels(manipulated_map(full))
@@ -275,6 +273,8 @@ class Analyser:
                 )[0]
         if score is None and trained_side:  # scored as validated: whole, at its side
             score = self._score(self._whole_image(image, trained_side).cls)
+        if resize is not None and on_progress is not None:  # one step, now done
+            on_progress(1, 1)
         classes = probs.argmax(0).astype(np.uint8) if probs is not None else None
         if score is None:
             score = float(scored_map(levels).max())  # the release's image score: the map's max
