@@ -339,3 +339,15 @@ def test_winograd_weights_are_transformed_where_the_model_is(tile: int) -> None:
     conv = torch.nn.Conv2d(4, 8, 3, padding=1).to("meta")
     layer = WinogradConv2d(conv, torch.float32, tile)
     assert {b.device.type for b in layer.buffers()} == {"meta"}
+
+
+def test_agreement_clear_of_the_threshold_leaves_out_the_pixels_next_to_it():
+    """bench.path_accuracy's second agreement: pixels of fp32's 8-bit map within 2 levels
+    of the threshold (126–129) have no definite side; the others count."""
+    from bench.path_accuracy import clear_agreement
+
+    ref = np.array([0, 125, 126, 127, 128, 129, 130, 255], np.uint8)
+    got = np.array([0, 128, 128, 128, 127, 127, 130, 100], np.uint8)  # 125 and 255 flip
+    agreement, share = clear_agreement(ref, got)
+    assert share == 4 / 8 and agreement == 2 / 4
+    assert clear_agreement(np.full(3, 127, np.uint8), np.zeros(3, np.uint8)) == (1.0, 0.0)
