@@ -238,7 +238,7 @@ def _task_step(
     from common.core.runtime import autocast
     from common.training.config import parse_config, read_defaults
     from common.training.loaders import build_dataset, train_loader
-    from common.training.optim import build_optimizer, freeze_unused
+    from common.training.optim import build_optimizer, freeze_unused, scaler_step
     from common.training.tasks import ClassificationTask, LocalizationTask, ThreeClassTask
 
     tasks = {
@@ -281,10 +281,7 @@ def _task_step(
         scaler.unscale_(optimizer)  # true gradients (a scaler may skip an overflowing step)
         if step == 0:
             missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-        before = scaler.get_scale()
-        scaler.step(optimizer)
-        scaler.update()
-        skipped += scaler.is_enabled() and scaler.get_scale() < before
+        skipped += scaler_step(scaler, optimizer)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         losses.append(float(parts["loss"].detach()))
@@ -294,7 +291,7 @@ def _task_step(
         "batch": batch,
         "steps": steps,
         "losses_finite": bool(np.isfinite(losses).all()),
-        "scaler_skipped_steps": int(skipped),
+        "scaler_skipped_steps": skipped,
         "loss_scale": scaler.get_scale() if scaler.is_enabled() else None,
         "params_without_grad": missing[:5],
         "num_params_without_grad": len(missing),

@@ -23,6 +23,7 @@ import numpy as np
 
 import infer_mvss_calmetrics
 from bench.shared import write_result
+from common.accel.int8_cache import CLEAR_MARGIN_255
 from common.core.user_errors import Parser, at_least, positive_int, require_file, run_cli
 
 PATHS = {
@@ -38,14 +39,6 @@ PATHS = {
     ],
     "int8": ["--int8"],
 }
-
-
-# Binary agreement is also counted over the pixels whose fp32 map is clear of the 0.5
-# threshold by more than this many grey levels. Why: a pixel one or two levels from the
-# threshold has no definite side even between exact implementations (the same checkpoint's
-# fp32 maps on a GPU and on a CPU differ by up to 1/255, measured on an H200), so how many
-# pixels flip there says how many the model leaves near 0.5, not how a path rounds.
-CLEAR_MARGIN_255 = 2
 
 
 def clear_agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
@@ -105,14 +98,12 @@ def run(argv: list[str]) -> int:
                 "image_auc": summary["image_auc"],
             }
         ref = maps["fp32"]
+        ref_all = np.concatenate([ref[k].ravel() for k in ref])
         for name, got in maps.items():
-            diff = np.concatenate([np.abs(got[k].astype(np.int16) - ref[k]).ravel() for k in ref])
-            agree = np.concatenate([((got[k] > 127) == (ref[k] > 127)).ravel() for k in ref])
-            both = (
-                np.concatenate([ref[k].ravel() for k in ref]),
-                np.concatenate([got[k].ravel() for k in ref]),
-            )
-            clear, clear_share = clear_agreement(*both)
+            got_all = np.concatenate([got[k].ravel() for k in ref])
+            diff = np.abs(got_all.astype(np.int16) - ref_all)
+            agree = (got_all > 127) == (ref_all > 127)
+            clear, clear_share = clear_agreement(ref_all, got_all)
             results[name].update(
                 clear_agreement=clear,
                 clear_pixels=clear_share,

@@ -84,9 +84,12 @@ def _manipulated_probability(seg: torch.Tensor) -> torch.Tensor:
     return manipulated_probability(probabilities(seg), class_dim=1).unsqueeze(1)
 
 
-# Binary agreement counts the pixels fp32 leaves more than this far from 0.5 (the bar's
-# definition, docs/performance.md: nearer ones have no definite side between exact runs).
-CLEAR_MARGIN = 2 / 255
+# The accuracy bar's binary agreement counts the pixels fp32 leaves more than this many
+# grey levels from the threshold (docs/performance.md). Why: a pixel one or two levels
+# from it has no definite side even between exact implementations (the same checkpoint's
+# fp32 maps on a GPU and on a CPU differ by up to 1/255, measured on an H200), so how
+# many flip there says how many the model leaves near 0.5, not how a path rounds.
+CLEAR_MARGIN_255 = 2
 
 
 def map_cost(reference: nn.Module, int8: nn.Module, images: torch.Tensor) -> dict[str, float]:
@@ -97,7 +100,7 @@ def map_cost(reference: nn.Module, int8: nn.Module, images: torch.Tensor) -> dic
             ref = _manipulated_probability(reference(image[None])[1])
             got = _manipulated_probability(int8(image[None])[1])
             diffs.append((got - ref).abs().flatten() * 255)
-            clear = (ref - 0.5).abs() > CLEAR_MARGIN
+            clear = (ref - 0.5).abs() > CLEAR_MARGIN_255 / 255
             agree.append(((got > 0.5) == (ref > 0.5))[clear].float())
     d, a = torch.cat(diffs), torch.cat(agree)
     return {

@@ -42,17 +42,14 @@ def device_of(name: str, amp: str) -> torch.device:
     return device
 
 
-def full_fp32_on_cuda(device: torch.device) -> bool:
-    """Make fp32 mean fp32 on a GPU: PyTorch lets cuDNN round convolution inputs to TF32
-    (10-bit mantissa) by default. On an H200 that moved MVSS-Net's fp32 maps by up to
-    20/255 from the CPU's fp32 (4.8/255 from the release's own code run the same way);
-    with TF32 off, 0.018 and 0.013/255. Returns whether ``device`` is a GPU (the switch is
-    for the whole process)."""
-    if device.type != "cuda":
-        return False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    return True
+def full_fp32_on_cuda(device: torch.device) -> None:
+    """Make fp32 mean fp32 on a GPU (for the whole process; nothing on a CPU): PyTorch
+    lets cuDNN round convolution inputs to TF32 (10-bit mantissa) by default. On an H200
+    that moved MVSS-Net's fp32 maps by up to 20/255 from the CPU's fp32 (4.8/255 from the
+    release's own code run the same way); with TF32 off, 0.018 and 0.013/255."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def amp_dtype(amp: str) -> torch.dtype | None:

@@ -391,7 +391,7 @@ def maps_stamp(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
             int8_images=spec.int8_images,
             int8_min_gain=spec.int8_min_gain,
         )
-    if spec.amp == "off" and not spec.int8 and resolve_device(args.device).type == "cuda":
+    if spec.amp == "off" and resolve_device(args.device).type == "cuda":
         stamp["gpu_fp32"] = "TF32 off"  # made before, with TF32 on, they differ
     if describe_checkpoint(args.model_path).nclass == 3:
         # three-class maps: tiles averaged, and the map scored follows the policy

@@ -37,7 +37,7 @@ from common.evaluation.thresholds import ChosenThresholds, ThresholdCollector
 from common.training.checks import LATEST_EPOCH, check_config, check_values
 from common.training.config import save_yaml
 from common.training.loaders import build_dataset, train_loader, val_loader, workers_compete
-from common.training.optim import build_optimizer, freeze_unused, lr_factor
+from common.training.optim import build_optimizer, freeze_unused, lr_factor, scaler_step
 from common.training.run_log import RunLog
 from common.training.tasks import Task, initial_model
 from models import unwrap_model
@@ -338,11 +338,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.cfg["clip_grad"])
-        before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if before is not None and self.scaler.get_scale() < before:
-            self.scaler_skips += 1  # the step was skipped: its gradients were not finite
+        self.scaler_skips += scaler_step(self.scaler, self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 

@@ -48,6 +48,17 @@ def lr_factor(step: int, cfg: dict[str, Any], steps_per_epoch: int, total_steps:
     raise ValueError(f"scheduler must be cosine, step or none; got {kind!r}")
 
 
+def scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """``scaler.step`` and ``scaler.update``; True when the step was skipped. Why: fp16's
+    gradient scaler skips a step whose gradients are not finite and only halves its scale
+    to show it; counting those steps is how a run that has lost its gradients (with finite
+    losses) is seen."""
+    before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    return before is not None and scaler.get_scale() < before
+
+
 def freeze_unused(model: nn.Module) -> None:
     """The backbones' ``fc`` layers exist only for checkpoint compatibility; freezing them
     keeps DDP from waiting for gradients that never come."""
