@@ -118,14 +118,12 @@ PROBE = textwrap.dedent(
 )
 
 
-@needs_onednn
-def test_no_weight_is_laid_out_again_on_a_second_forward():
-    """ONEDNN_VERBOSE names every primitive oneDNN runs: once a shape has been seen, the
-    fast and int8 paths run convolutions and matrix products only, no reorders (a weight
-    packed for another kernel than the one picked on this CPU is re-laid out each call)."""
+def _second_call_primitives(probe: str) -> dict[str, list[str]]:
+    """The oneDNN primitives each "=== again NAME" ... "=== done NAME" section of ``probe``
+    ran, read from ONEDNN_VERBOSE (which names every primitive oneDNN runs)."""
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     executed: dict[str, list[str]] = {}
@@ -138,13 +136,103 @@ def test_no_weight_is_laid_out_again_on_a_second_forward():
             current = None
         elif current and ",exec," in line:
             executed[current].append(line)
+    return executed
+
+
+def _weight_reorders(lines: list[str]) -> list[str]:
+    # bf16 and int8 weights are packed; the attention's small fp32 projections (its
+    # energies stay fp32) are left to PyTorch, which may run them its own way
+    return [line for line in lines if ",reorder," in line and "src:f32" not in line]
+
+
+@needs_onednn
+def test_no_weight_is_laid_out_again_on_a_second_forward():
+    """Once a shape has been seen, the fast and int8 paths run convolutions and matrix
+    products only, no reorders (a weight packed for another kernel than the one picked on
+    this CPU is re-laid out each call)."""
+    executed = _second_call_primitives(PROBE)
     assert set(executed) == {"fast", "int8"}
     for name, lines in executed.items():
         assert any(",convolution," in line for line in lines), name  # the log is read
-        # bf16 and int8 weights are packed; the attention's small fp32 projections (its
-        # energies stay fp32) are left to PyTorch, which may run them its own way
-        reorders = [line for line in lines if ",reorder," in line and "src:f32" not in line]
+        reorders = _weight_reorders(lines)
         assert not reorders, f"{name}: {reorders[:3]}"
+
+
+INT8_PROBE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from common.accel.int8 import Int8Conv2d
+    torch.manual_seed(0)
+    # ResNet-50's last 1x1 convolution at 512² (32x32 at stride 16): on AVX-512 VNNI
+    # without AMX, weights packed for this shape were re-laid out at every call
+    conv = nn.Conv2d(512, 2048, 1).eval()
+    q = torch.randint(0, 255, (1, 512, 32, 32), dtype=torch.uint8)
+    q = q.contiguous(memory_format=torch.channels_last)
+    accum = torch.randint(0, 255, (1, 2048, 32, 32), dtype=torch.uint8)
+    accum = accum.contiguous(memory_format=torch.channels_last)
+    plain = Int8Conv2d(conv, (0.01, 0), (0.05, 0), relu=True)
+    summed = Int8Conv2d(conv, (0.01, 0), (0.05, 0), relu=True)
+    with torch.inference_mode():
+        plain(q), summed(q, accum.clone(), (0.05, 0))
+        print("=== again int8", flush=True)
+        plain(q), summed(q, accum.clone(), (0.05, 0))
+        print("=== done int8", flush=True)
+    """
+)
+
+
+@needs_onednn
+def test_int8_weights_are_packed_for_the_kernel_that_runs():
+    """The layout ``qconv_prepack`` chooses for an input shape is not always the one the
+    kernel it then runs reads (512→2048 at 32×32 on AMD EPYC: a 27 ms reorder per call);
+    the packing kept is the one measured to run without it."""
+    lines = _second_call_primitives(INT8_PROBE)["int8"]
+    assert sum(",convolution," in line for line in lines) == 2, lines
+    assert not _weight_reorders(lines), _weight_reorders(lines)[:2]
+
+
+@needs_onednn
+def test_int8_packing_keeps_the_fastest_candidate_and_the_same_outputs(monkeypatch):
+    """Whatever packing is kept, the int8 convolution gives the same integers; a candidate
+    is kept over the input shape's own only when it runs in well under its time."""
+    import time
+
+    from common.accel.int8 import Int8Conv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, padding=1).eval()
+    q = _cl(torch.randint(0, 255, (1, 8, 6, 6), dtype=torch.uint8))
+    layer = Int8Conv2d(conv, (0.01, 0), (0.05, 0), relu=True)
+    with torch.inference_mode():
+        outputs = [
+            layer._run(q, layer._prepack(shape), None, None)
+            for shape in [(1, 8, 6, 6), (1, 8, 12, 12), (1, 8, 3, 3), (2, 8, 6, 6)]
+        ]
+    assert all(torch.equal(out, outputs[0]) for out in outputs)
+
+    made: list[tuple] = []
+    monkeypatch.setattr(layer, "_prepack", lambda shape: made.append(shape) or shape)
+    seconds = {(1, 8, 6, 6): 1.0, (1, 8, 12, 12): 0.9, (1, 8, 3, 3): 0.1}
+    clock = iter(range(1000))
+    now = [0.0]
+
+    def fake_run(_q, packed, _accum, _accum_q):
+        now[0] += seconds[packed]
+        return _q
+
+    def fake_clock() -> float:
+        next(clock)
+        return now[0]
+
+    monkeypatch.setattr(layer, "_run", fake_run)
+    monkeypatch.setattr(time, "perf_counter", fake_clock)
+    assert layer.packed_for(q) == (1, 8, 3, 3)  # ten times faster: kept
+    assert made == [(1, 8, 6, 6), (1, 8, 12, 12), (1, 8, 3, 3)]
+    seconds[(1, 8, 3, 3)] = 0.8  # not clearly faster than 1.0 or 0.9: the shape's own
+    layer._packed.clear()
+    assert layer.packed_for(q) == (1, 8, 6, 6)
+    assert layer.packed_for(q) == (1, 8, 6, 6) and len(made) == 6  # packed once per shape
 
 
 def test_unpacking_gives_plain_convolutions_with_the_same_outputs():

@@ -22,6 +22,7 @@ is measured (``python -m bench.inference --int8``) and printed when it is used.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterable
 
@@ -37,6 +38,10 @@ from models.backbone import Bottleneck, ResNet
 # Which tensors get activation scales: the stem output, and in every block the outputs
 # of its inner convolutions, of its downsample branch and of the block itself.
 Qparams = dict[str, tuple[float, int]]
+
+# Another packing than the one made for the input's shape is kept only when it runs in
+# under this fraction of the time (a re-laid-out weight costs several times the call).
+FASTER_PACKING = 0.7
 
 
 def _observer() -> HistogramObserver:
@@ -88,26 +93,53 @@ class Int8Conv2d(PacksWeights):
         self.out_q = out_q
         self.relu = relu
 
-    def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """The weights packed for an input of ``shape``: oneDNN picks its kernel (and the
-        weight layout that kernel reads) from the input's shape and the CPU's ISA, so
-        weights packed without the shape are re-laid out at every call on some CPUs (AVX-512
-        VNNI without AMX: 14 reorders, about 240 ms per ResNet-50 forward). Packed once per
-        shape, for the few most recent shapes."""
-        return self._packed_once(
-            shape,
-            lambda: torch.ops.onednn.qconv_prepack(
-                self.qweight,
-                self.w_scale,
-                self.x_scale,
-                self.x_zero,
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.groups,
-                list(shape),
-            ),
+    def _prepack(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.ops.onednn.qconv_prepack(
+            self.qweight,
+            self.w_scale,
+            self.x_scale,
+            self.x_zero,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            list(shape),
         )
+
+    def packed_for(
+        self, q: torch.Tensor, accum: torch.Tensor | None = None, accum_q: tuple | None = None
+    ) -> torch.Tensor:
+        """The weights packed for ``q``'s shape, once per shape (the few most recent).
+
+        oneDNN picks its kernel, and the weight layout that kernel reads, from the input's
+        shape and the CPU's ISA; weights in another layout are re-laid out at every call,
+        by its slowest reorder. Packing for the input's shape is not always enough: on
+        AVX-512 VNNI without AMX (AMD EPYC), ``qconv_prepack`` lays the 512→2048 1×1
+        weights out for 48-channel blocks at 32×32 (ResNet-50's last stage at 512²) while
+        the kernel that runs reads 64-channel blocks, which cost 27 ms a call instead of
+        2.5. So the first call at a shape times the packings made for it and for twice
+        and half its size, and keeps the fastest (a reorder costs many times the
+        convolution, far beyond timing noise; the outputs are the same integers whatever
+        the layout)."""
+        return self._packed_once(tuple(q.shape), lambda: self._fastest_packing(q, accum, accum_q))
+
+    def _fastest_packing(
+        self, q: torch.Tensor, accum: torch.Tensor | None, accum_q: tuple | None
+    ) -> torch.Tensor:
+        n, c, h, w = q.shape
+        shapes = [(n, c, h, w), (n, c, 2 * h, 2 * w), (n, c, max(1, h // 2), max(1, w // 2))]
+        best, best_seconds = None, float("inf")
+        for shape in shapes:
+            packed = self._prepack(shape)
+            seconds = float("inf")
+            for _ in range(2):  # the first call makes oneDNN's primitive; the second is timed
+                scratch = None if accum is None else accum.clone()
+                start = time.perf_counter()
+                self._run(q, packed, scratch, accum_q)
+                seconds = time.perf_counter() - start
+            if seconds < FASTER_PACKING * best_seconds:
+                best, best_seconds = packed, seconds
+        return best
 
     def _out(self) -> tuple[float, int, torch.dtype | None]:
         if self.out_q is None:  # real-valued output in bf16
@@ -117,8 +149,16 @@ class Int8Conv2d(PacksWeights):
     def forward(
         self, q: torch.Tensor, accum: torch.Tensor | None = None, accum_q: tuple | None = None
     ) -> torch.Tensor:
+        return self._run(q, self.packed_for(q, accum, accum_q), accum, accum_q)
+
+    def _run(
+        self,
+        q: torch.Tensor,
+        packed: torch.Tensor,
+        accum: torch.Tensor | None,
+        accum_q: tuple | None,
+    ) -> torch.Tensor:
         scale, zero, dtype = self._out()
-        packed = self.packed_for(tuple(q.shape))
         common = (self.stride, self.padding, self.dilation, self.groups, scale, zero, dtype)
         if accum is None:
             return torch.ops.onednn.qconv2d_pointwise(
