@@ -93,7 +93,11 @@ def run(argv: list[str]) -> int:
         help="also the int8 layers, always (the commands' --int8 first measures whether they "
         "pay on this CPU and runs the fast path where they do not)",
     )
-    p.add_argument("--winograd4", action="store_true", help="also the head by Winograd F(4×4, 3×3)")
+    p.add_argument(
+        "--winograd4",
+        action="store_true",
+        help="also the head by Winograd F(4×4, 3×3) (with --int8: the int8 path with it too)",
+    )
     p.add_argument(
         "--ablations",
         action="store_true",
@@ -156,8 +160,13 @@ def run(argv: list[str]) -> int:
 
         calibration = normalize_bgr_batch(torch.from_numpy(synthetic_images(8, args.size, seed=21)))
         start = time.perf_counter()
-        paths["int8 forced + fast bf16 + winograd"] = quantize_for_inference(base, calibration)
+        int8 = quantize_for_inference(base, calibration)
+        paths["int8 forced + fast bf16 + winograd"] = int8
         print(f"int8 calibration: {time.perf_counter() - start:.1f} s", flush=True)
+        if args.winograd4:  # the same scales, the F(4×4) head
+            paths["int8 forced + fast bf16 + winograd F(4x4)"] = quantize_for_inference(
+                base, qparams=int8.qparams, winograd_tile=4
+            )
     if args.release_code:
         from bench.release_model import release_model
 

@@ -657,6 +657,33 @@ def test_winograd_option_picks_the_tile(tmp_path, flag, tile):
     assert tiles == ({tile} if tile else set())
 
 
+@pytest.mark.parametrize(("flag", "tile"), [([], 2), (["--winograd", "4"], 4)])
+def test_int8_path_keeps_the_winograd_tile_asked_for(tmp_path, flag, tile):
+    """``--int8 --winograd 4`` is the int8 path with the F(4×4) head (it was silently
+    F(2×2)), compared against, and replaced where int8 does not pay by, the F(4×4) fast
+    path; the tile is part of the calibration cache's key (cost and speed depend on it)."""
+    import argparse
+
+    from common.accel.int8 import Int8ResNet
+    from common.accel.winograd import WinogradConv2d
+    from common.inference.arguments import add_model_args, add_run_args, load_model, model_spec
+
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt")
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    add_run_args(parser)
+    cache = tmp_path / "calib.pt"
+    argv = ["--model_path", str(ckpt), "--int8", "--int8-images", "2"]
+    argv += ["--tile", "64", "--tile-stride", "48"]
+    argv += ["--int8-cache", str(cache), *flag]
+    for min_gain, int8_runs in (("0", True), ("1000", False)):
+        args = parser.parse_args([*argv, "--int8-min-gain", min_gain])
+        net = load_model(args, model_spec(args), torch.device("cpu"))
+        assert any(isinstance(m, Int8ResNet) for m in net.modules()) == int8_runs
+        assert {m.tile for m in net.modules() if isinstance(m, WinogradConv2d)} == {tile}
+    assert torch.load(cache, weights_only=True)["key"]["winograd_tile"] == tile
+
+
 @pytest.mark.parametrize("script", ["three-class", "classifier"])
 @pytest.mark.parametrize("path", [["--fast", "--amp", "bf16", "--winograd"], ["--int8"]])
 def test_three_class_and_classifier_scripts_take_the_fast_paths(tmp_path, caplog, script, path):

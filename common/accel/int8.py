@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver
 
-from common.accel.fast_path import optimize_for_inference
+from common.accel.fast_path import WINOGRAD_TILE, optimize_for_inference
 from common.accel.packed_conv import PacksWeights
 from models.backbone import Bottleneck, ResNet
 
@@ -353,10 +353,12 @@ def quantize_for_inference(
     qparams: Qparams | None = None,
     winograd: bool = True,
     float_stages: dict[str, Iterable[int]] | None = None,
+    winograd_tile: int = WINOGRAD_TILE,
 ) -> nn.Module:
-    """The fast bf16 path with backbone residual stages in int8 (those not in
-    ``float_stages``, default ``FLOAT_STAGES``). Scales come from ``qparams`` (a saved
-    calibration) or are calibrated on ``calibration`` images (both backbones, always)."""
+    """The fast bf16 path (its head by Winograd F(``winograd_tile``×…) with ``winograd``)
+    with backbone residual stages in int8 (those not in ``float_stages``, default
+    ``FLOAT_STAGES``). Scales come from ``qparams`` (a saved calibration) or are calibrated
+    on ``calibration`` images (both backbones, always)."""
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("the int8 path needs PyTorch's oneDNN (x86 CPU) backend")
     if qparams is None:
@@ -366,7 +368,9 @@ def quantize_for_inference(
             warnings.simplefilter("ignore")  # observers on inference tensors
             qparams = calibrate(optimize_for_inference(model), calibration)
     float_stages = FLOAT_STAGES if float_stages is None else float_stages
-    fast = optimize_for_inference(model, torch.bfloat16, True, winograd=winograd)
+    fast = optimize_for_inference(
+        model, torch.bfloat16, True, winograd=winograd, winograd_tile=winograd_tile
+    )
     folded_fp32 = optimize_for_inference(model).net  # int8 weights from the fp32 ones
     net = fast.net
     for path, prefix in BACKBONE_PREFIXES.items():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.accel.fast_path import optimize_for_inference
+from common.accel.fast_path import WINOGRAD_TILE, optimize_for_inference
 from common.accel.int8 import Qparams, quantize_for_inference
 from common.core import distributed as dist
 from common.core.checkpoint import checkpoint_digest, save_checkpoint
@@ -112,10 +112,17 @@ def map_cost(reference: nn.Module, int8: nn.Module, images: torch.Tensor) -> dic
     }
 
 
-def _fast_path(model: nn.Module) -> nn.Module:
+def _fast_path(model: nn.Module, winograd_tile: int) -> nn.Module:
     """The path ``--int8`` builds on and replaces (``--fast --amp bf16 --channels-last
-    --winograd``)."""
-    return optimize_for_inference(model, torch.bfloat16, True, winograd=True)
+    --winograd [TILE]``)."""
+    return optimize_for_inference(
+        model, torch.bfloat16, True, winograd=True, winograd_tile=winograd_tile
+    )
+
+
+def _fast_path_flags(winograd_tile: int) -> str:
+    tile = "" if winograd_tile == WINOGRAD_TILE else f" {winograd_tile}"
+    return f"--fast --amp bf16 --channels-last --winograd{tile}"
 
 
 def speed_gain(fast: nn.Module, int8: nn.Module, image: torch.Tensor, runs: int = 3) -> float:
@@ -160,10 +167,12 @@ def int8_model(
     size: int,
     cache: str | Path,
     min_gain: float = INT8_MIN_GAIN,
+    winograd_tile: int = WINOGRAD_TILE,
 ) -> nn.Module:
-    """The int8 inference path of ``model``, calibrated (or read from ``cache``), with its
-    accuracy cost on the calibration images logged; the fast path instead where int8 ran
-    under ``min_gain`` times its speed on this CPU (measured, kept in the cache)."""
+    """The int8 inference path of ``model`` (its head by Winograd F(``winograd_tile``×…)),
+    calibrated (or read from ``cache``), with its accuracy cost on the calibration images
+    logged; the fast path with the same head instead where int8 ran under ``min_gain``
+    times its speed on this CPU (measured, kept in the cache)."""
     cache = Path(cache)
     images, digest = calibration_images(source, count, size)
     key = {
@@ -172,15 +181,16 @@ def int8_model(
         "images": digest,
         "size": size,
         "backbone": type(model).__name__,
+        "winograd_tile": winograd_tile,  # the path the cost and the speed were measured on
     }
     cached = _read_cache(cache, key)
     if cached is not None:
         qparams, cost = cached
-        net = quantize_for_inference(model, qparams=qparams)
+        net = quantize_for_inference(model, qparams=qparams, winograd_tile=winograd_tile)
         log.info("int8: calibration read from %s", cache)
     else:
         log.info("int8: calibrating on %d image(s) from %s at %d²…", len(images), source, size)
-        net = quantize_for_inference(model, images)
+        net = quantize_for_inference(model, images, winograd_tile=winograd_tile)
         cost = map_cost(model, net, images)
     # measured once per CPU kind (and ISA cap), kept in the cache; the main process
     # measures and every process follows its choice, so shards never mix paths
@@ -188,7 +198,7 @@ def int8_model(
     gains = dict(cost.get("speed_gains") or {})
     fast = None  # built to measure against, and kept should it run instead
     if dist.is_main() and signature not in gains:
-        fast = _fast_path(model)
+        fast = _fast_path(model, winograd_tile)
         gains[signature] = speed_gain(fast, net, images[:1])
         cost = {**cost, "speed_gains": gains}
         try:
@@ -200,12 +210,12 @@ def int8_model(
     if gain < min_gain:
         log.warning(
             "int8: its kernels do not pay on this CPU (measured %.2f× the fast path's speed, "
-            "under %.2f×): running the fast path (--fast --amp bf16 --channels-last "
-            "--winograd) instead",
+            "under %.2f×): running the fast path (%s) instead",
             gain,
             min_gain,
+            _fast_path_flags(winograd_tile),
         )
-        return fast if fast is not None else _fast_path(model)
+        return fast if fast is not None else _fast_path(model, winograd_tile)
     log.info("int8: %.2f× the fast path's speed on this CPU (measured)", gain)
     log.warning(
         "int8 is opt-in and approximate: on the calibration images its maps differ from "

@@ -119,8 +119,8 @@ def add_run_args(
         "--int8",
         action="store_true",
         help="opt-in, x86 CPU: the fast path with the RGB backbone's last two stages in int8 "
-        "(implies --fast --amp bf16 --channels-last --winograd); approximate, its cost is "
-        "printed (see docs/performance.md)",
+        "(implies --fast --amp bf16 --channels-last --winograd; --winograd 4 gives it the "
+        "F(4×4) head); approximate, its cost is printed (see docs/performance.md)",
     )
     g.add_argument(
         "--int8-calibration",
