@@ -879,3 +879,56 @@ def test_a_resumed_log_keeps_its_rows_under_their_columns(tmp_path):
         again.write({"epoch": 3, "lr": 0.01})
     with open(path, newline="") as fh:
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2", "3"]
+
+
+def test_fp32_on_a_gpu_validates_without_tf32(data, tmp_path, monkeypatch):
+    """Validation chooses the thresholds inference applies, and inference in fp32 on a GPU
+    runs without TF32: so does an fp32 run's validation (training itself keeps TF32); the
+    flags are restored after, even when validation fails."""
+    import contextlib
+
+    from common.core.runtime import exact_fp32
+    from common.training import engine
+
+    flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
+    before = [flag.allow_tf32 for flag in flags]
+    try:
+        for flag in flags:
+            flag.allow_tf32 = True
+        with exact_fp32(torch.device("cuda")):
+            assert [flag.allow_tf32 for flag in flags] == [False, False]
+        assert [flag.allow_tf32 for flag in flags] == [True, True]
+        with pytest.raises(KeyError), exact_fp32(torch.device("cuda")):
+            raise KeyError("validation failed")
+        assert [flag.allow_tf32 for flag in flags] == [True, True]
+        with exact_fp32(torch.device("cpu")):  # nothing to do on a CPU
+            assert [flag.allow_tf32 for flag in flags] == [True, True]
+    finally:
+        for flag, value in zip(flags, before, strict=True):
+            flag.allow_tf32 = value
+
+    entered: list[str] = []
+    inside = [False]
+
+    @contextlib.contextmanager
+    def recorder(device):
+        entered.append(device.type)
+        inside[0] = True
+        yield
+        inside[0] = False
+
+    forwards: list[bool] = []
+    plain_forward = Trainer._forward
+
+    def forward(self, images, model=None):
+        forwards.append(inside[0])
+        return plain_forward(self, images, model)
+
+    monkeypatch.setattr(engine, "exact_fp32", recorder)
+    monkeypatch.setattr(Trainer, "_forward", forward)
+    for amp, expected in (("off", ["cpu"]), ("bf16", [])):
+        entered.clear(), forwards.clear()
+        cfg = _tiny_cfg(data, tmp_path / amp, val_list=str(data), amp=amp)
+        Trainer(cfg, LocalizationTask(cfg)).validate()
+        assert entered == expected
+        assert forwards and all(forwards) == (amp == "off")

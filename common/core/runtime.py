@@ -52,6 +52,22 @@ def full_fp32_on_cuda(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """:func:`full_fp32_on_cuda` for a block only, the flags restored after: fp32 training
+    keeps PyTorch's TF32 for its speed, but its validation chooses the thresholds that
+    inference (which turns TF32 off) then applies, so it must see the same maps."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    full_fp32_on_cuda(device)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def amp_dtype(amp: str) -> torch.dtype | None:
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")

@@ -30,7 +30,7 @@ from common.core.checkpoint import (
     set_rng_state,
 )
 from common.core.progress import progress
-from common.core.runtime import autocast, resolve_amp, to_memory_format
+from common.core.runtime import autocast, exact_fp32, resolve_amp, to_memory_format
 from common.core.scores import NOT_PRISTINE
 from common.core.user_errors import UsageError, clip
 from common.evaluation.thresholds import ChosenThresholds, ThresholdCollector
@@ -342,8 +342,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    @torch.inference_mode()
     def validate(self) -> dict[str, Any]:
+        """Metrics on the validation split, and the thresholds chosen there. In fp32 on a
+        GPU it runs without TF32, as inference does (:func:`exact_fp32`)."""
+        fp32 = self.cfg["amp"] == "off"
+        with torch.inference_mode(), exact_fp32(self.device) if fp32 else contextlib.nullcontext():
+            return self._validate()
+
+    def _validate(self) -> dict[str, Any]:
         assert self.val_ds is not None
         self.model.eval()
         evaluator = self.task.new_evaluator()
