@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common.accel.fast_path import WINOGRAD_TILE
 from common.app.serving import Analyser, ModelInfo, Service, create_app
+from common.core.distributed import refuse_several_processes
 from common.core.user_errors import Parser, UsageError, at_least, positive_int, run_cli
 from common.data.decode import MAX_PIXELS
 from common.evaluation.arguments import add_threshold_args, resolve_thresholds
@@ -105,6 +106,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
 
 
 def run(argv: list[str]) -> int:
+    refuse_several_processes("serve.py")
     args = parse_args(argv)
     service, info = build(args)
     import uvicorn

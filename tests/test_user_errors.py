@@ -461,3 +461,37 @@ def test_real_processes_exit_2_with_one_line(world, tmp_path):
         assert proc.returncode == 2, (name, err)
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "script", ["infer_mvss_calmetrics", "infer_3labels_merge_calmetrics", "infer_mvss_cls", "serve"]
+)
+def test_one_process_scripts_refuse_several_under_torchrun(tmp_path, monkeypatch, capsys, script):
+    """Inference and the web app run as one process: launched by torchrun with several,
+    each would score every image into the same files (measured: two processes each wrote
+    all 40 maps of a list into one folder). One line from rank 0, exit 2, nothing written."""
+    import importlib
+
+    main = importlib.import_module(script).main
+    data = make_tiny_dataset(tmp_path / "data", corrupt=False)
+    kind = {"infer_3labels_merge_calmetrics": {"nclass": 3}, "infer_mvss_cls": {"cls_head": "max"}}
+    ckpt = make_tiny_checkpoint(tmp_path / "tiny.pt", **kind.get(script, {}))
+    size = ["--tile", "64", "--tile-stride", "48"] if "3labels" in script else ["--resize", "64"]
+    out = tmp_path / "out"
+    argv = ["--model_path", str(ckpt)]
+    if script != "serve":
+        argv += ["--test_file", str(data), "--save_dir", str(out)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, lines in (("0", 1), ("1", 0)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == lines
+        if lines:
+            assert "runs as one process" in err[0] and "benchmark.py" in err[0]
+    assert not out.exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    if script != "serve":  # one process: it runs
+        assert main([*argv, *size, "--workers", "0"]) == 0
+        assert out.exists()

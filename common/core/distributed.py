@@ -26,6 +26,31 @@ def is_main() -> bool:
 _owns_group = False  # whether init_from_env started the process group (and may end it)
 
 
+def launched_processes() -> int:
+    """How many processes torchrun (or another launcher) started for this job."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
+
+
+def refuse_several_processes(script: str) -> None:
+    """For scripts that run as one process (inference, the web app): launched by torchrun
+    with several, each would do all the work and write the same files at once. One line,
+    before any work (printed by rank 0 only, like every user error)."""
+    count = launched_processes()
+    if count > 1:
+        from common.core.user_errors import UsageError
+
+        raise UsageError(
+            f"{script} runs as one process (under torchrun, each of the {count} processes "
+            "would score every image and write the same files)",
+            f"WORLD_SIZE={count}",
+            "run it without torchrun (one process uses every core, or one GPU); to share a "
+            "test set out over processes: torchrun ... benchmark.py --sets NAME=LIST",
+        )
+
+
 def init_from_env(device_name: str) -> torch.device:
     """Start the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on CUDA,
     gloo on CPU. A group the caller already started is used as it is. Returns this
