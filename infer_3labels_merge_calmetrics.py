@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from common.core.distributed import refuse_several_processes
+from common.core.distributed import SHARE_A_TEST_SET, refuse_several_processes
 from common.core.user_errors import Parser, run_cli
 from common.data.masks import DEFAULT_MASK_THRESHOLD
 from common.evaluation.arguments import (
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(argv: list[str]) -> int:
-    refuse_several_processes("infer_3labels_merge_calmetrics.py")
+    refuse_several_processes("infer_3labels_merge_calmetrics.py", SHARE_A_TEST_SET)
     args = parse_args(argv)
     check_outputs(args)
     source, records, problems = load_inputs(args)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.core.distributed import refuse_several_processes
+from common.core.distributed import SHARE_A_TEST_SET, refuse_several_processes
 from common.core.user_errors import Parser, run_cli
 from common.data.masks import LOCALIZATION_DESENSITISED
 from common.evaluation.arguments import (
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(argv: list[str]) -> int:
-    refuse_several_processes("infer_mvss_calmetrics.py")
+    refuse_several_processes("infer_mvss_calmetrics.py", SHARE_A_TEST_SET)
     args = parse_args(argv)
     check_outputs(args)
     source, records, problems = load_inputs(args)

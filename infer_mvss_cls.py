@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.core.distributed import refuse_several_processes
+from common.core.distributed import SHARE_A_TEST_SET, refuse_several_processes
 from common.core.user_errors import (
     Parser,
     check_stride,
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(argv: list[str]) -> int:
-    refuse_several_processes("infer_mvss_cls.py")
+    refuse_several_processes("infer_mvss_cls.py", SHARE_A_TEST_SET)
     args = parse_args(argv)
     description = describe_checkpoint(args.model_path)
     crop_source = classifier_crops(args, description.crop, description.resized, args.resize_given)

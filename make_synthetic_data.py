@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from common.core.distributed import refuse_several_processes
 from common.core.user_errors import (
     Parser,
     UsageError,
@@ -185,6 +186,9 @@ def _assignment(args: argparse.Namespace, splits: list[str]) -> dict:
 
 
 def run(argv: list[str]) -> int:
+    refuse_several_processes(
+        "make_synthetic_data.py", "run it without torchrun; --workers N shares the work out"
+    )
     args = _parser().parse_args(argv)
     counts = {"train": args.train, "val": args.val, "test": args.test}
     if args.test_seen:

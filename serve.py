@@ -106,7 +106,7 @@ def build(args: argparse.Namespace) -> tuple[Service, ModelInfo]:
 
 
 def run(argv: list[str]) -> int:
-    refuse_several_processes("serve.py")
+    refuse_several_processes("serve.py", "run it without torchrun: one process serves every client")
     args = parse_args(argv)
     service, info = build(args)
     import uvicorn

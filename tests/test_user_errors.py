@@ -488,10 +488,23 @@ def test_one_process_scripts_refuse_several_under_torchrun(tmp_path, monkeypatch
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == lines
         if lines:
-            assert "runs as one process" in err[0] and "benchmark.py" in err[0]
+            assert "runs as one process" in err[0]
+            assert ("benchmark.py" in err[0]) == (script != "serve")  # which shares a set out
     assert not out.exists()
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     if script != "serve":  # one process: it runs
         assert main([*argv, *size, "--workers", "0"]) == 0
         assert out.exists()
+
+
+def test_the_data_generator_refuses_several_processes(tmp_path, monkeypatch, capsys):
+    """Its own --workers share the work; under torchrun every process would append the
+    same samples to one manifest."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "syn"
+    assert make_synthetic_data.main(["--out", str(out), "--train", "2", "--val", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make_synthetic_data.py runs as one process" in err[0]
+    assert not out.exists()

@@ -34,21 +34,27 @@ def launched_processes() -> int:
         return 1
 
 
-def refuse_several_processes(script: str) -> None:
-    """For scripts that run as one process (inference, the web app): launched by torchrun
-    with several, each would do all the work and write the same files at once. One line,
-    before any work (printed by rank 0 only, like every user error)."""
+def refuse_several_processes(script: str, hint: str = "run it without torchrun") -> None:
+    """For scripts that run as one process (inference, the web app, the data generator,
+    which has its own workers): launched by torchrun with several, each would do all the
+    work and write the same files at once. One line, before any work (printed by rank 0
+    only, like every user error)."""
     count = launched_processes()
     if count > 1:
         from common.core.user_errors import UsageError
 
         raise UsageError(
             f"{script} runs as one process (under torchrun, each of the {count} processes "
-            "would score every image and write the same files)",
+            "would do all the work and write the same files)",
             f"WORLD_SIZE={count}",
-            "run it without torchrun (one process uses every core, or one GPU); to share a "
-            "test set out over processes: torchrun ... benchmark.py --sets NAME=LIST",
+            hint,
         )
+
+
+SHARE_A_TEST_SET = (
+    "run it without torchrun (one process uses every core, or one GPU); to share a test set "
+    "out over processes: torchrun ... benchmark.py --sets NAME=LIST"
+)
 
 
 def init_from_env(device_name: str) -> torch.device:
