@@ -194,7 +194,7 @@ def tiled_one(args: argparse.Namespace) -> dict:
         model = base.to(device)
     else:
         calibration = None
-        if args.path == "int8":  # scales from forgeries at the tile size, as --int8 calibrates
+        if args.path.startswith("int8"):  # scales from forgeries at the tile size, as --int8 does
             calibration = normalize_bgr_batch(torch.from_numpy(synthetic_images(4, args.tile, 21)))
         model = inference_path(base, args.path, calibration).to(device)
     image = cv2.resize(synthetic_images(1, 1024, seed=3)[0], (width, height))

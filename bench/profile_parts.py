@@ -179,7 +179,7 @@ def run(argv: list[str]) -> int:
     device = bench_device(args.device)
     if device.type == "cpu":  # as the command-line tools run
         keep_freed_memory()
-    if args.path == "int8" and device.type != "cpu":
+    if args.path.startswith("int8") and device.type != "cpu":
         raise UsageError("the int8 path runs on x86 CPUs only", f"--device {args.device}")
     base = calibrated_model(args.backbone, args.size, 0, False, args.weights)
     x = normalize_bgr_batch(torch.from_numpy(synthetic_images(1, args.size, seed=3)))
@@ -188,7 +188,10 @@ def run(argv: list[str]) -> int:
     # FlopCounterMode has no formula for oneDNN's int8 convolutions; they multiply as
     # many values as the bf16 layers they replace, so the int8 path counts those. Nor for
     # packed convolutions: it counts the same layers unpacked (the same arithmetic).
-    flop_net = inference_path(base, "fast-winograd" if args.path == "int8" else args.path)
+    flop_path = {"int8": "fast-winograd", "int8-winograd4": "fast-winograd4"}.get(
+        args.path, args.path
+    )
+    flop_net = inference_path(base, flop_path)
     unpack_convolutions(flop_net)
     flop_net = flop_net.to(device)
     flops = count_flops(flop_net, x, part_owners(flop_net))

@@ -351,3 +351,19 @@ def test_agreement_clear_of_the_threshold_leaves_out_the_pixels_next_to_it():
     agreement, share = clear_agreement(ref, got)
     assert share == 4 / 8 and agreement == 2 / 4
     assert clear_agreement(np.full(3, 127, np.uint8), np.zeros(3, np.uint8)) == (1.0, 0.0)
+
+
+def test_named_int8_paths_differ_only_in_the_head_tile(real_inputs):
+    """``int8`` and ``int8-winograd4`` (what the profiler and the tiled benchmark select)
+    are the int8 path with the F(2×2) and the F(4×4) head."""
+    from common.accel.int8 import Int8ResNet
+    from common.accel.paths import inference_path
+    from common.accel.winograd import WinogradConv2d
+
+    torch.manual_seed(0)
+    net = build(backbone="resnet18").eval()
+    x = real_inputs[:2, :, :64, :64]
+    for name, tile in (("int8", 2), ("int8-winograd4", 4)):
+        path = inference_path(net, name, calibration=x)
+        assert any(isinstance(m, Int8ResNet) for m in path.modules())
+        assert {m.tile for m in path.modules() if isinstance(m, WinogradConv2d)} == {tile}

@@ -107,38 +107,60 @@ class Int8Conv2d(PacksWeights):
         )
 
     def packed_for(
-        self, q: torch.Tensor, accum: torch.Tensor | None = None, accum_q: tuple | None = None
+        self,
+        q: torch.Tensor,
+        accum: torch.Tensor | None = None,
+        accum_q: tuple[float, int] | None = None,
     ) -> torch.Tensor:
         """The weights packed for ``q``'s shape, once per shape (the few most recent).
-
-        oneDNN picks its kernel, and the weight layout that kernel reads, from the input's
-        shape and the CPU's ISA; weights in another layout are re-laid out at every call,
-        by its slowest reorder. Packing for the input's shape is not always enough: on
-        AVX-512 VNNI without AMX (AMD EPYC), ``qconv_prepack`` lays the 512→2048 1×1
-        weights out for 48-channel blocks at 32×32 (ResNet-50's last stage at 512²) while
-        the kernel that runs reads 64-channel blocks, which cost 27 ms a call instead of
-        2.5. So the first call at a shape times the packings made for it and for twice
-        and half its size, and keeps the fastest (a reorder costs many times the
-        convolution, far beyond timing noise; the outputs are the same integers whatever
-        the layout)."""
+        ``qconv_prepack`` given the input's shape does not always lay the weights out as
+        the kernel that then runs reads them (ResNet-50's 512→2048 1×1 at 512² on AVX-512
+        VNNI without AMX: re-laid out at every call, 27 ms instead of 2.5; see
+        docs/performance.md), so the first call at a shape measures which packing runs
+        fastest (:meth:`_fastest_packing`)."""
         return self._packed_once(tuple(q.shape), lambda: self._fastest_packing(q, accum, accum_q))
 
+    def _seconds(
+        self,
+        q: torch.Tensor,
+        packed: torch.Tensor,
+        accum: torch.Tensor | None,
+        accum_q: tuple[float, int] | None,
+    ) -> float:
+        """One call's time, after a call that makes oneDNN's primitive; the residual sum is
+        written into its accumulator, so each call gets a copy."""
+        seconds = float("inf")
+        for _ in range(2):
+            scratch = None if accum is None else accum.clone()
+            start = time.perf_counter()
+            self._run(q, packed, scratch, accum_q)
+            seconds = time.perf_counter() - start
+        return seconds
+
     def _fastest_packing(
-        self, q: torch.Tensor, accum: torch.Tensor | None, accum_q: tuple | None
+        self, q: torch.Tensor, accum: torch.Tensor | None, accum_q: tuple[float, int] | None
     ) -> torch.Tensor:
+        """The packing for ``q``'s own shape, unless one made for twice or half its size
+        runs in under ``FASTER_PACKING`` of its time, twice in a row (a re-layout costs
+        many times the call, far beyond timing noise; every layout gives the same
+        integers). A size oneDNN cannot pack for is passed over."""
         n, c, h, w = q.shape
-        shapes = [(n, c, h, w), (n, c, 2 * h, 2 * w), (n, c, max(1, h // 2), max(1, w // 2))]
-        best, best_seconds = None, float("inf")
-        for shape in shapes:
-            packed = self._prepack(shape)
-            seconds = float("inf")
-            for _ in range(2):  # the first call makes oneDNN's primitive; the second is timed
-                scratch = None if accum is None else accum.clone()
-                start = time.perf_counter()
-                self._run(q, packed, scratch, accum_q)
-                seconds = time.perf_counter() - start
+        own = self._prepack((n, c, h, w))
+        own_seconds = self._seconds(q, own, accum, accum_q)
+        best, best_seconds = own, own_seconds
+        others = {(n, c, 2 * h, 2 * w), (n, c, max(1, h // 2), max(1, w // 2))} - {(n, c, h, w)}
+        for shape in sorted(others):
+            try:
+                packed = self._prepack(shape)
+                seconds = self._seconds(q, packed, accum, accum_q)
+            except RuntimeError:  # e.g. no valid convolution at that size
+                continue
             if seconds < FASTER_PACKING * best_seconds:
                 best, best_seconds = packed, seconds
+        if best is not own:  # confirmed by a second measurement of both
+            again = self._seconds(q, best, accum, accum_q)
+            if again >= FASTER_PACKING * self._seconds(q, own, accum, accum_q):
+                return own
         return best
 
     def _out(self) -> tuple[float, int, torch.dtype | None]:
@@ -147,7 +169,10 @@ class Int8Conv2d(PacksWeights):
         return self.out_q[0], self.out_q[1], None
 
     def forward(
-        self, q: torch.Tensor, accum: torch.Tensor | None = None, accum_q: tuple | None = None
+        self,
+        q: torch.Tensor,
+        accum: torch.Tensor | None = None,
+        accum_q: tuple[float, int] | None = None,
     ) -> torch.Tensor:
         return self._run(q, self.packed_for(q, accum, accum_q), accum, accum_q)
 
@@ -156,7 +181,7 @@ class Int8Conv2d(PacksWeights):
         q: torch.Tensor,
         packed: torch.Tensor,
         accum: torch.Tensor | None,
-        accum_q: tuple | None,
+        accum_q: tuple[float, int] | None,
     ) -> torch.Tensor:
         scale, zero, dtype = self._out()
         common = (self.stride, self.padding, self.dilation, self.groups, scale, zero, dtype)

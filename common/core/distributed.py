@@ -65,7 +65,7 @@ def init_from_env(device_name: str) -> torch.device:
     from common.core.runtime import resolve_device
 
     device = resolve_device(device_name)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched_processes() > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
         _owns_group = True

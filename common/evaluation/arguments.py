@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.accel.fast_path import WINOGRAD_TILE
 from common.core.checkpoint import checkpoint_digest
 from common.core.release import RELEASE_SIZE
 from common.core.runtime import resolve_device
@@ -390,9 +391,9 @@ def maps_stamp(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
             int8_calibration=spec.int8_calibration,
             int8_images=spec.int8_images,
             int8_min_gain=spec.int8_min_gain,
-            # the head int8 ran with: before 2026-12-04 it was F(2×2) whatever --winograd
-            int8_head=f"winograd F({spec.winograd}x{spec.winograd})",
         )
+        if spec.winograd != WINOGRAD_TILE:  # before 2026-12-04 int8 ran F(2×2) whatever
+            stamp["int8_head"] = f"winograd F({spec.winograd}x{spec.winograd})"
     if spec.amp == "off" and resolve_device(args.device).type == "cuda":
         stamp["gpu_fp32"] = "TF32 off"  # made before, with TF32 on, they differ
     if describe_checkpoint(args.model_path).nclass == 3:

@@ -345,8 +345,8 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         """Metrics on the validation split, and the thresholds chosen there. In fp32 on a
         GPU it runs without TF32, as inference does (:func:`exact_fp32`)."""
-        fp32 = self.cfg["amp"] == "off"
-        with torch.inference_mode(), exact_fp32(self.device) if fp32 else contextlib.nullcontext():
+        exact = exact_fp32(self.device) if self.cfg["amp"] == "off" else contextlib.nullcontext()
+        with torch.inference_mode(), exact:
             return self._validate()
 
     def _validate(self) -> dict[str, Any]:
