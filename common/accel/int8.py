@@ -145,9 +145,8 @@ class Int8Conv2d(PacksWeights):
         many times the call, far beyond timing noise; every layout gives the same
         integers). A size oneDNN cannot pack for is passed over."""
         n, c, h, w = q.shape
-        own = self._prepack((n, c, h, w))
-        own_seconds = self._seconds(q, own, accum, accum_q)
-        best, best_seconds = own, own_seconds
+        own = best = self._prepack((n, c, h, w))
+        best_seconds = self._seconds(q, own, accum, accum_q)
         others = {(n, c, 2 * h, 2 * w), (n, c, max(1, h // 2), max(1, w // 2))} - {(n, c, h, w)}
         for shape in sorted(others):
             try:

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from common.core.user_errors import UsageError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -41,8 +43,6 @@ def refuse_several_processes(script: str, hint: str = "run it without torchrun")
     only, like every user error)."""
     count = launched_processes()
     if count > 1:
-        from common.core.user_errors import UsageError
-
         raise UsageError(
             f"{script} runs as one process (under torchrun, each of the {count} processes "
             "would do all the work and write the same files)",

@@ -250,7 +250,7 @@ def load_model(
             spec.int8_size,
             cache,
             spec.int8_min_gain,
-            spec.winograd or WINOGRAD_TILE,
+            spec.winograd,  # resolved: int8 always has its tile
         )
     if spec.fast:
         dtype = torch.bfloat16 if spec.amp == "bf16" else torch.float32
